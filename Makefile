@@ -1,0 +1,38 @@
+# plait: `make demo` runs a local mesh, `make test` runs the tests, `make lint` checks.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Pure cores checked by mypy --strict (see STYLE.md).
+CORES := src/plait/model src/plait/xds src/plait/proxy/runtime.py src/plait/proxy/lb.py \
+         src/plait/proxy/proxy_status.py src/plait/proxy/xds_decode.py src/plait/control/registry.py
+
+.PHONY: demo test lint bench clean deps
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || PY=python3; \
+	  test -x $(BIN)/python || $${PY:-python3} -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps:
+	@./scripts/install-debian-deps
+
+demo: $(STAMP)
+	$(BIN)/plait up
+
+test: $(STAMP) deps
+	$(BIN)/pytest -q -n 2 --dist loadfile tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy --strict $(CORES)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .plait .pytest_cache
