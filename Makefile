@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Pure cores checked by mypy --strict (see STYLE.md).
-CORES := src/plait/model src/plait/xds src/plait/proxy/runtime.py src/plait/proxy/lb.py \
-         src/plait/proxy/proxy_status.py src/plait/proxy/xds_decode.py src/plait/control/registry.py
+CORES := src/plait/model src/plait/xds src/plait/control/registry.py \
+         $(addprefix src/plait/proxy/,runtime.py lb.py router.py via.py metrics.py accesslog.py \
+           proxy_status.py xds_decode.py xds_subset.py http1_checks.py)
 
 .PHONY: demo test lint bench clean deps
 

@@ -10,18 +10,29 @@ Every document has the Kubernetes-like shape
 Field names in YAML are camelCase (``pathPrefix``, ``perTryTimeout``); the Python
 attributes are snake_case. Models are frozen: a validated resource never changes.
 Durations are written as ``"250ms"``, ``"5s"``, ``"1m"`` (or a bare number of seconds)
-and stored as float seconds.
+and stored as float seconds; dumped in JSON mode (``model_dump(mode="json")``) they turn
+back into such strings, so a dumped resource reads back to an equal one.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from decimal import Decimal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-API_VERSION = "plait/v1"
+API_VERSION: Final = "plait/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -41,12 +52,33 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError("expected a duration such as '250ms' or '5s'")
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, got {value!r}")
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`: ``0.25`` -> ``"250ms"``, ``60.0`` -> ``"1m"``.
+
+    Picks the largest unit that gives a whole count and reads back to exactly the same
+    float; otherwise plain decimal seconds (``"0.0015s"``), which always reads back exactly.
+    """
+    for unit in ("h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count.is_integer():
+            text = f"{int(count)}{unit}"
+            if parse_duration(text) == seconds:
+                return text
+    return f"{Decimal(repr(seconds)):f}s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
 
 
 class _Strict(BaseModel):

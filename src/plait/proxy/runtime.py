@@ -54,7 +54,8 @@ class WeightedCluster:
 @dataclass(frozen=True)
 class RetryPolicy:
     num_retries: int
-    retry_on: frozenset[str]  # Envoy names: connect-failure, reset, 5xx, gateway-error, retriable-4xx
+    # Envoy names: connect-failure, reset, 5xx, gateway-error, retriable-4xx
+    retry_on: frozenset[str]
     per_try_timeout: float | None = None
 
 

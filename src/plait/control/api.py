@@ -1,0 +1,173 @@
+"""The control plane's JSON HTTP API (docs/internals.md, "Control plane HTTP API").
+
+A table of (method, path pattern, handler); each handler maps one request onto
+:class:`~plait.control.plane.ControlPlane` and its answer back to JSON. Request bodies are
+checked here and refused with a 400 that names the field; config errors keep their
+structured form (``{"error", "errors": [{"file","document","field","line","message"}]}``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from plait.control.plane import ControlPlane, NotFound, lookup
+from plait.jsonhttp import HttpError, Request, Response
+from plait.model.errors import ConfigError, ResourceNotFoundError
+from plait.model.load import config_to_documents, resource_to_dict
+from plait.xds.inputs import Instance
+
+HISTORY_LIMIT = 50
+
+Route = tuple[str, re.Pattern[str], Callable[..., Awaitable[Response]]]
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in obj:
+        raise HttpError(400, f"{where}: '{name}' is required")
+    value = obj[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise HttpError(400, f"{where}: '{name}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def parse_heartbeat(body: Any) -> tuple[str, float, list[Instance]]:
+    """``{"node_id", "ttl", "instances": [...]}`` -> (node id, ttl, instances)."""
+    if not isinstance(body, dict):
+        raise HttpError(400, "heartbeat: the body must be a JSON object")
+    node_id = _field(body, "node_id", str, "heartbeat")
+    if not node_id:
+        raise HttpError(400, "heartbeat: 'node_id' must not be empty")
+    ttl = float(_field(body, "ttl", (int, float), "heartbeat"))
+    if not 0 < ttl <= 3600:
+        raise HttpError(400, "heartbeat: 'ttl' must be between 0 and 3600 seconds")
+    raw = body.get("instances", [])
+    if not isinstance(raw, list):
+        raise HttpError(400, "heartbeat: 'instances' must be a list")
+    instances = []
+    for index, item in enumerate(raw):
+        where = f"heartbeat: instances[{index}]"
+        if not isinstance(item, dict):
+            raise HttpError(400, f"{where} must be an object")
+        port = _field(item, "port", int, where)
+        if not 0 < port < 65536:
+            raise HttpError(400, f"{where}: 'port' must be between 1 and 65535")
+        labels = item.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise HttpError(400, f"{where}: 'labels' must map strings to strings")
+        healthy = item.get("healthy", True)
+        if not isinstance(healthy, bool):
+            raise HttpError(400, f"{where}: 'healthy' must be true or false")
+        instances.append(
+            Instance(
+                service=_field(item, "service", str, where),
+                node_id=node_id,
+                address=_field(item, "address", str, where),
+                port=port,
+                labels=dict(labels),
+                healthy=healthy,
+            )
+        )
+    return node_id, ttl, instances
+
+
+class ControlApi:
+    """``handle`` is the :func:`plait.jsonhttp.serve_json` handler."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.routes: list[Route] = [
+            ("GET", re.compile(r"/v1/health"), self.health),
+            ("POST", re.compile(r"/v1/apply"), self.apply),
+            ("GET", re.compile(r"/v1/config"), self.get_config),
+            ("GET", re.compile(r"/v1/config/(?P<kind>[^/]+)/(?P<name>[^/]+)"), self.get_resource),
+            ("DELETE", re.compile(r"/v1/config/(?P<kind>[^/]+)/(?P<name>[^/]+)"), self.delete),
+            ("GET", re.compile(r"/v1/history"), self.history),
+            ("POST", re.compile(r"/v1/registry/heartbeat"), self.heartbeat),
+            ("GET", re.compile(r"/v1/registry"), self.registry),
+            ("GET", re.compile(r"/v1/proxy-status"), self.proxy_status),
+            ("GET", re.compile(r"/v1/status"), self.status),
+        ]
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path.rstrip("/") or "/"
+        allowed = []
+        for method, pattern, handler in self.routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if method == request.method:
+                return await handler(request, **match.groupdict())
+            allowed.append(method)
+        if allowed:
+            raise HttpError(
+                405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}"
+            )
+        raise HttpError(404, f"no such endpoint: {path} (see docs/internals.md)")
+
+    async def health(self, request: Request) -> Response:
+        return Response(200, {"status": "ok"})
+
+    async def apply(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "apply: the body must be a JSON object")
+        filename = body.get("filename") or "<api>"
+        text = _field(body, "yaml", str, "apply")
+        if not isinstance(filename, str):
+            raise HttpError(400, "apply: 'filename' must be a string")
+        try:
+            version, changed = self.plane.apply(filename, text)
+        except ConfigError as exc:
+            return Response(400, exc.to_dict())
+        return Response(200, {"version": version, "changed": changed})
+
+    async def get_config(self, request: Request) -> Response:
+        version, cfg = self.plane.store.current()
+        return Response(200, {"version": version, "resources": config_to_documents(cfg)})
+
+    async def get_resource(self, request: Request, kind: str, name: str) -> Response:
+        try:
+            resource = lookup(self.plane.config, kind, name)
+        except NotFound as exc:
+            raise HttpError(404, str(exc)) from None
+        return Response(200, resource_to_dict(resource))
+
+    async def delete(self, request: Request, kind: str, name: str) -> Response:
+        try:
+            version = self.plane.delete(kind, name)
+        except (NotFound, ResourceNotFoundError) as exc:
+            raise HttpError(404, str(exc)) from None
+        except ConfigError as exc:
+            return Response(400, exc.to_dict())
+        return Response(200, {"version": version})
+
+    async def history(self, request: Request) -> Response:
+        try:
+            limit = int(request.query.get("limit", HISTORY_LIMIT))
+        except ValueError:
+            raise HttpError(400, "history: 'limit' must be a whole number") from None
+        versions = [v.to_dict() for v in self.plane.store.history(limit)]
+        return Response(200, {"versions": versions})
+
+    async def heartbeat(self, request: Request) -> Response:
+        node_id, ttl, instances = parse_heartbeat(request.json())
+        self.plane.heartbeat(node_id, instances, ttl)
+        return Response(200, {"ok": True})
+
+    async def registry(self, request: Request) -> Response:
+        rows = self.plane.registry.snapshot_rows(self.plane.clock())
+        return Response(200, {"instances": rows})
+
+    async def proxy_status(self, request: Request) -> Response:
+        return Response(200, {"nodes": self.plane.cache.status_rows()})
+
+    async def status(self, request: Request) -> Response:
+        return Response(200, self.plane.status())

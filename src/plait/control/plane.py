@@ -1,0 +1,208 @@
+"""The control plane's state and operations, one level below the HTTP API.
+
+:class:`ControlPlane` ties together the store (config versions, leases), the registry and
+the snapshot cache, and is the only place that changes them: apply and delete config,
+take heartbeats, sweep expired leases. Every change that can move what clients see
+schedules a *push*: one recompute of every connected node's snapshot. Pushes are
+coalesced: at most one per ``min_push_interval`` (a burst of registrations, say 1,000
+proxies starting together, costs a handful of recomputes, not one each); the first
+change after a quiet period is pushed on the next turn of the event loop.
+
+Lease deadlines use a monotonic ``clock``; versions and leases are stamped in the store
+with ``wall`` time (unix seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from plait.control.cache import NACKED, STALE, SYNCED, SnapshotCache
+from plait.control.registry import Registry
+from plait.control.store import Store
+from plait.model.config import ConfigSet
+from plait.model.load import apply_text, delete_resource
+from plait.xds.inputs import Instance
+
+log = logging.getLogger("plait.control")
+
+KINDS = ("Service", "Route")
+
+
+class NotFound(LookupError):
+    """The named resource does not exist."""
+
+
+def resource_key(kind: str, name: str) -> str:
+    return f"{kind}/{name}"
+
+
+def config_keys(cfg: ConfigSet) -> set[str]:
+    return {resource_key(r.kind, r.name) for r in cfg.resources()}
+
+
+def lookup(cfg: ConfigSet, kind: str, name: str) -> Any:
+    """The resource ``kind/name`` of ``cfg`` (kind case-insensitive), or raise NotFound."""
+    canonical = {k.lower(): k for k in KINDS}.get(kind.lower())
+    table: dict[str, Any] | None = None
+    if canonical == "Service":
+        table = dict(cfg.services)
+    elif canonical == "Route":
+        table = dict(cfg.routes)
+    if table is None:
+        raise NotFound(f"there is no resource kind {kind!r}; kinds are {', '.join(KINDS)}")
+    if name not in table:
+        raise NotFound(f"{canonical}/{name} does not exist (see GET /v1/config)")
+    return table[name]
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry | None = None,
+        cache: SnapshotCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        min_push_interval: float = 0.05,
+        restart_grace: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.min_push_interval = min_push_interval
+        self.registry = registry if registry is not None else Registry()
+        if registry is None:
+            self.registry.load(store.load_leases(), now=clock(), grace=restart_grace)
+        _, cfg = store.current()
+        self.cache = cache if cache is not None else SnapshotCache(cfg, self.registry.instances())
+        self._push_handle: asyncio.Handle | None = None
+        self._last_push = float("-inf")
+        self._dirty = False
+
+    # -- config ------------------------------------------------------------------------
+
+    @property
+    def config_version(self) -> int:
+        return self.store.current()[0]
+
+    @property
+    def config(self) -> ConfigSet:
+        return self.store.current()[1]
+
+    def apply(self, filename: str, text: str) -> tuple[int, list[str]]:
+        """Upsert the YAML documents of ``text``. Raises ConfigError; nothing changes then."""
+        version, current = self.store.current()
+        cfg, changed = apply_text(current, text, filename)
+        if not changed:
+            return version, []
+        known = config_keys(current)
+        marks = [("~" if key in known else "+") + key for key in changed]
+        version = self.store.commit(cfg, f"apply {filename}: {' '.join(marks)}", self.wall())
+        log.info("config version %d: apply %s: %s", version, filename, " ".join(marks))
+        self._schedule(config=True)
+        return version, list(changed)
+
+    def delete(self, kind: str, name: str) -> int:
+        """Delete ``kind/name``. Raises NotFound, or ConfigError if others still use it."""
+        _, current = self.store.current()
+        resource = lookup(current, kind, name)
+        cfg = delete_resource(current, resource.kind, name)
+        key = resource_key(resource.kind, name)
+        version = self.store.commit(cfg, f"delete {key}", self.wall())
+        log.info("config version %d: delete %s", version, key)
+        self._schedule(config=True)
+        return version
+
+    # -- registry ----------------------------------------------------------------------
+
+    def heartbeat(self, node_id: str, instances: Sequence[Instance], ttl: float) -> bool:
+        before = self.registry.lease_row(node_id)
+        changed = self.registry.heartbeat(node_id, list(instances), ttl, self.clock())
+        after = self.registry.lease_row(node_id)
+        if after is not None and after != before:
+            self.store.save_lease(after, self.wall())
+        if changed:
+            log.info("registry: node %s now has %d instance(s)", node_id, len(instances))
+            self._schedule(instances=True)
+        return changed
+
+    def sweep(self) -> list[str]:
+        """Drop expired leases (and their rows in the store); push if instances went away."""
+        before = len(self.registry.instances())
+        expired = self.registry.expire(self.clock())
+        if expired:
+            self.store.delete_leases(expired)
+            log.info("registry: lease expired for %s", ", ".join(expired))
+            if len(self.registry.instances()) != before:
+                self._schedule(instances=True)
+        return expired
+
+    # -- pushing -----------------------------------------------------------------------
+
+    def _schedule(self, config: bool = False, instances: bool = False) -> None:
+        """Hand the new inputs to the cache now (streams opened from now on see them) and
+        schedule the recompute of the open streams (coalesced, see module docstring)."""
+        self.cache.update_inputs(
+            config=self.config if config else None,
+            instances=self.registry.instances() if instances else None,
+        )
+        self._dirty = True
+        if self._push_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        delay = max(0.0, self._last_push + self.min_push_interval - self.clock())
+        self._push_handle = loop.call_later(delay, self.flush)
+
+    def flush(self) -> None:
+        """Recompute the open streams' snapshots now, if anything changed since last time."""
+        if self._push_handle is not None:
+            self._push_handle.cancel()
+            self._push_handle = None
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._last_push = self.clock()
+        woken = self.cache.recompute()
+        if woken:
+            log.debug("pushed to %d stream(s)", len(woken))
+
+    # -- views -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        instances = self.registry.instances()
+        nodes = self.cache.status_rows()
+        services = []
+        for name in sorted(cfg.services):
+            mine = [i for i in instances if i.service == name]
+            route = cfg.route_for(name)
+            services.append(
+                {
+                    "name": name,
+                    "protocol": cfg.services[name].spec.protocol,
+                    "instances": len(mine),
+                    "healthy": sum(1 for i in mine if i.healthy),
+                    "route": route.name if route is not None else None,
+                }
+            )
+        return {
+            "config_version": self.config_version,
+            "services": services,
+            "instances": {
+                "total": len(instances),
+                "healthy": sum(1 for i in instances if i.healthy),
+            },
+            "nodes": {
+                "total": len(nodes),
+                "connected": sum(1 for n in nodes if n["connected"]),
+                **{s: sum(1 for n in nodes if n["status"] == s) for s in (SYNCED, STALE, NACKED)},
+            },
+        }

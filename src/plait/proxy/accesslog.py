@@ -1,0 +1,180 @@
+"""Access logs: one JSON line per request or TCP connection.
+
+Every line has the same keys in the same order (:data:`KEYS`), so ``jq``, ``grep`` and a
+person reading a terminal all find ``request_id`` in the same place on every hop; a
+missing value is ``null``, and keys outside :data:`KEYS` follow in the caller's order.
+``error`` is the Proxy-Status error type (DESIGN.md: the log line carries the same
+error type as the header), ``""`` or ``null`` when the request succeeded.
+
+The caller supplies ``time`` (the proxy's injected clock) and everything else; this
+module formats and buffers, nothing more. Formatting is one ``json`` C-encoder call per
+record. :class:`BufferedWriter` batches lines in memory and writes whole lines only, in
+one ``write`` per flush, so lines never interleave or tear; the proxy flushes it on a
+timer and at shutdown (``close``). Neither class is thread-safe: both belong to the
+proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import IO, Any, cast
+
+__all__ = ["KEYS", "AccessLog", "BufferedWriter"]
+
+KEYS: tuple[str, ...] = (
+    "time",
+    "request_id",
+    "direction",
+    "source",
+    "destination",
+    "method",
+    "path",
+    "upstream",
+    "status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "error",
+    "details",
+    "node",
+)
+_KEYSET = frozenset(KEYS)
+
+# allow_nan=False: "NaN" is not JSON; such a record is cleaned and encoded again.
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, check_circular=False, allow_nan=False, default=str
+).encode
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_record(record: Mapping[str, Any]) -> str:
+    """``record`` as one JSON line (with ``\\n``), keys in :data:`KEYS` order first."""
+    ordered = {key: record.get(key) for key in KEYS}
+    if not record.keys() <= _KEYSET:
+        for key, value in record.items():
+            if key not in _KEYSET:
+                ordered[str(key)] = value
+    try:
+        return _encode(ordered) + "\n"
+    except ValueError:  # a NaN or infinity somewhere
+        return _encode(_finite(ordered)) + "\n"
+
+
+class AccessLog:
+    """Formats records and hands each line (ending in ``\\n``) to ``write``."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self._write = write
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        self._write(format_record(record))
+
+
+class BufferedWriter:
+    """Buffers whole lines; writes them to ``fileobj`` in one call per flush.
+
+    ``fileobj`` is a text file (``sys.stdout``) or a binary one (``open(p, "ab")``).
+    A flush happens when the buffer reaches ``max_buffer`` bytes, on :meth:`flush` and on
+    :meth:`close`. A write error drops that batch (counted in ``dropped_lines``, the
+    error kept in ``last_error``) rather than failing the request that triggered it.
+    """
+
+    __slots__ = (
+        "_binary",
+        "_buffer",
+        "_closed",
+        "_fileobj",
+        "_max",
+        "_owns",
+        "_size",
+        "_text",
+        "dropped_lines",
+        "last_error",
+        "written_lines",
+    )
+
+    def __init__(
+        self, fileobj: IO[str] | IO[bytes], max_buffer: int = 64 * 1024, owns_file: bool = False
+    ) -> None:
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1 byte")
+        self._fileobj = fileobj
+        self._binary: IO[bytes] | None = None
+        self._text: IO[str] | None = None
+        if isinstance(fileobj, io.TextIOBase) or "b" not in getattr(fileobj, "mode", "b"):
+            self._text = cast("IO[str]", fileobj)
+        else:
+            self._binary = cast("IO[bytes]", fileobj)
+        self._max = max_buffer
+        self._owns = owns_file
+        self._buffer: list[str] = []
+        self._size = 0
+        self._closed = False
+        self.dropped_lines = 0
+        self.written_lines = 0
+        self.last_error: OSError | None = None
+
+    def write(self, line: str) -> None:
+        """Queue one line (a missing trailing newline is added)."""
+        if self._closed:
+            raise ValueError("write to a closed BufferedWriter")
+        if not line.endswith("\n"):
+            line += "\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= self._max:
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Characters buffered and not yet written."""
+        return self._size
+
+    def flush(self) -> None:
+        """Write every buffered line now, in one call, then flush ``fileobj``."""
+        if not self._buffer:
+            return
+        lines = self._buffer
+        self._buffer = []
+        self._size = 0
+        data = "".join(lines)
+        try:
+            if self._binary is not None:
+                self._binary.write(data.encode("utf-8"))
+            elif self._text is not None:
+                self._text.write(data)
+            self._fileobj.flush()
+        except OSError as exc:
+            self.dropped_lines += len(lines)
+            self.last_error = exc
+        else:
+            self.written_lines += len(lines)
+
+    def close(self) -> None:
+        """Flush, then close ``fileobj`` if this writer owns it. Idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._owns:
+            self._fileobj.close()
+
+    def __enter__(self) -> BufferedWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

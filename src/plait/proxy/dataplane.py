@@ -1,0 +1,299 @@
+"""The data plane's live state: bound listeners, the applied config, clusters.
+
+:class:`DataPlane` binds the listening sockets (before any config exists, so their real
+ports can be reported to the control plane), and :meth:`DataPlane.apply` swaps in each
+accepted :class:`~plait.proxy.runtime.ProxyConfig` as one :class:`Snapshot`: a Router
+per listener (attached by listener name: ``outbound``, ``inbound|<svc>``) and a
+:class:`ClusterState` per cluster. The swap is a single attribute assignment, so a
+request sees either the old config or the new one, never a mix; a request in flight
+keeps the cluster objects it already holds.
+
+Cluster state outlives configs: a cluster that stays keeps its balancer (with the
+endpoints' in-flight counters) and its connection pool (with idle keep-alive
+connections); endpoints that leave have their idle connections closed.
+
+The request path reads, per request, ``snapshot`` once, the listener's Router and the
+chosen cluster: two dict lookups beyond the Router itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.proxy.http1 import Http1Server
+from plait.proxy.lb import Balancer, make_balancer
+from plait.proxy.proxy_status import hop_name
+from plait.proxy.router import Router
+from plait.proxy.runtime import Cluster, Direction, Endpoint, ProxyConfig
+from plait.proxy.upstream import UpstreamPool
+from plait.proxy.via import via_entry
+
+log = logging.getLogger("plait.proxy.dataplane")
+
+
+def _uuid_hex() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(eq=False)
+class ListenerSlot:
+    """A bound listening socket, known by its xDS listener name."""
+
+    name: str
+    direction: Direction
+    service: str | None  # inbound: the local service it fronts
+    hop: str  # Proxy-Status hop name: "<node>/<direction>"
+    source: str  # the access log / metrics source service for requests it takes
+    address: str = ""
+    port: int = 0
+    server: asyncio.Server | None = field(default=None, repr=False)
+
+
+class ClusterState:
+    """One cluster's config, balancer and connection pool."""
+
+    __slots__ = ("balancer", "config", "name", "pool", "service")
+
+    def __init__(self, config: Cluster, balancer: Balancer, pool: UpstreamPool) -> None:
+        self.name = config.name
+        self.config = config
+        self.balancer = balancer
+        self.pool = pool
+        parts = config.name.split("|")
+        self.service = parts[1] if len(parts) > 1 else config.name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One applied config and what the request path needs from it."""
+
+    config: ProxyConfig
+    routers: dict[str, Router]
+    clusters: dict[str, ClusterState]
+
+
+def cluster_endpoints(config: ProxyConfig, cluster: Cluster) -> Sequence[Endpoint]:
+    if cluster.discovery == "static":
+        return cluster.endpoints
+    return config.endpoints.get(cluster.name, ())
+
+
+class DataPlane:
+    """Listeners, routers, clusters and the connections they serve."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        local_services: Sequence[str] = (),
+        metrics: Any = None,
+        access_log: Any = None,
+        rng: random.Random | None = None,
+        request_id: Callable[[], str] = _uuid_hex,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        max_idle_per_endpoint: int = 64,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.node_id = node_id
+        self.local_services = tuple(local_services)
+        self.metrics = metrics
+        self.access_log = access_log
+        self.rng = rng or random.Random()
+        self.new_request_id = request_id
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.via_text = via_entry(node_id)
+        self.via = self.via_text.encode("ascii")
+        self.listeners: dict[str, ListenerSlot] = {}
+        self.connections: set[Http1Server] = set()
+        self.snapshot: Snapshot | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by bind
+        self._clusters: dict[str, ClusterState] = {}
+        self._max_idle = max_idle_per_endpoint
+        self._idle_timeout = idle_timeout
+
+    # -- listeners -----------------------------------------------------------------------
+
+    async def bind(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        direction: Direction,
+        service: str | None = None,
+    ) -> tuple[str, int]:
+        """Listen on ``address:port`` (0 = any free port) as listener ``name``.
+
+        Returns the bound address. Requests are answered 503 until a config names it.
+        """
+        self.loop = asyncio.get_running_loop()
+        if name in self.listeners:
+            raise ValueError(f"listener {name!r} is already bound")
+        if direction == "outbound":
+            only = self.local_services[0] if len(self.local_services) == 1 else "unknown"
+            source = only
+        else:
+            source = "unknown"
+        slot = ListenerSlot(name, direction, service, hop_name(self.node_id, direction), source)
+        server = await self.loop.create_server(
+            lambda: Http1Server(self, slot), address, port, reuse_address=True, backlog=1024
+        )
+        sockname = server.sockets[0].getsockname()
+        slot.address, slot.port = sockname[0], sockname[1]
+        slot.server = server
+        self.listeners[name] = slot
+        return slot.address, slot.port
+
+    # -- config --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once a config with listeners is applied."""
+        snap = self.snapshot
+        return snap is not None and bool(snap.config.listeners)
+
+    def apply(self, config: ProxyConfig) -> None:
+        """Make ``config`` the one requests use, keeping cluster state that carries over."""
+        routers: dict[str, Router] = {}
+        for name in self.listeners:
+            listener = config.listeners.get(name)
+            if listener is None:
+                continue
+            table = listener.route_table
+            if table is None and listener.route_config_name is not None:
+                table = config.route_tables.get(listener.route_config_name)
+            if table is not None:
+                routers[name] = Router(table)
+        for name in config.listeners:
+            if name not in self.listeners:
+                log.warning("listener %r from the control plane has no bound socket", name)
+
+        clusters: dict[str, ClusterState] = {}
+        old = self._clusters
+        for name, cluster in config.clusters.items():
+            endpoints = cluster_endpoints(config, cluster)
+            state = old.get(name)
+            if state is None:
+                pool = UpstreamPool(
+                    name,
+                    max_idle=self._max_idle,
+                    idle_timeout=self._idle_timeout,
+                    clock=self.clock,
+                    on_connect=self._count_connect,
+                )
+                balancer = make_balancer(cluster.lb_policy, endpoints, self.rng)
+                state = ClusterState(cluster, balancer, pool)
+            else:
+                if state.config.lb_policy != cluster.lb_policy:
+                    state.balancer = make_balancer(
+                        cluster.lb_policy, endpoints, self.rng, previous=state.balancer
+                    )
+                else:
+                    state.balancer.update(endpoints)
+                state.config = cluster
+            state.pool.retain((e.address, e.port) for e in endpoints)
+            clusters[name] = state
+        for name, state in old.items():
+            if name not in clusters:
+                state.pool.close()
+        self._clusters = clusters
+        self.snapshot = Snapshot(config, routers, clusters)
+
+    def _count_connect(self, cluster: str, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_connect(cluster, ok)
+
+    # -- observations --------------------------------------------------------------------
+
+    def observe(self, ex: Any) -> None:
+        """One finished exchange: a metrics sample and an access log line."""
+        duration = self.clock() - ex.started_at
+        slot = ex.server.listener
+        cluster = ex.cluster
+        destination = cluster.service if cluster is not None else slot.service or "unknown"
+        error = ex.error
+        if self.metrics is not None:
+            self.metrics.request(
+                slot.direction, slot.source, destination, ex.status, error or "", duration
+            )
+        if self.access_log is not None:
+            head = ex.head
+            upstream = ex.upstream_addr
+            self.access_log.log(
+                {
+                    "time": round(self.wall_clock(), 3),
+                    "request_id": ex.request_id.decode("latin-1"),
+                    "direction": slot.direction,
+                    "source": slot.source,
+                    "destination": destination,
+                    "method": head.method.decode("latin-1") if head is not None else None,
+                    "path": head.path if head is not None else None,
+                    "upstream": f"{upstream[0]}:{upstream[1]}" if upstream else None,
+                    "status": ex.status,
+                    "duration_ms": round(duration * 1000.0, 3),
+                    "bytes_in": ex.bytes_in,
+                    "bytes_out": ex.bytes_out,
+                    "error": error,
+                    "details": ex.details,
+                    "node": self.node_id,
+                }
+            )
+
+    def clusters_view(self) -> dict[str, Any]:
+        """Per cluster: policy, endpoints with health and load, connection pool."""
+        out: dict[str, Any] = {}
+        for name, state in sorted(self._clusters.items()):
+            out[name] = {
+                "lb_policy": state.config.lb_policy,
+                "discovery": state.config.discovery,
+                "connect_timeout": state.config.connect_timeout,
+                "endpoints": state.balancer.snapshot(),
+                "pool": state.pool.snapshot(),
+            }
+        return out
+
+    def config_dump(self) -> dict[str, Any]:
+        """The applied ProxyConfig as plain data (derived lookup tables left out)."""
+        snap = self.snapshot
+        if snap is None:
+            return {}
+        data = dataclasses.asdict(snap.config)
+        tables = list(data.get("route_tables", {}).values())
+        tables += [
+            lst["route_table"] for lst in data.get("listeners", {}).values() if lst["route_table"]
+        ]
+        for table in tables:
+            table.pop("by_domain", None)
+            table.pop("wildcard", None)
+        return data
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        for slot in self.listeners.values():
+            if slot.server is not None:
+                slot.server.close()
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` s), close all."""
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + grace if self.loop is not None else 0.0
+        while self.connections and self.loop is not None and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.tunnel is not None:
+                conn.tunnel.abort()
+            conn.transport.abort()
+        for state in self._clusters.values():
+            state.pool.close()

@@ -1,0 +1,218 @@
+"""``plait proxy --config bootstrap.yaml``: the data plane process, composed in one place.
+
+The stack, one step per line in :func:`run_proxy`:
+
+1. load and validate the bootstrap (docs/internals.md);
+2. bind the outbound listener and one inbound listener per local service (port 0
+   allowed), before anything talks to the control plane, so the real ports go into the
+   node metadata; until a config arrives they answer 503 ``destination_unavailable``;
+3. start the admin server (``/ready``, ``/config_dump``, ``/clusters``,
+   ``/stats/prometheus``);
+4. a HealthChecker per local service that has a health check;
+5. the Registrar: heartbeats each local service at its inbound address with its labels
+   and current health, at once when a health check flips;
+6. the XdsClient, whose every accepted config goes to ``DataPlane.apply``;
+7. the ready file (atomically: temp file + rename), with the ports actually bound;
+8. run until SIGTERM/SIGINT; then stop accepting, let requests in flight finish (up to
+   ``--grace`` seconds), flush the access log.
+
+The access log is flushed about once a second and at shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import IO, Any
+
+from plait.proxy.accesslog import AccessLog, BufferedWriter
+from plait.proxy.admin import AdminServer
+from plait.proxy.bootstrap import Bootstrap, BootstrapError, BoundPorts, load_bootstrap
+from plait.proxy.bootstrap import node_metadata as make_node_metadata
+from plait.proxy.dataplane import DataPlane
+from plait.proxy.health import HealthChecker
+from plait.proxy.metrics import Metrics
+from plait.proxy.registration import Registrar, instance_records, kick_on_change
+from plait.proxy.xds_client import XdsClient
+
+log = logging.getLogger("plait.proxy")
+
+FLUSH_INTERVAL = 1.0
+
+
+def write_ready_file(path: str, info: dict[str, Any]) -> None:
+    """Write ``info`` as JSON to ``path`` atomically (temp file in the same dir + rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def open_access_log(spec: str) -> BufferedWriter:
+    if spec == "-":
+        return BufferedWriter(sys.stdout)
+    path = Path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileobj: IO[bytes] = open(path, "ab")  # noqa: SIM115 - owned by the writer
+    return BufferedWriter(fileobj, owns_file=True)
+
+
+async def _flush_every(writer: BufferedWriter, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        writer.flush()
+
+
+async def run_proxy(
+    bootstrap_path: str,
+    *,
+    ready_file: str | None = None,
+    stop: asyncio.Event | None = None,
+    grace: float = 5.0,
+) -> None:
+    """Run a proxy from its bootstrap file until ``stop`` is set or SIGTERM/SIGINT."""
+    boot = load_bootstrap(bootstrap_path)
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    writer = open_access_log(boot.access_log)
+    metrics = Metrics()
+    dp = DataPlane(
+        boot.node_id,
+        local_services=[svc.name for svc in boot.services],
+        metrics=metrics,
+        access_log=AccessLog(writer.write),
+    )
+    tasks: list[asyncio.Task[Any]] = []
+    admin: AdminServer | None = None
+    xds: XdsClient | None = None
+    try:
+        bound = await bind_listeners(dp, boot)
+        checkers: dict[str, HealthChecker] = {}
+        registrar = Registrar(
+            boot.control_plane.api,
+            boot.node_id,
+            lambda: instance_records(boot, bound, {n: c.healthy for n, c in checkers.items()}),
+            boot.heartbeat_interval,
+            boot.lease_ttl,
+        )
+        for svc in boot.services:
+            if svc.health_check is not None:
+                checkers[svc.name] = HealthChecker(
+                    svc.health_check,
+                    svc.app.address,
+                    svc.app.port,
+                    on_change=kick_on_change(registrar),
+                )
+        xds = XdsClient(
+            boot.control_plane.xds,
+            boot.node_id,
+            make_node_metadata(boot, bound),
+            on_config=dp.apply,
+        )
+        admin = AdminServer(dp, xds=xds, metrics=metrics)
+        admin_address = await admin.start(boot.admin.address, boot.admin.port)
+
+        def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
+            tasks.append(loop.create_task(coro, name=name))
+
+        for name, checker in checkers.items():
+            spawn(checker.run(), f"health:{name}")
+        spawn(registrar.run(), "registrar")
+        spawn(xds.run(), "xds")
+        spawn(_flush_every(writer, FLUSH_INTERVAL), "access-log-flush")
+
+        ready_path = ready_file or boot.ready_file
+        if ready_path:
+            write_ready_file(ready_path, ready_info(boot, bound, admin_address))
+        log.info(
+            "proxy %s serving: outbound %s:%s, admin http://%s:%s",
+            boot.node_id,
+            *bound.outbound,
+            *admin_address,
+        )
+        await stop.wait()
+        log.info("proxy %s stopping", boot.node_id)
+    finally:
+        if xds is not None:
+            xds.stop()
+        await dp.close(grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if admin is not None:
+            await admin.close()
+        writer.close()
+
+
+async def bind_listeners(dp: DataPlane, boot: Bootstrap) -> BoundPorts:
+    """Bind ``outbound`` and ``inbound|<svc>`` for every local service."""
+    outbound = await dp.bind("outbound", boot.outbound.address, boot.outbound.port, "outbound")
+    inbound = {}
+    for svc in boot.services:
+        address = svc.inbound.address
+        inbound[svc.name] = await dp.bind(
+            f"inbound|{svc.name}", address, svc.inbound.port, "inbound", svc.name
+        )
+    return BoundPorts(outbound=outbound, inbound=inbound)
+
+
+def ready_info(boot: Bootstrap, bound: BoundPorts, admin: tuple[str, int]) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "node_id": boot.node_id,
+        "admin": f"http://{admin[0]}:{admin[1]}",
+        "outbound": f"{bound.outbound[0]}:{bound.outbound[1]}",
+        "inbound": {svc: f"{a}:{p}" for svc, (a, p) in bound.inbound.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plait proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="bootstrap YAML (docs/internals.md)")
+    parser.add_argument("--ready-file", default=None, help="overrides the bootstrap ready_file")
+    parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on stop")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run_proxy(args.config, ready_file=args.ready_file, grace=args.grace))
+    except BootstrapError as exc:
+        print(f"plait proxy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"plait proxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

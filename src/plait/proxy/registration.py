@@ -1,0 +1,122 @@
+"""Registration: the proxy heartbeats its local service instances to the control plane.
+
+:class:`Registrar` POSTs ``/v1/registry/heartbeat`` (docs/internals.md) with the node id,
+the lease ttl and every instance this proxy fronts — each at its inbound listener, with
+its labels and current health — every ``interval`` seconds, and at once when
+:meth:`Registrar.kick` is called (a health check flipped). A heartbeat replaces the
+node's instances on the control plane and renews their lease, so a missed one costs
+nothing as long as a later one arrives within the ttl. Failures are logged and retried
+at the next beat; :meth:`Registrar.run` never raises for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from plait.jsonhttp import request_json
+from plait.proxy.bootstrap import Bootstrap, BoundPorts
+
+log = logging.getLogger("plait.proxy.registration")
+
+HEARTBEAT_PATH = "/v1/registry/heartbeat"
+RequestJson = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+def instance_records(
+    boot: Bootstrap, bound: BoundPorts, healthy: Mapping[str, bool]
+) -> list[dict[str, Any]]:
+    """The heartbeat's ``instances``: one per local service, at its bound inbound address.
+
+    A service missing from ``healthy`` (no health check configured) counts as healthy.
+    """
+    records = []
+    for svc in boot.services:
+        address, port = bound.inbound[svc.name]
+        records.append(
+            {
+                "service": svc.name,
+                "address": address,
+                "port": port,
+                "labels": dict(svc.labels),
+                "healthy": healthy.get(svc.name, True),
+            }
+        )
+    return records
+
+
+class Registrar:
+    def __init__(
+        self,
+        api_url: str,
+        node_id: str,
+        instances: Callable[[], list[dict[str, Any]]],
+        interval: float,
+        ttl: float,
+        *,
+        timeout: float = 5.0,
+        request: RequestJson | None = None,
+    ) -> None:
+        self.api_url = api_url
+        self.node_id = node_id
+        self.interval = interval
+        self.ttl = ttl
+        self._instances = instances
+        self._timeout = timeout
+        self._request: RequestJson = request or request_json
+        self._kick = asyncio.Event()
+        self.sent = 0  # heartbeats the control plane accepted
+        self.failures = 0  # consecutive failed heartbeats
+        self.last_error: str | None = None
+
+    def kick(self) -> None:
+        """Heartbeat now (e.g. a health check flipped) instead of at the next interval."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Heartbeat forever (until cancelled)."""
+        while True:
+            self._kick.clear()  # a kick during the send below makes another one right after
+            await self.heartbeat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+
+    async def heartbeat(self) -> bool:
+        """Send one heartbeat; whether the control plane accepted it. Never raises."""
+        try:
+            body = {"node_id": self.node_id, "ttl": self.ttl, "instances": self._instances()}
+            status, answer = await self._send(body)
+            if status != 200:
+                error = answer.get("error") if isinstance(answer, dict) else answer
+                raise RuntimeError(f"HTTP {status}: {error}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # the first failure and every 30th after it: a long outage does not flood the log
+            if self.failures % 30 == 1:
+                log.warning(
+                    "heartbeat to %s failed (%d in a row): %s",
+                    self.api_url,
+                    self.failures,
+                    self.last_error,
+                )
+            return False
+        if self.failures:
+            log.info("heartbeat to %s works again after %d failures", self.api_url, self.failures)
+        self.failures = 0
+        self.last_error = None
+        self.sent += 1
+        return True
+
+    async def _send(self, body: dict[str, Any]) -> tuple[int, Any]:
+        return await self._request(self.api_url, "POST", HEARTBEAT_PATH, body, self._timeout)
+
+
+def kick_on_change(registrar: Registrar) -> Callable[[bool], None]:
+    """An ``on_change`` for :class:`~plait.proxy.health.HealthChecker`: heartbeat at once."""
+    return lambda _healthy: registrar.kick()

@@ -1,0 +1,370 @@
+"""Upstream HTTP/1.1 connections and the per-cluster connection pool.
+
+An :class:`UpstreamConnection` is an asyncio Protocol around one TCP connection to an
+endpoint. It parses responses with httptools (llhttp) and reports them, as past-tense
+facts, to whoever holds it: an object with the :class:`UpstreamHandler` methods (the
+downstream exchange in :mod:`plait.proxy.http1`). It never decides anything about the
+request; it only frames what the parser saw:
+
+- ``upstream_head``: a response head (1xx interim, 101 and final heads alike);
+- ``upstream_body``: a piece of the body, as llhttp delivered it (no copies);
+- ``upstream_complete``: the message ended (with its trailers, if chunked);
+- ``upstream_upgraded``: a 101 was parsed; the bytes after it start the tunnel;
+- ``upstream_lost``: the connection closed or failed (``exc`` None for a clean EOF);
+- ``upstream_error``: the response is malformed (the connection is already closed);
+- ``upstream_write_paused`` / ``upstream_write_resumed``: flow control, so the
+  downstream side can stop reading while the upstream socket's buffer is full.
+
+llhttp cannot be told that a response answers a HEAD request, so for HEAD the
+connection ends the message itself after the head and starts a fresh parser.
+
+:class:`UpstreamPool` keeps idle connections per endpoint for reuse (LIFO, at most
+``max_idle`` per endpoint, dropped after ``idle_timeout``) and opens new ones with the
+cluster's connect timeout. A connection returns to the pool only when its response was
+complete, the request was fully sent and the server allowed keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+log = logging.getLogger("plait.proxy.upstream")
+
+EndpointKey = tuple[str, int]
+
+
+class UpstreamHandler(Protocol):
+    def upstream_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_complete(
+        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
+    def upstream_error(self, conn: UpstreamConnection, details: str) -> None: ...
+    def upstream_write_paused(self) -> None: ...
+    def upstream_write_resumed(self) -> None: ...
+
+    corked: bytes | None  # output held back until the end of the current read
+
+    def uncork(self) -> None: ...
+
+
+class ConnectFailed(Exception):
+    """Opening a connection failed; ``error`` is the RFC 9209 error type."""
+
+    def __init__(self, error: str, details: str) -> None:
+        super().__init__(details)
+        self.error = error
+        self.details = details
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to end a message llhttp would keep reading."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an endpoint; serves one request at a time."""
+
+    __slots__ = (
+        "_head_request",
+        "_headers",
+        "_in_body",
+        "_interim",
+        "_reason",
+        "_stopped",
+        "_trailers",
+        "closed",
+        "handler",
+        "idle_since",
+        "key",
+        "parser",
+        "pool",
+        "received",
+        "requests",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool | None, key: EndpointKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.handler: UpstreamHandler | None = None
+        self.tunnel: Any = None  # the downstream transport once a 101 switched protocols
+        self.closed = False
+        self.requests = 0
+        self.received = False  # any byte of the current response seen
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._in_body = False
+        self._interim = False
+        self._head_request = False
+        self._stopped = False
+
+    # -- used by the exchange ------------------------------------------------------------
+
+    def begin(self, handler: UpstreamHandler, head_request: bool) -> None:
+        """Bind the connection to the next request's handler."""
+        self.handler = handler
+        self.requests += 1
+        self.received = False
+        self._head_request = head_request
+
+    def close(self) -> None:
+        """Close now, dropping unsent data; nobody is told (the caller knows)."""
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+            handler = self.handler
+            if handler is not None and handler.corked is not None:
+                handler.uncork()
+        except HttpParserUpgrade as exc:
+            handler = self.handler
+            if handler is not None:
+                handler.upstream_upgraded(self, data[exc.args[0] :])
+        except HttpParserError as exc:
+            if self._stopped:  # HEAD response ended by us; the connection stays usable
+                self._stopped = False
+                self.parser = HttpResponseParser(self)
+                return
+            handler = self.handler
+            self.close()
+            if handler is not None:
+                cause = exc.__context__
+                if cause is not None and not isinstance(cause, _StopParsing):
+                    log.exception("error in a response handler", exc_info=cause)
+                    handler.upstream_lost(self, exc)
+                else:
+                    handler.upstream_error(self, f"malformed response from upstream: {exc}")
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            self.tunnel.get_protocol().tunnel_eof(upstream=True)
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.pool is not None:
+            self.pool.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        handler = self.handler
+        self.handler = None
+        if handler is not None:
+            handler.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        handler = self.handler
+        if handler is not None:
+            handler.upstream_write_paused()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        handler = self.handler
+        if handler is not None:
+            handler.upstream_write_resumed()
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._trailers = []
+        self._reason = b""
+        self._in_body = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            self._trailers.append((name, value))
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        self._in_body = True
+        self._interim = 100 <= status < 200  # 101 too: its end is not the exchange's
+        handler = self.handler
+        if handler is None:
+            raise _StopParsing
+        handler.upstream_head(self, status, self._reason, self._headers, parser.should_keep_alive())
+        if self._head_request and not self._interim and status != 101:
+            # llhttp would wait for a body that a response to HEAD never has.
+            handler = self.handler
+            self.handler = None
+            if handler is not None:
+                handler.upstream_complete(self, [])
+            self._stopped = True
+            raise _StopParsing
+
+    def on_body(self, body: bytes) -> None:
+        handler = self.handler
+        if handler is not None:
+            handler.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        handler = self.handler
+        self.handler = None
+        if handler is not None:
+            handler.upstream_complete(self, self._trailers)
+
+
+class UpstreamPool:
+    """Connections to one cluster's endpoints, idle ones kept per endpoint for reuse."""
+
+    __slots__ = (
+        "_active",
+        "_clock",
+        "_idle",
+        "cluster",
+        "connects",
+        "idle_timeout",
+        "max_idle",
+        "on_connect",
+    )
+
+    def __init__(
+        self,
+        cluster: str,
+        *,
+        max_idle: int = 64,
+        idle_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_connect: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.on_connect = on_connect
+        self.connects = 0
+        self._clock = clock
+        self._idle: dict[EndpointKey, list[UpstreamConnection]] = {}
+        self._active: set[UpstreamConnection] = set()
+
+    def take(self, key: EndpointKey) -> UpstreamConnection | None:
+        """An idle connection to ``key`` (most recently used first), or None."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        oldest_ok = self._clock() - self.idle_timeout
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.idle_since < oldest_ok:
+                conn.close()
+                continue
+            self._active.add(conn)
+            return conn
+        return None
+
+    async def connect(self, key: EndpointKey, timeout: float) -> UpstreamConnection:
+        """A new connection to ``key``; raises :class:`ConnectFailed`."""
+        loop = asyncio.get_running_loop()
+        self.connects += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1]),
+                timeout,
+            )
+        except TimeoutError:
+            self._count(False)
+            raise ConnectFailed(
+                "connection_timeout", f"connect to {key[0]}:{key[1]} timed out after {timeout}s"
+            ) from None
+        except OSError as exc:
+            self._count(False)
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise ConnectFailed(
+                    "destination_ip_unroutable", f"{key[0]}:{key[1]}: {exc.strerror}"
+                ) from None
+            reason = exc.strerror or str(exc)
+            raise ConnectFailed("connection_refused", f"{key[0]}:{key[1]}: {reason}") from None
+        self._count(True)
+        self._active.add(conn)
+        return conn
+
+    def _count(self, ok: bool) -> None:
+        if self.on_connect is not None:
+            self.on_connect(self.cluster, ok)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give back a connection whose exchange completed cleanly."""
+        self._active.discard(conn)
+        conn.handler = None
+        if conn.closed or conn.pool is not self:
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self._clock()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """The connection closed: drop it from the idle list."""
+        self._active.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def retain(self, keys: Iterable[EndpointKey]) -> None:
+        """Close idle connections to endpoints no longer in the cluster."""
+        keep = set(keys)
+        for key in [k for k in self._idle if k not in keep]:
+            for conn in self._idle.pop(key):
+                conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection (active ones end with their exchange)."""
+        self.retain(())
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "connects": self.connects,
+            "active": len(self._active),
+            "idle": {f"{k[0]}:{k[1]}": len(v) for k, v in self._idle.items() if v},
+        }

@@ -1,0 +1,250 @@
+"""The proxy's xDS client: one ADS stream to the control plane, state of the world.
+
+Theory of operation. :meth:`XdsClient.run` loops forever over *sessions*. A session
+opens a fresh grpc.aio channel and a ``StreamAggregatedResources`` stream, then:
+
+1. subscribes to CDS and LDS as wildcards (clusters first: make-before-break), the first
+   request carrying the ``Node`` (id + metadata as a Struct, docs/xds.md);
+2. subscribes to EDS and RDS by the names the current config needs
+   (:func:`~plait.proxy.xds_decode.eds_names`, :func:`~plait.proxy.xds_decode.rds_names`)
+   — on a reconnect that is the config kept from before — each with the version last
+   ACKed, so an unchanged type need not be re-sent;
+3. for each response: :func:`~plait.proxy.xds_decode.apply_response` builds the next
+   config; ``on_config`` gets it, then the response is ACKed (its version and nonce). If a
+   resource is outside the supported subset (or ``on_config`` raises), the response is
+   NACKed instead — the version last ACKed for the type, the nonce, and ``error_detail``
+   ``google.rpc.Status(code=INVALID_ARGUMENT, message=<which resource and field>)`` — and
+   the config stays as it was;
+4. after a CDS or LDS change, re-subscribes EDS/RDS if the names they need changed.
+
+When the stream fails or ends, the config is kept (the data plane keeps serving it), and
+the next session starts after an exponential backoff with jitter
+(:func:`backoff_delay`); a session that got at least one response resets the backoff.
+``connected`` is true while the current stream has delivered a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from plait import __version__
+from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
+from plait.proxy.xds_decode import apply_response, eds_names, rds_names
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+
+log = logging.getLogger("plait.proxy.xds")
+
+INVALID_ARGUMENT = 3  # google.rpc.Code
+WILDCARD_TYPES = (CLUSTER, LISTENER)  # subscription order: clusters before listeners
+_NAMED_TYPES: dict[str, Callable[[ProxyConfig], list[str]]] = {
+    ENDPOINT: eds_names,
+    ROUTE: rds_names,
+}
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Delay before reconnect ``attempt`` (0-based): ``min(maximum, initial * 2**attempt)``,
+    jittered uniformly into its upper half so that many proxies do not reconnect in step."""
+    base = min(maximum, initial * 2.0 ** min(attempt, 32))
+    return base / 2 + rng.uniform(0, base / 2)
+
+
+def make_node(node_id: str, metadata: dict[str, Any]) -> Any:
+    node = base_pb2.Node(id=node_id, user_agent_name="plait", user_agent_version=__version__)
+    node.metadata.update(metadata)
+    return node
+
+
+class XdsClient:
+    """ADS client for one proxy; ``on_config`` receives every accepted ProxyConfig.
+
+    ``initial_config`` is a config kept from before (e.g. persisted last ACKed
+    resources): it is served until the control plane says otherwise, and its versions
+    are sent on the first subscription.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        node_id: str,
+        metadata: dict[str, Any],
+        on_config: Callable[[ProxyConfig], None],
+        *,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+        rng: random.Random | None = None,
+        initial_config: ProxyConfig | None = None,
+    ) -> None:
+        self._target = target
+        self._node = make_node(node_id, metadata)
+        self._on_config = on_config
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._rng = rng or random.Random()
+        self._config = initial_config or ProxyConfig()
+        self._acked: dict[str, str] = dict(self._config.versions)
+        self._last_nack: dict[str, str] = {}
+        self._last_error: str | None = None
+        self._connected = False
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._call: Any = None
+        # per stream:
+        self._node_sent = False
+        self._nonces: dict[str, str] = {}
+        self._subscribed: dict[str, list[str]] = {}
+        self._got_response = False
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def config(self) -> ProxyConfig:
+        return self._config
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last stream ended (or failed to start); None once a stream works again."""
+        return self._last_error
+
+    @property
+    def acked(self) -> dict[str, str]:
+        """Type URL -> the version last ACKed."""
+        return dict(self._acked)
+
+    @property
+    def last_nack(self) -> dict[str, str]:
+        """Type URL -> the error sent in a NACK, for types whose latest response was NACKed."""
+        return dict(self._last_nack)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a stream to the control plane until :meth:`stop`; never raises for it."""
+        attempt = 0
+        while not self._stopping:
+            self._got_response = False
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._stopping or (task is not None and task.cancelling()):
+                    raise
+            except grpc.aio.AioRpcError as exc:
+                self._last_error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            if self._stopping:
+                break
+            attempt = 0 if self._got_response else attempt + 1
+            delay = backoff_delay(attempt, self._backoff_initial, self._backoff_max, self._rng)
+            log.warning(
+                "xDS stream to %s ended (%s); reconnecting in %.2fs",
+                self._target,
+                self._last_error,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def stop(self) -> None:
+        """End :meth:`run`: close the stream and do not reconnect."""
+        self._stopping = True
+        self._wake.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    # -- one stream ----------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        channel = grpc.aio.insecure_channel(self._target)
+        try:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.StreamAggregatedResources()
+            self._call = call
+            self._node_sent = False
+            self._nonces = {}
+            self._subscribed = {}
+            for type_url in WILDCARD_TYPES:
+                await self._send(call, type_url)
+            await self._resubscribe(call)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise ConnectionError("the control plane closed the stream")
+                self._got_response = True
+                self._connected = True
+                self._last_error = None
+                await self._handle(call, response)
+        finally:
+            self._connected = False
+            self._call = None
+            await channel.close()
+
+    async def _handle(self, call: Any, response: Any) -> None:
+        type_url = str(response.type_url)
+        self._nonces[type_url] = str(response.nonce)
+        version = str(response.version_info)
+        try:
+            config = apply_response(
+                self._config, type_url, list(response.resources), version=version
+            )
+        except UnsupportedConfig as err:
+            await self._nack(call, type_url, version, str(err))
+            return
+        try:
+            self._on_config(config)
+        except Exception as exc:
+            log.exception("applying %s version %s failed", short_name(type_url), version)
+            await self._nack(call, type_url, version, f"the proxy could not apply it: {exc}")
+            return
+        self._config = config
+        self._acked[type_url] = version
+        self._last_nack.pop(type_url, None)
+        log.info("%s version %s accepted", short_name(type_url), version)
+        await self._send(call, type_url)
+        await self._resubscribe(call)
+
+    async def _nack(self, call: Any, type_url: str, version: str, error: str) -> None:
+        log.warning("%s version %s refused: %s", short_name(type_url), version, error)
+        self._last_nack[type_url] = error
+        await self._send(call, type_url, error=error)
+
+    async def _resubscribe(self, call: Any) -> None:
+        """Ask for the EDS/RDS names the config needs, if they differ from what was asked."""
+        for type_url, names_of in _NAMED_TYPES.items():
+            names = names_of(self._config)
+            previous = self._subscribed.get(type_url)
+            if names != previous and (previous is not None or names):
+                await self._send(call, type_url)
+
+    async def _send(self, call: Any, type_url: str, *, error: str | None = None) -> None:
+        names_of = _NAMED_TYPES.get(type_url)
+        names = names_of(self._config) if names_of is not None else []
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url,
+            version_info=self._acked.get(type_url, ""),
+            resource_names=names,
+            response_nonce=self._nonces.get(type_url, ""),
+        )
+        if not self._node_sent:
+            request.node.CopyFrom(self._node)
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
+        await call.write(request)
+        self._node_sent = True
+        if names_of is not None:
+            self._subscribed[type_url] = names

@@ -1,0 +1,37 @@
+"""Resource names, exactly as docs/xds.md ("Resource names") spells them.
+
+Every module that builds or looks up a resource by name goes through these helpers, so a
+name never drifts between the control plane, the proxy and the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+OUTBOUND: Final = "outbound"
+"""Name of a plait proxy's outbound Listener and of the RouteConfiguration it uses."""
+
+
+def outbound_cluster(service: str, subset: str = "") -> str:
+    """``outbound|<svc>``, or ``outbound|<svc>|<subset>`` for a non-empty subset key."""
+    return f"outbound|{service}|{subset}" if subset else f"outbound|{service}"
+
+
+def inbound_name(service: str) -> str:
+    """``inbound|<svc>``: the inbound Listener, its inline routes and its STATIC cluster."""
+    return f"inbound|{service}"
+
+
+def grpc_route_config(service: str) -> str:
+    """``grpc|<svc>``: the RouteConfiguration the API listeners of ``<svc>`` use."""
+    return f"grpc|{service}"
+
+
+def api_listener_names(service: str, ports: tuple[int, ...]) -> list[str]:
+    """``<svc>`` and ``<svc>:<port>`` for each port: the targets a gRPC client may dial."""
+    return [service, *(f"{service}:{port}" for port in ports)]
+
+
+def service_domains(service: str, ports: tuple[int, ...]) -> list[str]:
+    """Virtual host domains of ``<svc>`` in the ``outbound`` RouteConfiguration."""
+    return api_listener_names(service, ports)

@@ -1,0 +1,307 @@
+"""Translation: config + registry instances + the asking node -> that node's Snapshot.
+
+Theory of operation. Almost everything a node receives does not depend on the node:
+
+- EDS clusters ``outbound|<svc>`` for every service and ``outbound|<svc>|<subset>`` for
+  every subset a Route names, with their ClusterLoadAssignments (healthy instances only);
+- the ``outbound`` RouteConfiguration (plait proxies) or the ``grpc|<svc>``
+  RouteConfigurations and API listeners (every other xDS client).
+
+:class:`Translator` builds those shared parts once per (config, instances) and caches
+them; :meth:`Translator.for_node` only adds what is the node's own: a plait proxy's
+``outbound`` listener and its ``inbound|<svc>`` listeners and STATIC clusters. A
+non-plait node's snapshot does not depend on the node at all and is built once.
+
+Two kinds of node get different cluster sets:
+
+- a plait proxy: clusters for every service (a tcp service gets its cluster and
+  endpoints, no routes yet), ``lb_policy`` from the Service;
+- any other xDS client: clusters for http and grpc services only, ``ROUND_ROBIN``
+  (gRPC's default policy).
+
+Route rules apply to http and grpc services; each rule becomes one route, in order,
+followed by a catch-all (prefix ``/``) to ``outbound|<svc>`` with the default timeout.
+Names follow docs/xds.md via :mod:`plait.xds.names`. The result is always consistent
+(:meth:`Snapshot.consistency_errors` is empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+from plait.model.config import ConfigSet
+from plait.model.resources import RouteRule, RouteSpec, Service, subset_key
+from plait.xds import builders as b
+from plait.xds.inputs import Instance, NodeInfo
+from plait.xds.names import (
+    OUTBOUND,
+    api_listener_names,
+    grpc_route_config,
+    inbound_name,
+    outbound_cluster,
+    service_domains,
+)
+from plait.xds.snapshot import Message, Snapshot, resource_digest
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+DEFAULT_TIMEOUT = 15.0
+"""Timeout of the catch-all route: the same as a RouteRule's default."""
+INBOUND_CONNECT_TIMEOUT = 1.0
+INBOUND_ROUTE_TIMEOUT = 0.0
+"""0 switches the route timeout off (Envoy and plait proxies alike)."""
+ROUTED_PROTOCOLS = frozenset({"http", "grpc"})
+
+RETRY_ON: Mapping[str, str] = {
+    "connect-failure": "connect-failure",
+    "reset": "reset",
+    "5xx": "5xx",
+    "gateway-error": "gateway-error",
+    "retriable-4xx": "retriable-4xx",
+}
+"""plait's ``retries.on`` names -> Envoy ``retry_on`` names."""
+
+Resources = dict[str, Message]
+
+
+def translate(config: ConfigSet, instances: Sequence[Instance], node: NodeInfo) -> Snapshot:
+    """The snapshot for one node. To serve many nodes, reuse one :class:`Translator`."""
+    return Translator(config, instances).for_node(node)
+
+
+class Translator:
+    """Builds per-node snapshots for one (config, instances) pair, sharing common parts."""
+
+    def __init__(self, config: ConfigSet, instances: Sequence[Instance]) -> None:
+        self._services = [config.services[name] for name in sorted(config.services)]
+        self._rules = _rules_by_service(config)
+        self._endpoints = _healthy_endpoints(instances, set(config.services))
+
+    def for_node(self, node: NodeInfo) -> Snapshot:
+        if not node.plait_proxy:
+            return self._client_snapshot
+        shared = self._proxy_shared
+        listeners: Resources = {
+            OUTBOUND: b.make_http_listener(
+                OUTBOUND,
+                node.outbound_address,
+                node.outbound_port,
+                direction="outbound",
+                rds_name=OUTBOUND,
+            )
+        }
+        clusters: Resources = dict(shared.resources[CLUSTER])
+        for port in node.inbound:
+            name = inbound_name(port.service)
+            if name in listeners:  # the same service listed twice: the first one wins
+                continue
+            listeners[name] = _inbound_listener(name, port.address, port.port)
+            clusters[name] = b.make_static_cluster(
+                name,
+                [(port.app_address, port.app_port)],
+                connect_timeout=INBOUND_CONNECT_TIMEOUT,
+            )
+        return shared.replace(
+            {CLUSTER: clusters, LISTENER: listeners}, digests={CLUSTER: shared.digests[CLUSTER]}
+        )
+
+    # --- shared parts, built on first use ----------------------------------------------
+
+    @cached_property
+    def _proxy_shared(self) -> Snapshot:
+        """Clusters, endpoints and the ``outbound`` routes every plait proxy gets."""
+        clusters, endpoints = self._eds_clusters(self._services, lb_from_service=True)
+        routed = [s for s in self._services if s.spec.protocol in ROUTED_PROTOCOLS]
+        outbound = b.make_route_configuration(
+            OUTBOUND,
+            [
+                b.make_virtual_host(
+                    s.name, service_domains(s.name, _ports(s)), self._service_routes[s.name]
+                )
+                for s in routed
+            ],
+        )
+        resources = {CLUSTER: clusters, ENDPOINT: endpoints, ROUTE: {OUTBOUND: outbound}}
+        digests = {
+            type_url: {name: resource_digest(m) for name, m in items.items()}
+            for type_url, items in resources.items()
+        }
+        shared = Snapshot(resources={**resources, LISTENER: {}}, digests=digests)
+        shared.version(ENDPOINT)  # computed once here, reused by every node's snapshot
+        shared.version(ROUTE)
+        return shared
+
+    @cached_property
+    def _client_snapshot(self) -> Snapshot:
+        """Everything a proxyless gRPC client (or Envoy) gets; the same for every such node."""
+        routed = [s for s in self._services if s.spec.protocol in ROUTED_PROTOCOLS]
+        clusters, endpoints = self._eds_clusters(routed, lb_from_service=False)
+        listeners: Resources = {}
+        route_configs: Resources = {}
+        for service in routed:
+            rds = grpc_route_config(service.name)
+            for name in api_listener_names(service.name, _ports(service)):
+                listeners[name] = b.make_api_listener(name, rds)
+            route_configs[rds] = b.make_route_configuration(
+                rds, [b.make_virtual_host(service.name, ["*"], self._service_routes[service.name])]
+            )
+        return Snapshot(
+            resources={
+                CLUSTER: clusters,
+                ENDPOINT: endpoints,
+                LISTENER: listeners,
+                ROUTE: route_configs,
+            }
+        )
+
+    def _eds_clusters(
+        self, services: Iterable[Service], *, lb_from_service: bool
+    ) -> tuple[Resources, Resources]:
+        """EDS clusters of ``services`` and their (shared) ClusterLoadAssignments."""
+        clusters: Resources = {}
+        endpoints: Resources = {}
+        for service in services:
+            spec = service.spec
+            lb_policy: b.LbPolicy = spec.load_balancer if lb_from_service else "round_robin"
+            for name in self._subset_clusters[service.name]:
+                clusters[name] = b.make_eds_cluster(
+                    name, connect_timeout=spec.connect_timeout, lb_policy=lb_policy
+                )
+                endpoints[name] = self._assignments[name]
+        return clusters, endpoints
+
+    @cached_property
+    def _subset_clusters(self) -> dict[str, dict[str, Mapping[str, str]]]:
+        """Per service, EDS cluster name -> label subset: the whole service first, then
+        every subset its Route names (weight 0 too, so a canary's cluster is warm)."""
+        by_service: dict[str, dict[str, Mapping[str, str]]] = {}
+        for service in self._services:
+            subsets: dict[str, Mapping[str, str]] = {outbound_cluster(service.name): {}}
+            if service.spec.protocol in ROUTED_PROTOCOLS:
+                for rule in self._rules.get(service.name, ()):
+                    for backend in rule.backends:
+                        name = outbound_cluster(service.name, subset_key(backend.subset))
+                        subsets.setdefault(name, backend.subset)
+            by_service[service.name] = subsets
+        return by_service
+
+    @cached_property
+    def _assignments(self) -> Resources:
+        """A ClusterLoadAssignment per EDS cluster; the same for every kind of node."""
+        return {
+            name: b.make_load_assignment(name, _members(self._endpoints.get(service, []), subset))
+            for service, subsets in self._subset_clusters.items()
+            for name, subset in subsets.items()
+        }
+
+    @cached_property
+    def _service_routes(self) -> dict[str, list[Any]]:
+        """Per http/grpc service: a route per rule, in order, then the catch-all."""
+        return {
+            s.name: [
+                *(_rule_route(s.name, rule) for rule in self._rules.get(s.name, ())),
+                b.make_route(
+                    b.make_route_match(prefix="/"),
+                    cluster=outbound_cluster(s.name),
+                    timeout=DEFAULT_TIMEOUT,
+                ),
+            ]
+            for s in self._services
+            if s.spec.protocol in ROUTED_PROTOCOLS
+        }
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def _ports(service: Service) -> tuple[int, ...]:
+    return tuple(p.port for p in service.spec.ports)
+
+
+def _rules_by_service(config: ConfigSet) -> dict[str, tuple[RouteRule, ...]]:
+    """Rules per destination service (first Route by name wins; unknown services dropped)."""
+    rules: dict[str, tuple[RouteRule, ...]] = {}
+    for name in sorted(config.routes):
+        spec: RouteSpec = config.routes[name].spec
+        if spec.service in config.services and spec.service not in rules:
+            rules[spec.service] = spec.rules
+    return rules
+
+
+Endpoint = tuple[str, int, Mapping[str, str]]
+
+
+def _healthy_endpoints(
+    instances: Iterable[Instance], services: set[str]
+) -> dict[str, list[Endpoint]]:
+    """Healthy instances of known services, grouped by service and sorted by address.
+
+    Sorting makes the result independent of the order of ``instances``.
+    """
+    grouped: dict[str, list[Endpoint]] = {}
+    for inst in instances:
+        if inst.healthy and inst.service in services:
+            grouped.setdefault(inst.service, []).append((inst.address, inst.port, inst.labels))
+    for endpoints in grouped.values():
+        endpoints.sort(key=lambda e: (e[0], e[1]))
+    return grouped
+
+
+def _members(endpoints: Iterable[Endpoint], subset: Mapping[str, str]) -> list[tuple[str, int]]:
+    """Addresses of the endpoints whose labels include ``subset``, each address once.
+
+    Two registered instances at one address (a registry glitch) count once: gRPC refuses
+    an assignment that lists an address twice. The address is a member if any of them is.
+    """
+    items = subset.items()
+    members = ((address, port) for address, port, labels in endpoints if items <= labels.items())
+    return list(dict.fromkeys(members))
+
+
+def _inbound_listener(name: str, address: str, port: int) -> Any:
+    """``inbound|<svc>``: everything arriving at ``address:port`` goes to the local app.
+
+    The route's timeout is 0 (off): the caller's outbound route owns the deadline, and an
+    unset timeout would mean Envoy's 15 s, cutting longer outbound timeouts short.
+    """
+    route = b.make_route(b.make_route_match(), cluster=name, timeout=INBOUND_ROUTE_TIMEOUT)
+    routes = b.make_route_configuration(name, [b.make_virtual_host(name, ["*"], [route])])
+    return b.make_http_listener(name, address, port, direction="inbound", route_config=routes)
+
+
+def _rule_route(service: str, rule: RouteRule) -> Any:
+    match = rule.match
+    headers = [
+        b.make_header_matcher(
+            h.name, exact=h.exact, prefix=h.prefix, present=h.present, invert=h.invert
+        )
+        for h in match.headers
+    ]
+    route_match = b.make_route_match(prefix=match.path_prefix, path=match.path, headers=headers)
+    retry_policy = None
+    if rule.retries is not None and rule.retries.attempts > 0 and rule.retries.on:
+        # No attempts or no conditions means no retries: say so by having no policy
+        # (gRPC refuses num_retries 0).
+        retry_on = list(dict.fromkeys(RETRY_ON[name] for name in rule.retries.on))
+        retry_policy = b.make_retry_policy(
+            retry_on, rule.retries.attempts, rule.retries.per_try_timeout
+        )
+    weights: dict[str, int] = {}  # cluster -> weight; equal subsets add up, zeros dropped
+    for backend in rule.backends:
+        if backend.weight > 0:
+            name = outbound_cluster(service, subset_key(backend.subset))
+            weights[name] = weights.get(name, 0) + backend.weight
+    if list(weights) == [outbound_cluster(service)]:
+        return b.make_route(
+            route_match,
+            cluster=outbound_cluster(service),
+            timeout=rule.timeout,
+            retry_policy=retry_policy,
+        )
+    return b.make_route(
+        route_match,
+        weighted_clusters=list(weights.items()),
+        timeout=rule.timeout,
+        retry_policy=retry_policy,
+    )

@@ -1,0 +1,25 @@
+"""xDS v3 resource type URLs and the order in which a snapshot's types are pushed.
+
+Clusters and endpoints go before the listeners and routes that name them
+(make-before-break, see docs/xds.md): ``PUSH_ORDER`` is that order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+LISTENER: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+ALL_TYPES: Final = frozenset(PUSH_ORDER)
+
+SHORT_NAMES: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+"""Type URL -> the discovery service's short name, for logs and metrics."""
+
+
+def short_name(type_url: str) -> str:
+    """``"CDS"`` for the cluster type URL; the URL itself for a type we do not serve."""
+    return SHORT_NAMES.get(type_url, type_url)
