@@ -24,18 +24,20 @@ Everything a mesh writes -- bootstraps, ready files, logs, data -- is under ``st
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from plait.cli.api import CliError, error_text, request_json
 from plait.cli.hosts import App, Host
-from plait.cli.supervisor import Process, StartError, Supervisor
+from plait.cli.supervisor import Process, StartError, Supervisor, signal_pid
 
 __all__ = ["App", "Host", "Mesh"]
 
@@ -97,9 +99,12 @@ class Mesh:
 
     def start_control(self, extra_args: Sequence[str] = ()) -> str:
         """Start ``plait control`` on ports 0 and wait for its ready file; the API URL."""
+        return self._launch_control(0, 0, extra_args)
+
+    def _launch_control(self, xds_port: int, api_port: int, extra_args: Sequence[str]) -> str:
         ready = self._fresh_ready_file("control")
         argv = [self.python, "-m", "plait.control", "--data-dir", str(self.state_dir / "control")]
-        argv += ["--host", self.address, "--xds-port", "0", "--api-port", "0"]
+        argv += ["--host", self.address, "--xds-port", str(xds_port), "--api-port", str(api_port)]
         argv += ["--ready-file", str(ready), *extra_args]
         self.control = self.supervisor.start("control", "control", argv)
         self.control_info = self.supervisor.wait_ready_file(self.control, ready, self.start_timeout)
@@ -114,6 +119,50 @@ class Mesh:
             details = "; ".join(str(e) for e in (obj or {}).get("errors") or [])
             raise CliError(f"applying {path} failed: {error_text(obj)} {details}".strip())
         return dict(obj)
+
+    def kill_control(self, signum: int | None = None, timeout: float = 10.0) -> int:
+        """Signal the control plane by PID (SIGKILL by default), wait until it is gone.
+
+        The process is forgotten (so :meth:`wait_ready` and friends do not report it as
+        having exited) but ``control_info`` is kept: :meth:`restart_control` starts it
+        again on the same ports. Returns the PID that was signalled.
+        """
+        proc = self.control
+        if proc is None:
+            raise RuntimeError("the control plane is not running: call start_control()")
+        signal_pid(proc, signal.SIGKILL if signum is None else signum)
+        deadline = time.monotonic() + timeout
+        while proc.alive():
+            if time.monotonic() >= deadline:
+                raise proc.failure(f"still running {timeout:g}s after signal {signum}")
+            time.sleep(0.02)
+        if proc.popen is not None:
+            proc.popen.wait()  # reap it
+        self.supervisor.processes = [p for p in self.supervisor.processes if p is not proc]
+        self.control = None
+        return proc.pid
+
+    def restart_control(self, extra_args: Sequence[str] = ()) -> str:
+        """Start ``plait control`` again with the same data dir on the ports it had before.
+
+        For after :meth:`kill_control` (or a crash): proxies keep their bootstrap's
+        addresses, so the new process must bind the same xDS and API ports. A dead
+        previous process is forgotten first. Returns the API URL.
+        """
+        if self.control_info is None:
+            raise RuntimeError("the control plane never started: call start_control()")
+        if self.control is not None:
+            if self.control.alive():
+                raise RuntimeError(
+                    f"the control plane (pid {self.control.pid}) is still running: "
+                    "call kill_control() first"
+                )
+            self.supervisor.processes = [
+                p for p in self.supervisor.processes if p is not self.control
+            ]
+            self.control = None
+        xds_port = int(self.xds_address.rpartition(":")[2])
+        return self._launch_control(xds_port, urlsplit(self.api_url).port or 0, extra_args)
 
     # -- hosts -----------------------------------------------------------------------
 
@@ -334,8 +383,6 @@ class Mesh:
 
 def _get_status(url: str, timeout: float = 2.0) -> int | None:
     """The status of ``GET url``, or None if nothing answers."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:

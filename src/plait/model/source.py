@@ -149,10 +149,12 @@ def _yaml_error(exc: BaseException, text: str, filename: str, document: int) -> 
     what = str(exc)
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        line = min(mark.line + 1, _line_at(text, len(text))) if mark is not None else None
+        line = min(mark.line + 1, _last_line(text)) if mark is not None else None
         what = exc.problem or what
         if exc.context:
-            what = f"{what} ({exc.context})"
+            started = exc.context_mark.line + 1 if exc.context_mark is not None else None
+            at = f" that starts at line {started}" if started not in (None, line) else ""
+            what = f"{what} ({exc.context}{at})"
     elif isinstance(exc, yaml.reader.ReaderError):
         line = _line_at(text, exc.position)
         what = f"character {exc.character!r} is not allowed in YAML"
@@ -172,6 +174,11 @@ def _yaml_error(exc: BaseException, text: str, filename: str, document: int) -> 
 def _line_at(text: str, position: int) -> int:
     """1-based line of ``text[position]``, counting line breaks as YAML does."""
     return len(_YAML_BREAK_RE.findall(text, 0, position)) + 1
+
+
+def _last_line(text: str) -> int:
+    """The last line with any text (an error "at the end" points there, not past it)."""
+    return _line_at(text, len(text.rstrip(" \t\r\n\x85\u2028\u2029")))
 
 
 def _construct_error(exc: Exception, where: Where) -> FieldError:

@@ -24,13 +24,15 @@ balancer counters and idle connections carry over from one config to the next.
 validates it against request smuggling -- ambiguous framing is answered 400 and the
 connection closed, never forwarded -- and normalizes it: hop-by-hop fields dropped,
 absolute-form rewritten to origin-form, ``Via`` appended, ``x-request-id`` kept or made.
-An :class:`~plait.proxy.http1.Exchange` then walks the routing levels::
+An :class:`~plait.proxy.http1_exchange.Exchange` then walks the routing levels, making
+one :class:`~plait.proxy.http1_exchange.Attempt` per try::
 
     listener -> Router.match (virtual host, route) -> weighted cluster pick
              -> balancer.pick (endpoint) -> pool (idle keep-alive connection, or connect)
 
 and streams the body up and the response down without buffering it whole, with flow
-control between the two sockets. Upgrades (WebSocket) become a raw byte tunnel on 101.
+control between the two sockets (:mod:`~plait.proxy.upstream` holds the upstream
+connections and their pool). Upgrades (WebSocket) become a raw byte tunnel on 101.
 
 **When something fails**, the response the proxy makes says which hop made it and why:
 an RFC 9209 ``Proxy-Status`` (:mod:`~plait.proxy.proxy_status`) naming
@@ -45,6 +47,6 @@ with the same error type as the header) and one sample in the Prometheus metrics
 
 Layering: decisions live in pure modules (``http1_checks``, ``router``, ``lb``,
 ``proxy_status``, ``runtime``, ``xds_decode``), checked by ``mypy --strict`` and unit
-tests; the shells (``http1``, ``upstream``, ``dataplane``, ``admin``, ``main``) hold
-sockets and timers and are tested with real processes and curl.
+tests; the shells (``http1``, ``http1_exchange``, ``upstream``, ``dataplane``, ``admin``,
+``main``) hold sockets and timers and are tested with real processes and curl.
 """

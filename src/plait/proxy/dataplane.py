@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +39,12 @@ from plait.proxy.via import via_entry
 log = logging.getLogger("plait.proxy.dataplane")
 
 
-def _uuid_hex() -> str:
-    return uuid.uuid4().hex
+def uuid4_hex() -> str:
+    """A random (version 4) UUID as 32 hex digits; ``uuid.uuid4().hex`` at a third the cost."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
 
 
 @dataclass(eq=False)
@@ -97,11 +101,13 @@ class DataPlane:
         metrics: Any = None,
         access_log: Any = None,
         rng: random.Random | None = None,
-        request_id: Callable[[], str] = _uuid_hex,
+        request_id: Callable[[], str] = uuid4_hex,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         max_idle_per_endpoint: int = 64,
-        idle_timeout: float = 60.0,
+        upstream_idle_timeout: float = 60.0,
+        downstream_idle_timeout: float = 300.0,
+        request_head_timeout: float = 30.0,
     ) -> None:
         self.node_id = node_id
         self.local_services = tuple(local_services)
@@ -119,7 +125,10 @@ class DataPlane:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by bind
         self._clusters: dict[str, ClusterState] = {}
         self._max_idle = max_idle_per_endpoint
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = upstream_idle_timeout
+        self.downstream_idle_timeout = downstream_idle_timeout
+        self.request_head_timeout = request_head_timeout
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -151,7 +160,19 @@ class DataPlane:
         slot.address, slot.port = sockname[0], sockname[1]
         slot.server = server
         self.listeners[name] = slot
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep(), name="dataplane-sweep")
         return slot.address, slot.port
+
+    async def _sweep(self) -> None:
+        """Downstream timeouts: idle keep-alive connections and slow request heads."""
+        idle, head = self.downstream_idle_timeout, self.request_head_timeout
+        interval = min(5.0, max(0.02, min(idle, head) / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for conn in list(self.connections):
+                conn.sweep(now, idle, head)
 
     # -- config --------------------------------------------------------------------------
 
@@ -286,6 +307,9 @@ class DataPlane:
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), close all."""
         self.stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.connections):
             conn.drain()
         deadline = self.loop.time() + grace if self.loop is not None else 0.0

@@ -68,6 +68,7 @@ _DROP = 5  # hop-by-hop, always removed
 _UPGRADE = 6
 _TE = 7
 _VIA = 8
+# From here on: end-to-end fields that are forwarded, and also looked at.
 _REQUEST_ID = 9
 _EXPECT = 10
 _PROXY_STATUS = 11
@@ -134,12 +135,19 @@ def _upstream_fault(details: str) -> HeadRejected:
 # Single-field checks (exposed for tests and for the slow path of error messages)
 
 
-def field_name_error(name: bytes) -> str | None:
-    """Why ``name`` is not a valid field name, or None."""
+def _name_chars_error(name: bytes) -> str | None:
     if not name:
         return "empty header name"
     if name.translate(None, _TCHAR):
         return f"invalid character in header name {name!r}"
+    return None
+
+
+def field_name_error(name: bytes) -> str | None:
+    """Why ``name`` is not a valid field name, or None."""
+    chars = _name_chars_error(name)
+    if chars is not None:
+        return chars
     if b"_" in name and _is_alias(name.lower()):
         return f"header name {name!r} reads as a framing header"
     return None
@@ -258,7 +266,7 @@ def check_field_chars(headers: list[tuple[bytes, bytes]], fault: int = 400) -> N
         or b"" in names
     ):
         for name, value in headers:
-            problem = field_name_error(name) or field_value_error(name, value)
+            problem = _name_chars_error(name) or field_value_error(name, value)
             if problem is not None:
                 if fault == 502:
                     raise _upstream_fault(problem)
@@ -282,7 +290,22 @@ def parse_request_head(
     if method == b"CONNECT":
         raise HeadRejected("CONNECT is not supported", 501)
 
+    check_field_chars(headers)
     forward: list[tuple[bytes, bytes]] = []
+    specials: list[tuple[int, bytes]] = []
+    special = _SPECIAL
+    for name, value in headers:
+        lname = name.lower()
+        kind = special.get(lname)
+        if kind is None:
+            if b"_" in lname and _is_alias(lname):
+                raise HeadRejected(f"header name {name!r} reads as a framing header")
+            forward.append((name, value))
+        else:
+            specials.append((kind, value))
+            if kind >= _REQUEST_ID:  # end-to-end fields we also look at
+                forward.append((name, value))
+
     cl_values: list[bytes] = []
     te_values: list[bytes] = []
     hosts: list[bytes] = []
@@ -292,21 +315,13 @@ def parse_request_head(
     request_id: bytes | None = None
     expect_continue = False
     te_trailers = False
-    special = _SPECIAL
-    check_field_chars(headers)
-    for name, value in headers:
-        lname = name.lower()
-        kind = special.get(lname)
-        if kind is None:
-            if b"_" in lname and _is_alias(lname):
-                raise HeadRejected(f"header name {name!r} reads as a framing header")
-            forward.append((name, value))
+    for kind, value in specials:
+        if kind == _HOST:
+            hosts.append(value)
         elif kind == _CONTENT_LENGTH:
             cl_values.append(value)
         elif kind == _TRANSFER_ENCODING:
             te_values.append(value)
-        elif kind == _HOST:
-            hosts.append(value)
         elif kind == _CONNECTION:
             connection.append(value)
         elif kind == _UPGRADE:
@@ -318,13 +333,9 @@ def parse_request_head(
             via.append(value)
         elif kind == _REQUEST_ID:
             request_id = value
-            forward.append((name, value))
         elif kind == _EXPECT:
             expect_continue = value.strip(_OWS).lower() == b"100-continue"
-            forward.append((name, value))
-        elif kind == _PROXY_STATUS:
-            forward.append((name, value))
-        # _DROP: hop-by-hop, removed
+        # _DROP: hop-by-hop, removed; _PROXY_STATUS: forwarded as is
 
     content_length: int | None = None
     chunked = False
@@ -369,21 +380,21 @@ def parse_request_head(
         raise HeadRejected("an Upgrade request must not carry a body")
 
     return RequestHead(
-        method=method,
-        target=origin,
-        path=path_of(origin),
-        host=authority,
-        version=version,
-        headers=forward,
-        keep_alive=keep_alive,
-        content_length=content_length,
-        chunked=chunked,
-        upgrade=upgrade_value,
-        expect_continue=expect_continue,
-        request_id=request_id,
-        via=b", ".join(via) if via else None,
-        te_trailers=te_trailers,
-        absolute_form=target[:1] != b"/" and target != b"*",
+        method,
+        origin,
+        path_of(origin),
+        authority,
+        version,
+        forward,
+        keep_alive,
+        content_length,
+        chunked,
+        upgrade_value,
+        expect_continue,
+        request_id,
+        b", ".join(via) if via else None,
+        te_trailers,
+        target[:1] != b"/" and target != b"*",
     )
 
 

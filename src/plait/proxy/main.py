@@ -187,7 +187,11 @@ def ready_info(boot: Bootstrap, bound: BoundPorts, admin: tuple[str, int]) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="plait proxy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="plait proxy",
+        description="Run the plait data-plane proxy: listeners from the bootstrap, config "
+        "over xDS from the control plane (docs/internals.md).",
+    )
     parser.add_argument("--config", required=True, help="bootstrap YAML (docs/internals.md)")
     parser.add_argument("--ready-file", default=None, help="overrides the bootstrap ready_file")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on stop")

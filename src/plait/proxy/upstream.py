@@ -13,7 +13,8 @@ request; it only frames what the parser saw:
 - ``upstream_lost``: the connection closed or failed (``exc`` None for a clean EOF);
 - ``upstream_error``: the response is malformed (the connection is already closed);
 - ``upstream_write_paused`` / ``upstream_write_resumed``: flow control, so the
-  downstream side can stop reading while the upstream socket's buffer is full.
+  downstream side can stop reading while the upstream socket's buffer is full;
+- ``uncork``: the end of one read of the socket (output held back may go now).
 
 llhttp cannot be told that a response answers a HEAD request, so for HEAD the
 connection ends the message itself after the head and starts a fresh parser.
@@ -55,12 +56,9 @@ class UpstreamHandler(Protocol):
     ) -> None: ...
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
-    def upstream_error(self, conn: UpstreamConnection, details: str) -> None: ...
+    def upstream_error(self, conn: UpstreamConnection, details: str, error: str = ...) -> None: ...
     def upstream_write_paused(self) -> None: ...
     def upstream_write_resumed(self) -> None: ...
-
-    corked: bytes | None  # output held back until the end of the current read
-
     def uncork(self) -> None: ...
 
 
@@ -77,10 +75,19 @@ class _StopParsing(Exception):
     """Raised from a parser callback to end a message llhttp would keep reading."""
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: the response header section is over the limit."""
+
+
+MAX_RESPONSE_HEAD = 64 * 1024
+HEAD_TOO_LARGE = "http_response_header_section_size"
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; serves one request at a time."""
 
     __slots__ = (
+        "_head_bytes",
         "_head_request",
         "_headers",
         "_in_body",
@@ -117,6 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
         self._interim = False
         self._head_request = False
+        self._head_bytes = 0
         self._stopped = False
 
     # -- used by the exchange ------------------------------------------------------------
@@ -149,8 +157,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
             handler = self.handler
-            if handler is not None and handler.corked is not None:
-                handler.uncork()
+            if handler is not None:
+                handler.uncork()  # the end of this read: flush a held-back response head
+            if not self._in_body:  # a head still incomplete: bound what llhttp holds
+                self._head_bytes += len(data)
+                if self._head_bytes > 2 * MAX_RESPONSE_HEAD:
+                    self.close()
+                    if handler is not None:
+                        details = "upstream response header section is larger than 64 KiB"
+                        handler.upstream_error(self, details, HEAD_TOO_LARGE)
         except HttpParserUpgrade as exc:
             handler = self.handler
             if handler is not None:
@@ -164,7 +179,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             if handler is not None:
                 cause = exc.__context__
-                if cause is not None and not isinstance(cause, _StopParsing):
+                if isinstance(cause, _HeadTooLarge):
+                    details = "upstream response header section is larger than 64 KiB"
+                    handler.upstream_error(self, details, HEAD_TOO_LARGE)
+                elif cause is not None and not isinstance(cause, _StopParsing):
                     log.exception("error in a response handler", exc_info=cause)
                     handler.upstream_lost(self, exc)
                 else:
@@ -209,6 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._trailers = []
         self._reason = b""
         self._in_body = False
+        self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -216,13 +235,17 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_body:
             self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
+            return
+        self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = parser.get_status_code()
         self._in_body = True
+        self._head_bytes = 0
         self._interim = 100 <= status < 200  # 101 too: its end is not the exchange's
         handler = self.handler
         if handler is None:

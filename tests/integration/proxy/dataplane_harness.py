@@ -237,6 +237,10 @@ class _UpstreamProto(asyncio.Protocol):
                     await asyncio.sleep(0.001)
             t.write(b"0\r\nx-trailer: done\r\n\r\n")
             return
+        if parts[0] == "hugehead":
+            fat = b"".join(b"x-fat-%d: %s\r\n" % (i, b"f" * 1000) for i in range(70))
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + fat + b"\r\n")
+            return
         if parts[0] == "headers":
             body = "\n".join(f"{n}: {v}" for n, v in req.headers).encode("latin-1") + b"\n"
         else:

@@ -487,3 +487,156 @@ def test_graceful_close_lets_in_flight_requests_finish(env: Env) -> None:
     assert time.monotonic() - started < 2
     with pytest.raises(OSError):
         socket.create_connection((HOST, env.proxy.port), timeout=1).close()
+
+
+# -- connection management and flow control --------------------------------------------------
+
+
+def test_upstream_connection_close_is_not_reused(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    assert get(env, "/close")[0] == 200
+    assert get(env, "/after")[0] == 200
+    assert up.accepts == 2
+
+
+def test_idle_connection_closed_by_the_server_is_replaced(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    assert get(env, "/one")[0] == 200
+    env.lt.run(up.stop())  # drops the idle pooled connection (and stops listening)
+    env.lt.run(up.start())  # same object, new port: point the cluster at it
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    assert get(env, "/two")[0] == 200
+    assert up.accepts == 2
+
+
+def test_early_response_during_upload_is_relayed_and_closes(env: Env, tmp_path: Path) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    path, _ = write_file(tmp_path, 4 * 1024 * 1024)
+    r = curl("-i", "-H", "Host: orders", "--data-binary", f"@{path}", env.url + "/early")
+    assert parse_head(r.stdout)[0] == 413, (r.stdout[:300], r.stderr)
+    line = json.loads(env.proxy.lines[-1])
+    assert line["status"] == 413
+
+
+def test_malformed_chunked_body_gets_400_and_the_upstream_connection_is_dropped(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    head = b"POST /x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection((HOST, env.proxy.port), timeout=3) as s:
+        s.sendall(head + b"5\r\nhello\r\n")
+        deadline = time.monotonic() + 3
+        while not up.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s.sendall(b"zz\r\n")  # not a chunk size
+        data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert b"error=http_request_error" in data
+        assert s.recv(65536) == b""  # closed
+    deadline = time.monotonic() + 3
+    while env.lt.call(lambda: len(up.transports)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert env.lt.call(lambda: len(up.transports)) == 0
+    assert up.requests[0].complete is False
+
+
+def test_client_gone_mid_upload_closes_the_upstream_and_logs_499(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    with socket.create_connection((HOST, env.proxy.port), timeout=3) as s:
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: orders\r\nContent-Length: 1000\r\n\r\nabc")
+        deadline = time.monotonic() + 3
+        while not up.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 3
+    while (not env.proxy.lines or env.lt.call(lambda: len(up.transports))) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    assert json.loads(env.proxy.lines[-1])["status"] == 499
+    assert env.lt.call(lambda: len(up.transports)) == 0
+
+
+def test_a_slow_client_pauses_the_upstream_instead_of_buffering(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    size = 64 * 1024 * 1024
+    with socket.create_connection((HOST, env.proxy.port), timeout=5) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(b"GET /big/%d HTTP/1.1\r\nHost: orders\r\n\r\n" % size)
+        time.sleep(0.5)  # read nothing: the proxy must stop reading from the upstream
+
+        def buffered() -> int:
+            return sum(c.transport.get_write_buffer_size() for c in env.proxy.dp.connections)
+
+        assert buffered() < 4 * 1024 * 1024
+        received = 0
+        while received < size:
+            piece = s.recv(1 << 20)
+            assert piece
+            received += len(piece)
+            if b"0\r\nx-trailer: done\r\n\r\n" in piece[-64:]:
+                break
+    assert received > size
+
+
+def test_oversize_upstream_response_head_is_a_502(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    status, headers, _ = get(env, "/hugehead")
+    assert status == 502
+    [(_, params)] = the_proxy_status(headers)
+    assert params["error"] == "http_response_header_section_size"
+
+
+def test_idle_connections_are_closed_and_slow_heads_get_408(lt: LoopThread) -> None:
+    proxy = ProxyUnderTest(lt, downstream_idle_timeout=0.3, request_head_timeout=0.3)
+    try:
+        proxy.apply(outbound_config({}))
+        started = time.monotonic()
+        data, closed = raw_exchange(proxy.port, b"", timeout=3)
+        assert (data, closed) == (b"", True)
+        assert time.monotonic() - started < 2
+        data, closed = raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: orders\r\n", timeout=3)
+        assert data.startswith(b"HTTP/1.1 408 ") and closed
+    finally:
+        proxy.close()
+
+
+def test_two_hops_show_the_whole_proxy_status_chain(env: Env, lt: LoopThread) -> None:
+    # node-b's inbound listener fronts an app that is down; node-t's outbound sends there
+    node_b = ProxyUnderTest(lt, node_id="node-b", inbound=["orders"])
+    try:
+        node_b.apply(outbound_config({}, inbound={"orders": closed_port()}))
+        env.proxy.apply(outbound_config({"orders": [node_b.inbound_ports["orders"]]}))
+        status, headers, body = get(env, "/x")
+        assert status == 502
+        members = the_proxy_status(headers)
+        assert [hop for hop, _ in members] == ["node-b/inbound", "node-t/outbound"]
+        assert members[0][1]["error"] == "connection_refused"
+        assert members[1][1] == {"received-status": 502}
+        assert headers["via"] == "1.1 node-b, 1.1 node-t"
+        assert body.startswith("node-b/inbound: connection_refused")
+        rid = headers["x-request-id"]
+        assert json.loads(node_b.lines[-1])["request_id"] == rid
+        assert json.loads(env.proxy.lines[-1])["request_id"] == rid
+    finally:
+        node_b.close()
+
+
+def test_bad_chunk_in_the_same_packet_sends_nothing_upstream(env: Env) -> None:
+    up = env.upstream("orders-1")
+    env.proxy.apply(outbound_config({"orders": [up.port]}))
+    assert get(env, "/warm")[0] == 200  # an idle pooled connection exists now
+    raw_before = env.lt.call(lambda: [bytes(r) for r in up.raw])
+    request = (
+        b"POST /bad HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhelloXX\r\n0\r\n\r\n"
+    )
+    data, closed = raw_exchange(env.proxy.port, request)
+    assert data.startswith(b"HTTP/1.1 400 ") and closed
+    assert env.lt.call(lambda: [bytes(r) for r in up.raw]) == raw_before
+    assert get(env, "/again")[0] == 200
+    assert up.accepts == 1  # the untouched connection went back to the pool

@@ -68,6 +68,12 @@ def test_yaml_syntax_error_has_its_line() -> None:
     assert error.message.startswith("invalid YAML: ")
 
 
+def test_unclosed_bracket_says_where_it_opened() -> None:
+    error = only_error("kind: Service\nmetadata: {name: orders,\n  labels: {}\n\n")
+    assert error.line == 3  # the end of the text, not the line after it
+    assert "while parsing a flow mapping that starts at line 2" in error.message
+
+
 def test_syntax_error_still_reports_errors_in_earlier_documents() -> None:
     errors = errors_of("kind: Nope\n---\na: [\n")
     assert [(e.document, e.field) for e in errors] == [(1, "kind"), (2, "")]

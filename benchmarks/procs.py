@@ -1,0 +1,258 @@
+"""Processes for the benchmark: start pinned to a CPU, stop by PID, read CPU time and peak RSS.
+
+Every process the harness starts goes through :class:`Procs`, which remembers it and stops
+it by its PID (SIGTERM, then SIGKILL) -- never by name. CPU time and peak RSS come from
+``/proc/<pid>/stat`` and ``/proc/<pid>/status`` of the process and its descendants (nginx
+runs a master and a worker).
+
+The parsers (:func:`parse_proc_stat`, :func:`parse_vm_hwm`) are pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- pure parsers ----------------------------------------------------------------------------
+
+
+def parse_proc_stat(text: str) -> tuple[int, int, int]:
+    """``/proc/<pid>/stat`` -> (ppid, utime ticks, stime ticks).
+
+    The command name (field 2) is in parentheses and may hold spaces or ')', so fields
+    are counted from the last ')'.
+    """
+    rest = text[text.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    return int(rest[1]), int(rest[11]), int(rest[12])
+
+
+def parse_vm_hwm(text: str) -> int | None:
+    """``VmHWM`` (peak resident set size) in KiB from ``/proc/<pid>/status``; None if absent."""
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def parse_cpu_times(text: str) -> dict[int, tuple[int, int]]:
+    """``/proc/stat`` -> {cpu: (busy ticks, total ticks)}; busy excludes idle and iowait."""
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        ticks = [int(x) for x in rest.split()]
+        # user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+        total = sum(ticks[:8])
+        out[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+    return out
+
+
+# -- /proc readers ---------------------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (by scanning ``/proc/*/stat``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        text = _read(f"/proc/{entry}/stat")
+        if text is None:
+            continue
+        ppid = parse_proc_stat(text)[0]
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime, in seconds, of ``pids`` and their descendants."""
+    total = 0
+    for root in pids:
+        for p in descendants(root):
+            text = _read(f"/proc/{p}/stat")
+            if text is not None:
+                _, utime, stime = parse_proc_stat(text)
+                total += utime + stime
+    return total / CLK_TCK
+
+
+def cpu_busy_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU (busy, total) ticks since boot, from ``/proc/stat``."""
+    return parse_cpu_times(_read("/proc/stat") or "")
+
+
+def peak_rss_kib(pids: Sequence[int]) -> int:
+    """Sum of VmHWM over ``pids`` and their descendants, KiB."""
+    total = 0
+    for root in pids:
+        for p in descendants(root):
+            text = _read(f"/proc/{p}/status")
+            if text is not None:
+                total += parse_vm_hwm(text) or 0
+    return total
+
+
+# -- ports and readiness ---------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for peers that cannot report what they bound)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(
+    host: str, port: int, path: str = "/", headers: Mapping[str, str] | None = None
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=3.0)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+# -- starting and stopping -------------------------------------------------------------------
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log: Path
+    cpu: int | None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def failure(self, what: str) -> StartError:
+        return StartError(f"{self.name} (pid {self.pid}) {what}; log {self.log}:\n{self.tail()}")
+
+
+@dataclass
+class Procs:
+    """Starts processes (optionally pinned with ``taskset -c CPU``) and stops them by PID."""
+
+    log_dir: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpu: int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        full = [*(["taskset", "-c", str(cpu)] if cpu is not None else []), *argv]
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches only the harness
+            )
+        proc = Proc(name, list(full), popen, log, cpu)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, timeout: float = 5.0) -> None:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.popen.wait(timeout)
+        with contextlib.suppress(ValueError):
+            self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.started)):
+            self.stop(proc)
+
+
+def wait_until(check, timeout: float, what: str, procs: Sequence[Proc] = ()) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``check()`` until true; StartError on timeout or if one of ``procs`` exits."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        for p in procs:
+            if not p.alive():
+                raise p.failure(f"exited with code {p.popen.returncode} while waiting for {what}")
+        try:
+            if check():
+                return
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise StartError(f"timed out after {timeout:g}s waiting for {what} (last: {last})")
+        time.sleep(0.1)
+
+
+def wait_http_ok(
+    host: str,
+    port: int,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+    procs: Sequence[Proc] = (),
+    what: str = "",
+) -> None:
+    wait_until(
+        lambda: http_get(host, port, "/", headers)[0] == 200,
+        timeout,
+        what or f"HTTP 200 from {host}:{port}",
+        procs,
+    )

@@ -1,0 +1,296 @@
+"""From raw per-repetition results to the Markdown tables of RESULTS.md (pure, unit-tested).
+
+Raw results (``benchmarks/out/run-*.json``) hold, per repetition, per case::
+
+    {"rps": 4712.6, "requests": 47126, "errors": 0,          # wrk, saturation
+     "latency_s": {"p50": …, "p90": …, "p99": …, "p99.9": …},  # h2load at a fixed rate
+     "latency_rps": 1000.0, "latency_errors": 0,
+     "cpu_s": 9.8, "cpu_per_10k": 2.07, "cpu_busy": 0.98,     # proxies of the case only
+     "peak_rss_kib": 51234}
+
+or ``{"error": "why it failed"}``. :func:`summarize` turns these into per-case medians with
+min and max over the repetitions, and ratios to the HAProxy case with the same path (hops
+and TLS) computed *within* each repetition before taking the median:
+
+* throughput ratio = case req/s / HAProxy req/s;
+* added p99 = case p99 - ``direct`` p99 (same repetition); ratio = case / HAProxy;
+* CPU ratio = case CPU s per 10k requests / HAProxy's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_YET = "not yet available"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # "plait-2hop-mtls"
+    kind: str  # "direct" | "plait" | "haproxy" | "nginx"
+    hops: int
+    mtls: bool = False
+    unavailable: str | None = None  # why the case cannot run at all (e.g. NOT_YET)
+
+    @property
+    def path(self) -> str:
+        if self.hops == 0:
+            return "load → upstream"
+        if self.hops == 1:
+            return "load → outbound → upstream"
+        link = " =mTLS⇒ " if self.mtls else " → "
+        return f"load → outbound{link}inbound → upstream"
+
+    @property
+    def baseline(self) -> str | None:
+        """The HAProxy case this case is compared with (None for ``direct``)."""
+        if self.hops == 0:
+            return None
+        return f"haproxy-{self.hops}hop{'-mtls' if self.mtls else ''}"
+
+
+def all_cases(plait_mtls: str | None = NOT_YET) -> list[Case]:
+    cases = [Case("direct", "direct", 0)]
+    for hops, mtls in ((1, False), (2, False), (2, True)):
+        for kind in ("plait", "haproxy", "nginx"):
+            why = plait_mtls if (kind == "plait" and mtls) else None
+            cases.append(Case(f"{kind}-{hops}hop{'-mtls' if mtls else ''}", kind, hops, mtls, why))
+    return cases
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat | None:
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return None
+        return cls(statistics.median(vals), min(vals), max(vals), len(vals))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, None when either is missing or ``b`` is not positive."""
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+METRICS = (
+    "rps",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "added_p99",
+    "cpu_per_10k",
+    "cpu_busy",
+    "rss_mib",
+    "latency_rps",
+    "errors",
+    "x_rps",
+    "x_added_p99",
+    "x_cpu",
+)
+
+
+def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | None] | None:
+    """One repetition's figures for ``case``, ratios included; None if it has no result."""
+    res = rep.get(case.name)
+    if not res or res.get("error"):
+        return None
+    lat = res.get("latency_s") or {}
+    direct = rep.get("direct") or {}
+    direct_p99 = (direct.get("latency_s") or {}).get("p99") if not direct.get("error") else None
+    p99 = lat.get("p99")
+    added = p99 - direct_p99 if (p99 is not None and direct_p99 is not None) else None
+    out: dict[str, float | None] = {
+        "rps": res.get("rps"),
+        "p50": lat.get("p50"),
+        "p90": lat.get("p90"),
+        "p99": p99,
+        "p99.9": lat.get("p99.9"),
+        "added_p99": added if case.hops else None,
+        "cpu_per_10k": res.get("cpu_per_10k") if case.hops else None,
+        "cpu_busy": res.get("cpu_busy") if case.hops else None,
+        "rss_mib": res["peak_rss_kib"] / 1024 if case.hops and res.get("peak_rss_kib") else None,
+        "latency_rps": res.get("latency_rps"),
+        "errors": float(res.get("errors", 0)) + float(res.get("latency_errors", 0)),
+        "x_rps": None,
+        "x_added_p99": None,
+        "x_cpu": None,
+    }
+    if case.baseline and case.baseline != case.name:
+        base_case = Case(case.baseline, "haproxy", case.hops, case.mtls)
+        base = per_rep_metrics(rep, base_case)
+        if base is not None:
+            out["x_rps"] = ratio(out["rps"], base["rps"])
+            out["x_added_p99"] = ratio(out["added_p99"], base["added_p99"])
+            out["x_cpu"] = ratio(out["cpu_per_10k"], base["cpu_per_10k"])
+    elif case.baseline == case.name:
+        out["x_rps"] = out["x_added_p99"] = out["x_cpu"] = 1.0
+    return out
+
+
+@dataclass
+class Row:
+    case: Case
+    stats: dict[str, Stat | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    reps: int = 0
+
+
+def summarize(cases: Sequence[Case], reps: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Per case: median/min/max of every metric over the repetitions that produced one."""
+    rows = []
+    for case in cases:
+        row = Row(case)
+        per = []
+        for rep in reps:
+            res = rep.get(case.name)
+            if res and res.get("error"):
+                row.failures.append(str(res["error"]))
+            m = per_rep_metrics(rep, case)
+            if m is not None:
+                per.append(m)
+        row.reps = len(per)
+        for key in METRICS:
+            row.stats[key] = Stat.of([m[key] for m in per if m.get(key) is not None])
+        rows.append(row)
+    return rows
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def fmt_stat(s: Stat | None, scale: float = 1.0, digits: int = 0, suffix: str = "") -> str:
+    """``12,345 (11,900–12,800)``; the range is left out when there is one value."""
+    if s is None:
+        return "—"
+
+    def f(v: float) -> str:
+        return f"{v * scale:,.{digits}f}{suffix}"
+
+    if s.n == 1 or (f(s.lo) == f(s.median) == f(s.hi)):
+        return f(s.median)
+    return f"{f(s.median)} ({f(s.lo)}–{f(s.hi)})"
+
+
+def _blank_row(row: Row, ncols: int) -> list[str] | None:
+    if row.case.unavailable:
+        return [row.case.unavailable] + ["—"] * (ncols - 1)
+    if row.reps == 0:
+        why = row.failures[0] if row.failures else "no result"
+        return [f"failed: {why.splitlines()[0][:120]}"] + ["—"] * (ncols - 1)
+    return None
+
+
+def throughput_table(rows: Sequence[Row]) -> str:
+    head = [
+        "case",
+        "path",
+        "throughput req/s",
+        "× HAProxy",
+        "proxy CPU s / 10k req",
+        "× HAProxy",
+        "proxy CPU busy",
+        "peak RSS MiB",
+        "errors",
+    ]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for row in rows:
+        s = row.stats
+        cells = _blank_row(row, len(head) - 2) or [
+            fmt_stat(s["rps"]),
+            fmt_stat(s["x_rps"], digits=2, suffix="×"),
+            fmt_stat(s["cpu_per_10k"], digits=2),
+            fmt_stat(s["x_cpu"], digits=2, suffix="×"),
+            fmt_stat(s["cpu_busy"], scale=100, suffix="%"),
+            fmt_stat(s["rss_mib"], digits=1),
+            fmt_stat(s["errors"]),
+        ]
+        lines.append(_md_row([f"`{row.case.name}`", row.case.path, *cells]))
+    return "\n".join(lines)
+
+
+def latency_table(rows: Sequence[Row]) -> str:
+    head = [
+        "case",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "added p99 ms",
+        "× HAProxy",
+        "achieved req/s",
+    ]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for row in rows:
+        s = row.stats
+        ms = {"scale": 1000.0, "digits": 2}
+        cells = _blank_row(row, len(head) - 1) or [
+            fmt_stat(s["p50"], **ms),
+            fmt_stat(s["p90"], **ms),
+            fmt_stat(s["p99"], **ms),
+            fmt_stat(s["p99.9"], **ms),
+            fmt_stat(s["added_p99"], **ms),
+            fmt_stat(s["x_added_p99"], digits=2, suffix="×"),
+            fmt_stat(s["latency_rps"]),
+        ]
+        lines.append(_md_row([f"`{row.case.name}`", *cells]))
+    return "\n".join(lines)
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def render(
+    rows: Sequence[Row],
+    *,
+    machine: Mapping[str, str],
+    settings: Mapping[str, Any],
+    commands: Sequence[str],
+    date: str,
+    raw_file: str,
+    notes: Sequence[str] = (),
+) -> str:
+    """The whole RESULTS.md."""
+    out = [
+        "# plait benchmark results",
+        "",
+        f"Generated by `benchmarks/run.py` on {date}. Raw data: `{raw_file}` (not in git). "
+        "How to run and read this: [README.md](README.md).",
+        "",
+        f"Each figure is the median over {settings['reps']} repetition(s), with min–max in "
+        "parentheses; cases alternate within each repetition. Ratios (×) are computed against "
+        "the HAProxy case with the same path *in the same repetition*, then their median is "
+        "taken. Added p99 = the case's p99 minus the `direct` p99 of the same repetition.",
+        "",
+        f"## Saturation throughput (wrk, {settings['connections']} keep-alive connections, "
+        f"{settings['duration']:g} s)",
+        "",
+        throughput_table(rows),
+        "",
+        f"## Latency at a fixed {settings['rate']:g} req/s (h2load, {settings['clients']} "
+        f"connections, {settings['latency_duration']:g} s)",
+        "",
+        latency_table(rows),
+        "",
+    ]
+    if notes:
+        out += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    out += ["## Machine", "", "| | |", "| --- | --- |"]
+    out += [_md_row([k, v]) for k, v in machine.items()]
+    out += ["", "## Commands", "", "```sh", *commands, "```", ""]
+    return "\n".join(out)

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""``make bench``: plait's proxy against a direct connection, HAProxy and nginx, same run.
+
+    .venv/bin/python benchmarks/run.py [--reps 3] [--duration 10] [--quick] [--cases a,b]
+
+Every case is ``load generator -> [proxies] -> upstream nginx (fixed 1 KiB body)``; the
+proxies of the case under test run on CPU 0 (``taskset -c 0``), the load generators, the
+upstream and the plait control planes on CPU 1. Cases alternate within each repetition
+(A B C … A B C …). Per case: a warm-up, a saturation run with wrk (the proxies' CPU time
+is read from /proc before and after it), a latency run with h2load at a fixed rate (per
+request times from ``--log-file``), then the proxies' peak RSS (VmHWM).
+
+Writes ``benchmarks/out/run-<UTC time>.json`` (raw, after every repetition), the
+run's configs and logs under ``benchmarks/out/run-<UTC time>/``, and the Markdown
+report ``benchmarks/RESULTS.md`` (``--quick``: ``benchmarks/out/RESULTS.quick.md``).
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import load  # noqa: E402
+import peers  # noqa: E402
+import report  # noqa: E402
+from peers import SERVICE, Endpoint, PeerSet  # noqa: E402
+from plait_case import PlaitCase, plait_available  # noqa: E402
+from procs import Procs, StartError, cpu_busy_ticks, cpu_seconds, peak_rss_kib  # noqa: E402
+
+REPO = HERE.parent
+PROXY_CPU, SIDE_CPU = 0, 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=3, help="repetitions (cases alternate)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of the wrk run")
+    p.add_argument(
+        "--latency-duration",
+        type=float,
+        default=None,
+        help="seconds of the h2load run (default: --duration)",
+    )
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up per case")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (1 thread)")
+    p.add_argument("--rate", type=float, default=1000.0, help="h2load total req/s")
+    p.add_argument("--clients", type=int, default=10, help="h2load connections")
+    p.add_argument("--quick", action="store_true", help="smoke run: --reps 1 --duration 3")
+    p.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated case names or prefixes "
+        "(default: all); 'direct' always runs, added latency needs it",
+    )
+    p.add_argument("--results", type=Path, default=None, help="Markdown report path")
+    p.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.reps, a.duration = 1, 3.0
+        a.warmup = min(a.warmup, 1.0)
+    a.latency_duration = a.latency_duration or a.duration
+    if a.results is None:
+        a.results = HERE / ("out/RESULTS.quick.md" if a.quick else "RESULTS.md")
+    return a
+
+
+def machine_info(python: str) -> dict[str, str]:
+    def sh(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    v = peers.versions()
+    commit = sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+    dirty = sh("git", "-C", str(REPO), "status", "--porcelain", "--", "src")
+    py = sh(
+        python, "-c", "import sys, ssl; print(sys.version.split()[0], '|', ssl.OPENSSL_VERSION)"
+    )
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} logical CPUs",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "Python (plait)": py.split("|")[0].strip() if "|" in py else py,
+        "OpenSSL (Python ssl)": py.split("|")[1].strip() if "|" in py else ssl.OPENSSL_VERSION,
+        "OpenSSL (CLI, certs)": v["openssl"],
+        "HAProxy": v["haproxy"],
+        "nginx": v["nginx"],
+        "wrk": v["wrk"],
+        "h2load": v["h2load"],
+        "plait": f"commit {commit}"
+        + (f" + uncommitted changes in src/ (tree sha256 {src_digest()})" if dirty else ""),
+    }
+
+
+def src_digest() -> str:
+    """A short hash of src/ as it is now (the tree changes while others work on it)."""
+    h = hashlib.sha256()
+    for path in sorted((REPO / "src").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{ep.port}/"
+    for proc in ep.procs:
+        if not proc.alive():
+            raise proc.failure(f"is not running (exit code {proc.popen.returncode})")
+
+    def wrk(seconds: float) -> list[str]:
+        return load.wrk_argv(
+            url, host=SERVICE, connections=a.connections, threads=1, duration=seconds
+        )
+
+    if a.warmup > 0:
+        load.run_wrk(wrk(a.warmup), cpu=SIDE_CPU, timeout=a.warmup + 30)
+    pids = ep.pids
+    load_before = os.getloadavg()[0]
+    s0 = cpu_busy_ticks()
+    c0, u0, t0 = cpu_seconds(pids), cpu_seconds([upstream_pid]), time.monotonic()
+    sat, sat_text = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 30)
+    wall = time.monotonic() - t0
+    c1, u1 = cpu_seconds(pids), cpu_seconds([upstream_pid])
+    s1 = cpu_busy_ticks()
+    busy = {
+        cpu: (s1[cpu][0] - s0[cpu][0]) / max(1, s1[cpu][1] - s0[cpu][1]) for cpu in s1 if cpu in s0
+    }
+    log_file = work / f"h2load-{ep.name}.log"
+    h2_argv = load.h2load_argv(
+        url,
+        host=SERVICE,
+        clients=a.clients,
+        rate=a.rate,
+        duration=a.latency_duration,
+        log_file=log_file,
+    )
+    lat, lat_text = load.run_h2load(
+        h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_duration + 30
+    )
+    rss = peak_rss_kib(pids)
+    for proc in ep.procs:
+        if not proc.alive():
+            raise proc.failure(f"exited during the run (code {proc.popen.returncode})")
+    log_lines = 0
+    for path in ep.access_logs:  # proof that the access log was on; then keep the disk free
+        log_lines += count_lines(path)
+        if path.exists():
+            os.truncate(path, 0)  # every writer opened it O_APPEND
+    cpu = c1 - c0
+    return {
+        "rps": sat["rps"],
+        "requests": sat["requests"],
+        "errors": sat["errors"],
+        "wrk": {k: v for k, v in sat.items() if k != "rps"},
+        "latency_s": lat["latency_s"],
+        "latency_rps": lat["rps"],
+        "latency_errors": lat["errors"] + lat["log_non_ok"],
+        "h2load": {k: v for k, v in lat.items() if k != "latency_s"},
+        "cpu_s": cpu,
+        "cpu_per_10k": cpu / sat["requests"] * 10_000 if pids and sat["requests"] else None,
+        "cpu_busy": cpu / wall if pids else None,
+        "upstream_cpu_busy": (u1 - u0) / wall,
+        # Whole-CPU busy fractions during the wrk run; on the proxies' CPU, what the case's
+        # proxies did not use was other work on the machine (noise).
+        "cpu_busy_by_cpu": busy,
+        "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
+        "wall_s": wall,
+        "peak_rss_kib": rss if pids else None,
+        "access_log_lines": log_lines,
+        "loadavg_before": load_before,
+        "commands": {"wrk": shlex.join(wrk(a.duration)), "h2load": shlex.join(h2_argv)},
+        "raw": {"wrk": sat_text, "h2load": lat_text.splitlines()[-9:]},
+    }
+
+
+def summary_line(name: str, r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"{name}: FAILED {r['error'].splitlines()[0]}"
+    lat = r["latency_s"]
+    s = f"{name}: {r['rps']:,.0f} req/s, p50 {lat['p50'] * 1e3:.2f} ms"
+    s += f" p99 {lat['p99'] * 1e3:.2f} ms"
+    if r.get("cpu_per_10k") is not None:
+        s += f", {r['cpu_per_10k']:.2f} CPU-s/10k ({r['cpu_busy']:.0%} busy)"
+    if r["errors"] or r["latency_errors"]:
+        s += f", errors {r['errors']}+{r['latency_errors']}"
+    return s
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    out_dir = HERE / "out"
+    work = out_dir / f"run-{stamp}"
+    raw_file = out_dir / f"run-{stamp}.json"
+    work.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {SIDE_CPU})  # the harness itself stays off the proxies' CPU
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    missing = peers.ensure_tools(install=not a.no_install)
+    if missing:
+        print(
+            f"missing tools: {', '.join(missing)} (install: apt-get install haproxy nginx "
+            "wrk nghttp2-client)",
+            file=sys.stderr,
+        )
+        return 2
+    cases = report.all_cases()
+    wanted = [w for w in a.cases.split(",") if w]
+    if wanted:
+        cases = [
+            c for c in cases if c.name == "direct" or any(c.name.startswith(w) for w in wanted)
+        ]
+    machine = machine_info(python)
+    per_case = a.warmup + a.duration + a.latency_duration + 2
+    runnable = [c for c in cases if not c.unavailable]
+    print(
+        f"plait benchmark: {len(runnable)} cases x {a.reps} reps, about "
+        f"{per_case * len(runnable) * a.reps / 60:.1f} min of load; work dir {work}",
+        flush=True,
+    )
+
+    procs = Procs(work / "logs")
+    plait_cases: list[PlaitCase] = []
+    endpoints: dict[str, Endpoint] = {}
+    setup_errors: dict[str, str] = {}
+    reps: list[dict[str, Any]] = []
+    shown = os.path.relpath(python, REPO) if python.startswith(f"{REPO}/") else python
+    args = argv if argv is not None else sys.argv[1:]
+    commands = [f"cd {REPO} && {shlex.join([shown, 'benchmarks/run.py', *args])}"]
+    raw: dict[str, Any] = {}
+    try:
+        side = PeerSet(procs, work, PROXY_CPU, SIDE_CPU)
+        side.start_upstream()
+        upstream = procs.started[-1]
+        endpoints["direct"] = Endpoint("direct", side.upstream_port, [])
+        why_no_plait = plait_available(python)
+        for case in runnable:
+            if case.kind in ("direct",):
+                continue
+            try:
+                if case.kind == "plait":
+                    if why_no_plait:
+                        raise StartError(f"plait does not start: {why_no_plait}")
+                    pc = PlaitCase(
+                        procs,
+                        work / case.name,
+                        hops=case.hops,
+                        upstream_port=side.upstream_port,
+                        proxy_cpu=PROXY_CPU,
+                        side_cpu=SIDE_CPU,
+                        python=python,
+                    )
+                    plait_cases.append(pc)
+                    endpoints[case.name] = pc.start()
+                else:
+                    endpoints[case.name] = side.chain(case.kind, case.hops, case.mtls)
+                print(f"started {case.name} on port {endpoints[case.name].port}", flush=True)
+            except (StartError, OSError, subprocess.CalledProcessError) as exc:
+                setup_errors[case.name] = str(exc)
+                print(f"cannot start {case.name}: {exc}", file=sys.stderr, flush=True)
+        commands.append(f"# upstream (CPU {SIDE_CPU}): {shlex.join(upstream.argv)}")
+        for name, ep in endpoints.items():
+            for proc in ep.procs:
+                commands.append(f"# {name}: {shlex.join(proc.argv)}")
+
+        t_start = time.monotonic()
+        raw = {
+            "started": started.isoformat(),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "machine": machine,
+            "cases": [vars(c) for c in cases],
+            "setup_errors": setup_errors,
+            "reps": reps,
+        }
+        for rep in range(a.reps):
+            results: dict[str, Any] = {}
+            reps.append(results)
+            for case in runnable:
+                if case.name in setup_errors:
+                    results[case.name] = {"error": setup_errors[case.name]}
+                    continue
+                ep = endpoints[case.name]
+                try:
+                    results[case.name] = measure(ep, a, work, upstream.pid)
+                except (
+                    StartError,
+                    RuntimeError,
+                    ValueError,
+                    OSError,
+                    subprocess.TimeoutExpired,
+                ) as exc:
+                    results[case.name] = {"error": str(exc)}
+                el = time.monotonic() - t_start
+                print(
+                    f"[rep {rep + 1}/{a.reps} {el:5.0f}s] "
+                    f"{summary_line(case.name, results[case.name])}",
+                    flush=True,
+                )
+            raw_file.write_text(json.dumps(raw, indent=1))
+        for name in endpoints:
+            res = next((r[name] for r in reps if "commands" in r.get(name, {})), None)
+            if res:
+                commands.append(
+                    f"# {name} (wrk, CPU {SIDE_CPU}): taskset -c {SIDE_CPU} "
+                    f"{res['commands']['wrk']}"
+                )
+                commands.append(
+                    f"# {name} (h2load, CPU {SIDE_CPU}): taskset -c {SIDE_CPU} "
+                    f"{res['commands']['h2load']}"
+                )
+    except KeyboardInterrupt:
+        print("interrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        for pc in plait_cases:
+            pc._stop.set()
+        procs.stop_all()
+        if raw:
+            raw["finished"] = dt.datetime.now(dt.UTC).isoformat()
+            raw["commands"] = commands
+            raw_file.write_text(json.dumps(raw, indent=1))
+
+    rows = report.summarize(cases, reps)
+    notes = build_notes(a, reps, setup_errors)
+    settings = {
+        "reps": a.reps,
+        "duration": a.duration,
+        "latency_duration": a.latency_duration,
+        "connections": a.connections,
+        "rate": a.rate,
+        "clients": a.clients,
+    }
+    text = report.render(
+        rows,
+        machine=machine,
+        settings=settings,
+        commands=commands,
+        date=started.strftime("%Y-%m-%d %H:%M UTC"),
+        raw_file=os.path.relpath(raw_file, a.results.parent),
+        notes=notes,
+    )
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    a.results.write_text(text)
+    print(f"\nwrote {a.results} and {raw_file}\n")
+    print(report.throughput_table(rows) + "\n\n" + report.latency_table(rows))
+    return 0
+
+
+def build_notes(
+    a: argparse.Namespace, reps: list[dict[str, Any]], setup: dict[str, str]
+) -> list[str]:
+    loads = [r["loadavg_before"] for rep in reps for r in rep.values() if "loadavg_before" in r]
+    notes = [
+        f"CPU layout: the proxies of the case under test on CPU {PROXY_CPU} (`taskset -c "
+        f"{PROXY_CPU}`); wrk, h2load, the upstream nginx and the plait control planes on CPU "
+        f"{SIDE_CPU}. All cases' proxies stay up for the whole run (idle when not under test).",
+        "`proxy CPU busy` = the case's proxy CPU time during the wrk run / its wall time (100% "
+        "= one core). Below ~95% the proxy was not the bottleneck: CPU 1 (wrk + upstream) "
+        "was, so that row's throughput understates the proxy's capacity.",
+        "Latency is measured by h2load at a fixed rate with one request in flight per "
+        "connection; a stalled response delays the next request of that connection "
+        "(coordinated omission), so tails are a lower bound.",
+        "Production defaults on every proxy: Host routing (`bench`, else 404), request id, "
+        "one access log line per request to a file; plait also its metrics and health "
+        "checks. nginx peak RSS is the sum of master and worker.",
+        f"plait mTLS between proxies does not exist yet: `plait-2hop-mtls` is '{report.NOT_YET}'.",
+    ]
+    if loads:
+        notes.append(
+            f"1-minute load average before each saturation run: {min(loads):.2f}–"
+            f"{max(loads):.2f} (2 CPUs; other work on the machine adds noise, hence medians)."
+        )
+    foreign = [
+        r["foreign_on_proxy_cpu"]
+        for rep in reps
+        for r in rep.values()
+        if r.get("foreign_on_proxy_cpu") is not None and r.get("cpu_busy") is not None
+    ]
+    if foreign:
+        notes.append(
+            f"Other processes' share of CPU {PROXY_CPU} during the saturation runs (CPU {PROXY_CPU}"
+            f" busy time minus the case's proxies): median {statistics.median(foreign):.0%}, "
+            f"max {max(foreign):.0%}. Per-run values are in the raw JSON "
+            "(`foreign_on_proxy_cpu`)."
+        )
+    for name, why in setup.items():
+        notes.append(f"`{name}` could not start: {why.splitlines()[0][:300]}")
+    return notes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A config change reaches every proxy: a new orders Route, applied while the mesh runs.
+
+The new Route sends requests with ``x-canary: 1`` to orders v2 and everything else to
+orders v1. Within a few seconds every proxy's /config_dump shows it, the control plane's
+``GET /v1/proxy-status`` shows every node SYNCED at new route versions, and requests
+follow it. (The demo apps do not pass ``x-canary`` on, so canary requests go to
+``http://orders/...`` through host-frontend's proxy; the whole chain is checked without.)
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import pytest
+from mesh_harness import (
+    RDS,
+    all_synced,
+    chain_of,
+    config_dump,
+    outbound_routes,
+    proxy_status,
+    route_clusters,
+    wait_until,
+)
+
+from plait.cli.topology import Mesh
+
+pytestmark = pytest.mark.timeout(60)
+
+CANARY_ROUTE = """\
+apiVersion: plait/v1
+kind: Route
+metadata:
+  name: orders-split
+spec:
+  service: orders
+  rules:
+    - match:
+        headers: [{name: x-canary, exact: "1"}]
+      backends: [{subset: {version: v2}, weight: 100}]
+    - backends: [{subset: {version: v1}, weight: 100}]
+      timeout: 5s
+"""
+V1, V2 = "outbound|orders|version=v1", "outbound|orders|version=v2"
+PROPAGATION_LIMIT = 5.0
+
+
+def has_canary_route(dump: dict) -> bool:
+    routes = outbound_routes(dump, "orders")
+    if len(routes) < 2:
+        return False
+    first, second = routes[0], routes[1]
+    headers = first["match"]["headers"]
+    return (
+        route_clusters(first) == {V2: 100}
+        and len(headers) == 1
+        and headers[0]["name"] == "x-canary"
+        and route_clusters(second) == {V1: 100}
+    )
+
+
+def test_a_new_route_reaches_every_proxy_and_is_followed(mesh: Mesh, tmp_path: Path) -> None:
+    before = wait_until(lambda: all_synced(mesh), 10.0, "every node SYNCED before the change")
+    for host in mesh.hosts:
+        assert not has_canary_route(config_dump(mesh, host))
+
+    path = tmp_path / "canary.yaml"
+    path.write_text(CANARY_ROUTE)
+    applied_at = time.monotonic()
+    answer = mesh.apply(path)
+    assert "Route/orders-split" in answer["changed"], answer
+
+    pending = set(mesh.hosts)
+
+    def all_have_it() -> bool:
+        for host in sorted(pending):
+            if has_canary_route(config_dump(mesh, host)):
+                pending.discard(host)
+        return not pending
+
+    wait_until(all_have_it, 15.0, f"the new route in every proxy's config_dump (missing {pending})")
+    took = time.monotonic() - applied_at
+    print(f"new route in every proxy's config_dump {took:.2f}s after apply")
+    assert took < PROPAGATION_LIMIT
+
+    # Requests follow it: plain ones go to v1 only, canaries to v2 only.
+    chains: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for i in range(40):
+        status, _, body = mesh.request("host-frontend", f"http://frontend/after-change/{i}")
+        assert status == 200, body
+        chains[tuple(chain_of(body))] += 1
+    assert chains == {("frontend/v1", "orders/v1", "inventory/v1"): 40}, chains
+    for via in ("host-frontend", "host-inventory"):
+        for headers, want in (({"x-canary": "1"}, "orders/v2"), ({}, "orders/v1")):
+            for _ in range(20):
+                status, _, body = mesh.request(via, "http://orders/canary", headers=headers)
+                assert status == 200, body
+                assert chain_of(body)[0] == want, (via, headers, body)
+
+    # The control plane sees every node SYNCED, at a new route version that each proxy
+    # reports as applied.
+    def synced_at_new_versions() -> dict | None:
+        nodes = all_synced(mesh)
+        if nodes is None:
+            return None
+        for host in mesh.hosts:
+            if nodes[host]["types"][RDS]["acked"] == before[host]["types"][RDS]["acked"]:
+                return None
+        return nodes
+
+    after = wait_until(
+        synced_at_new_versions, 10.0, "every node SYNCED at a new RouteConfiguration version"
+    )
+    for host in mesh.hosts:
+        node = after[host]
+        assert node["status"] == "SYNCED" and node["connected"], node
+        rds = node["types"][RDS]
+        assert rds["sent"] == rds["acked"] != before[host]["types"][RDS]["acked"]
+        dump = config_dump(mesh, host)
+        assert dump["versions"][RDS] == rds["acked"], (host, dump["versions"], rds)
+    assert set(proxy_status(mesh)) >= set(mesh.hosts)
