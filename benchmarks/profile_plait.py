@@ -98,6 +98,18 @@ def tally(
     return self_c, incl, files, total
 
 
+def self_by_line(stacks: list[tuple[list[str], int]], strip: tuple[str, ...] = ()) -> Counter[str]:
+    """Self samples per leaf frame, line number kept (``f (plait/x.py:12)``)."""
+    out: Counter[str] = Counter()
+    for frames, n in stacks:
+        if frames:
+            leaf = frames[-1]
+            for prefix in strip:
+                leaf = leaf.replace(f"({prefix}", "(")
+            out[leaf] += n
+    return out
+
+
 def path_prefixes(stacks: list[tuple[list[str], int]]) -> tuple[str, ...]:
     """Prefixes to cut from file names: every ``…/site-packages/`` seen, and the repo's src/."""
     seen = set()
@@ -176,29 +188,22 @@ def main(argv: list[str] | None = None) -> int:
 
         load.run_wrk(wrk(2), cpu=SIDE_CPU, timeout=60)
         passes = [
-            (base.with_suffix(".txt"), ["--format", "raw", *(["--native"] if a.native else [])]),
-            (base.with_suffix(".svg"), ["--format", "flamegraph"]),
+            # --native cannot sample without pausing the process (no --nonblocking).
+            (
+                base.with_suffix(".txt"),
+                ["--format", "raw", "--native"]
+                if a.native
+                else ["--format", "raw", "--nonblocking"],
+            ),
+            (base.with_suffix(".svg"), ["--format", "flamegraph", "--nonblocking"]),
         ]
         results = []
         for path, extra in passes:
+            path.unlink(missing_ok=True)
+            argv = [pyspy, "record", "--pid", str(target.pid), "--rate", str(a.rate)]
+            argv += ["--duration", f"{a.duration:g}", "-o", str(path), *extra]
             spy = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    str(SIDE_CPU),
-                    pyspy,
-                    "record",
-                    "--pid",
-                    str(target.pid),
-                    "--rate",
-                    str(a.rate),
-                    "--duration",
-                    f"{a.duration:g}",
-                    "--nonblocking",
-                    "-o",
-                    str(path),
-                    *extra,
-                ],
+                ["taskset", "-c", str(SIDE_CPU), *argv],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
@@ -207,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             res, _ = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 60)
             c1 = cpu_seconds(ep.pids)
             _, err = spy.communicate(timeout=a.duration + 60)
-            if spy.returncode != 0:
+            if spy.returncode != 0 or not path.exists():
                 print(f"py-spy failed: {err.decode(errors='replace')}", file=sys.stderr)
+                return 1
             results.append((path, res, c1 - c0))
             print(
                 f"{path.name}: {res['rps']:,.0f} req/s under py-spy, proxy CPU "
@@ -223,16 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     stacks = parse_collapsed(raw_path.read_text().splitlines())
     strip = path_prefixes(stacks)
     self_c, incl, files, total = tally(stacks, strip)
+    lines = self_by_line(stacks, strip)
+    mode = "native frames, pausing the process" if a.native else "non-blocking"
     md = [
         f"# py-spy profile: plait {a.hops} hop(s), proxy `bench-{a.node}`",
         "",
         f"{a.duration:g} s of `wrk -t1 -c{a.connections}`, {res['rps']:,.0f} req/s under "
-        f"py-spy ({a.rate} samples/s, non-blocking), proxy CPU {cpu / res['requests'] * 1e4:.2f} "
+        f"py-spy ({a.rate} samples/s, {mode}), proxy CPU {cpu / res['requests'] * 1e4:.2f} "
         f"s/10k req. {total} samples. Flame graph: `{base.with_suffix('.svg').name}`.",
         "",
         table("Self (on-CPU in the function itself)", self_c, total),
         table("Inclusive (the function or anything it calls)", incl, total, 40),
         table("Self, by file", files, total, 20),
+        table("Self, by source line", lines, total, 30),
     ]
     base.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))

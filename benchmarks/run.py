@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--results", type=Path, default=None, help="Markdown report path")
     p.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the harness and all it "
+        "starts (e.g. -10 on a machine of your own; it starves other work)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.reps, a.duration = 1, 3.0
@@ -221,6 +228,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.report_only:
+        write_report(a, json.loads(a.report_only.read_text()), a.report_only.resolve())
+        return 0
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     out_dir = HERE / "out"
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {SIDE_CPU})  # the harness itself stays off the proxies' CPU
     signal.signal(signal.SIGTERM, _interrupt)
+    if a.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, a.nice)  # inherited by every process started
 
     missing = peers.ensure_tools(install=not a.no_install)
     if missing:
@@ -356,43 +368,47 @@ def main(argv: list[str] | None = None) -> int:
             raw["commands"] = commands
             raw_file.write_text(json.dumps(raw, indent=1))
 
+    if raw:
+        write_report(a, raw, raw_file)
+    return 0
+
+
+def write_report(a: argparse.Namespace, raw: dict[str, Any], raw_file: Path) -> None:
+    """Render ``raw`` (a run's JSON) into this report's section of ``a.results``."""
+    cases = [report.Case(**c) for c in raw["cases"]]
+    reps = raw["reps"]
+    st = raw["settings"]
     rows = report.summarize(cases, reps)
-    notes = build_notes(a, reps, setup_errors)
-    settings = {
-        "reps": a.reps,
-        "duration": a.duration,
-        "latency_duration": a.latency_duration,
-        "connections": a.connections,
-        "rate": a.rate,
-        "clients": a.clients,
-    }
+    notes = build_notes(st.get("nice", 0), reps, raw.get("setup_errors", {}))
+    keys = ("reps", "duration", "latency_duration", "connections", "rate", "clients")
+    started = dt.datetime.fromisoformat(raw["started"])
     text = report.render(
         rows,
-        machine=machine,
-        settings=settings,
-        commands=commands,
+        machine=raw["machine"],
+        settings={k: st[k] for k in keys},
+        commands=raw.get("commands", []),
         date=started.strftime("%Y-%m-%d %H:%M UTC"),
         raw_file=os.path.relpath(raw_file, a.results.parent),
         notes=notes,
     )
     a.results.parent.mkdir(parents=True, exist_ok=True)
-    a.results.write_text(text)
-    print(f"\nwrote {a.results} and {raw_file}\n")
+    report.write_section(a.results, text)
+    print(f"\nwrote {a.results} (section {report.SECTION!r}) from {raw_file}\n")
     print(report.throughput_table(rows) + "\n\n" + report.latency_table(rows))
-    return 0
 
 
-def build_notes(
-    a: argparse.Namespace, reps: list[dict[str, Any]], setup: dict[str, str]
-) -> list[str]:
+def build_notes(nice: int, reps: list[dict[str, Any]], setup: dict[str, str]) -> list[str]:
     loads = [r["loadavg_before"] for rep in reps for r in rep.values() if "loadavg_before" in r]
     notes = [
         f"CPU layout: the proxies of the case under test on CPU {PROXY_CPU} (`taskset -c "
         f"{PROXY_CPU}`); wrk, h2load, the upstream nginx and the plait control planes on CPU "
         f"{SIDE_CPU}. All cases' proxies stay up for the whole run (idle when not under test).",
         "`proxy CPU busy` = the case's proxy CPU time during the wrk run / its wall time (100% "
-        "= one core). Below ~95% the proxy was not the bottleneck: CPU 1 (wrk + upstream) "
-        "was, so that row's throughput understates the proxy's capacity.",
+        "= one core). Below ~95% the proxy did not have its core to itself (other processes on "
+        "CPU 0, see below) or CPU 1 (wrk + upstream) was the limit; either way that row's "
+        "throughput understates the proxy's capacity. CPU per request does not depend on "
+        "the share of the core a proxy got: on a shared machine it is the most robust "
+        "comparison.",
         "Latency is measured by h2load at a fixed rate with one request in flight per "
         "connection; a stalled response delays the next request of that connection "
         "(coordinated omission), so tails are a lower bound.",
@@ -401,6 +417,8 @@ def build_notes(
         "checks. nginx peak RSS is the sum of master and worker.",
         f"plait mTLS between proxies does not exist yet: `plait-2hop-mtls` is '{report.NOT_YET}'.",
     ]
+    if nice:
+        notes.append(f"Run with `--nice {nice}` (every benchmark process).")
     if loads:
         notes.append(
             f"1-minute load average before each saturation run: {min(loads):.2f}–"

@@ -7,7 +7,10 @@ and the connection closed), an idle connection is closed after :data:`IDLE_TIMEO
 seconds. The handler takes a :class:`Request` and returns a :class:`Response` whose body
 is any JSON-able object; it may raise :class:`HttpError` for a 4xx/5xx with a message.
 Errors always have the body ``{"error": "<what is wrong and what to do>"}``. A body that
-is not valid JSON makes ``Request.json()`` raise a 400.
+is not valid JSON makes ``Request.json()`` raise a 400. Given an ``ssl`` context the
+server speaks HTTPS; a request then carries the client's verified certificate, if it sent
+one (``Request.peer_cert``, DER), and every request carries the client's address
+(``Request.peer``).
 
 Clients: :func:`request_json` (asyncio, one connection per request, ``Connection:
 close``) and :func:`request_json_sync` (urllib, for the CLI). Both return ``(status,
@@ -27,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -60,6 +64,8 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # names lowercased
     body: bytes = b""
+    peer: str | None = None  # the client's "host:port"
+    peer_cert: bytes | None = None  # over TLS: the client's verified leaf certificate (DER)
 
     def json(self) -> Any:
         """The body decoded as JSON; raises :class:`HttpError` 400 if it is not JSON."""
@@ -109,6 +115,8 @@ class _JsonHttpProtocol(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._closing = False
+        self._peer: str | None = None
+        self._peer_cert: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -121,6 +129,12 @@ class _JsonHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self._peer = f"{peername[0]}:{peername[1]}"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._peer_cert = ssl_object.getpeercert(binary_form=True) or None
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -177,6 +191,8 @@ class _JsonHttpProtocol(asyncio.Protocol):
             query=dict(parse_qsl(url.query)),
             headers=self._headers,
             body=bytes(self._body),
+            peer=self._peer,
+            peer_cert=self._peer_cert,
         )
         self._enqueue((request, self._parser.should_keep_alive()))
 
@@ -257,10 +273,13 @@ class _JsonHttpProtocol(asyncio.Protocol):
             self._arm_idle()
 
 
-async def serve_json(handler: Handler, host: str, port: int) -> asyncio.Server:
-    """Start serving ``handler`` on ``host:port`` (port 0 = any free port)."""
+async def serve_json(
+    handler: Handler, host: str, port: int, ssl: SSLContext | None = None
+) -> asyncio.Server:
+    """Start serving ``handler`` on ``host:port`` (port 0 = any free port); HTTPS when
+    ``ssl`` is a server context."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _JsonHttpProtocol(handler), host, port)
+    return await loop.create_server(lambda: _JsonHttpProtocol(handler), host, port, ssl=ssl)
 
 
 def server_port(server: asyncio.Server) -> int:

@@ -24,7 +24,7 @@ from plait.model.errors import ConfigError
 from plait.model.load import parse_documents
 from plait.model.resources import KINDS
 
-KIND_ALIASES = {"svc": "Service", "rt": "Route"}
+KIND_ALIASES = {"svc": "Service", "rt": "Route", "pol": "Policy", "policies": "Policy"}
 
 
 class OutputFormat(StrEnum):
@@ -120,6 +120,11 @@ def describe(resource: dict[str, Any]) -> str:
     if resource.get("kind") == "Route":
         rules = [describe_rule(rule) for rule in spec.get("rules") or []]
         return f"{spec.get('service')}: " + "; ".join(rules)
+    if resource.get("kind") == "Policy":
+        allow = ", ".join(spec.get("allow") or []) or "any authenticated peer"
+        deny = ", ".join(spec.get("deny") or [])
+        text = f"{spec.get('service')}: {spec.get('mode', 'enforce')}, allow {allow}"
+        return text + (f", deny {deny}" if deny else "")
     return json.dumps(spec, sort_keys=True)
 
 

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from plait.cli import config_cmds, status_cmds, up
+from plait.cli import ca_cmds, config_cmds, identity_cmd, status_cmds, up
 from plait.cli.api import CliError
 from plait.cli.output import print_error
 
@@ -60,6 +60,10 @@ app.command()(status_cmds.status)
 app.command("proxy-status")(status_cmds.proxy_status)
 app.command()(up.up)
 app.command()(up.down)
+app.add_typer(ca_cmds.token_app)
+app.add_typer(ca_cmds.ca_app)
+app.command()(ca_cmds.certs)
+app.command()(identity_cmd.identity)
 
 
 def main() -> None:

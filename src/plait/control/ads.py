@@ -58,6 +58,8 @@ def parse_node(node: base_pb2.Node) -> NodeInfo:
                 port=int(i["port"]),
                 app_port=int(i["app_port"]),
                 app_address=str(i.get("app_address", "127.0.0.1")),
+                outbound_port=int(i.get("outbound_port", 0)),
+                outbound_address=str(i.get("outbound_address", "127.0.0.1")),
             )
             for i in md.get("inbound") or []
         )

@@ -4,21 +4,31 @@ A table of (method, path pattern, handler); each handler maps one request onto
 :class:`~plait.control.plane.ControlPlane` and its answer back to JSON. Request bodies are
 checked here and refused with a 400 that names the field; config errors keep their
 structured form (``{"error", "errors": [{"file","document","field","line","message"}]}``).
+
+The service CA's endpoints (docs/security.md) are here too: join tokens, the trust bundle,
+issued certificates, rotation. CSRs are signed only on the HTTPS listener
+(:class:`CaTlsApi`, the ready file's ``"ca"`` URL); the plain API answers 421 there.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
+from plait.ca.authority import CaError, iso
+from plait.ca.profile import renew_at
+from plait.control.ca_plane import CaPlane, SignRefused, TokenNotFound
 from plait.control.plane import ControlPlane, NotFound, lookup
 from plait.jsonhttp import HttpError, Request, Response
 from plait.model.errors import ConfigError, ResourceNotFoundError
 from plait.model.load import config_to_documents, resource_to_dict
+from plait.model.resources import parse_duration
 from plait.xds.inputs import Instance
 
 HISTORY_LIMIT = 50
+DEFAULT_TOKEN_TTL = "1h"
 
 Route = tuple[str, re.Pattern[str], Callable[..., Awaitable[Response]]]
 
@@ -94,7 +104,16 @@ class ControlApi:
             ("GET", re.compile(r"/v1/registry"), self.registry),
             ("GET", re.compile(r"/v1/proxy-status"), self.proxy_status),
             ("GET", re.compile(r"/v1/status"), self.status),
+            ("POST", re.compile(r"/v1/tokens"), self.create_token),
+            ("GET", re.compile(r"/v1/tokens"), self.list_tokens),
+            ("DELETE", re.compile(r"/v1/tokens/(?P<token_id>[^/]+)"), self.revoke_token),
+            ("GET", re.compile(r"/v1/ca/bundle"), self.ca_bundle),
+            ("POST", re.compile(r"/v1/ca/sign"), self.sign_elsewhere),
+            ("GET", re.compile(r"/v1/ca/certs"), self.ca_certs),
+            ("POST", re.compile(r"/v1/ca/rotate"), self.ca_rotate),
+            ("GET", re.compile(r"/v1/ca/status"), self.ca_status),
         ]
+        self.ca_url: str | None = None  # the HTTPS listener, once it is bound
 
     async def handle(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
@@ -158,8 +177,14 @@ class ControlApi:
         return Response(200, {"versions": versions})
 
     async def heartbeat(self, request: Request) -> Response:
-        node_id, ttl, instances = parse_heartbeat(request.json())
+        body = request.json()
+        node_id, ttl, instances = parse_heartbeat(body)
         self.plane.heartbeat(node_id, instances, ttl)
+        bundle_version = body.get("bundle_version")
+        if bundle_version is not None and not isinstance(bundle_version, str):
+            raise HttpError(400, "heartbeat: 'bundle_version' must be a string")
+        if bundle_version and self.plane.ca is not None:
+            self.plane.ca.report_bundle(node_id, bundle_version)
         return Response(200, {"ok": True})
 
     async def registry(self, request: Request) -> Response:
@@ -171,3 +196,138 @@ class ControlApi:
 
     async def status(self, request: Request) -> Response:
         return Response(200, self.plane.status())
+
+    # -- service CA (docs/security.md) -----------------------------------------------
+
+    def _ca(self) -> CaPlane:
+        if self.plane.ca is None:
+            raise HttpError(503, "this control plane runs without a CA")
+        return self.plane.ca
+
+    async def create_token(self, request: Request) -> Response:
+        """``{"service", "ttl"}`` -> ``{"id", "token", ...}``: the secret is shown once."""
+        ca = self._ca()
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "token: the body must be a JSON object")
+        service = _field(body, "service", str, "token")
+        ttl = body.get("ttl", DEFAULT_TOKEN_TTL)
+        try:
+            seconds = parse_duration(ttl)
+            record, secret = ca.create_token(service, timedelta(seconds=seconds))
+        except ValueError as exc:
+            raise HttpError(400, f"token: {exc}") from None
+        return Response(
+            200,
+            {
+                "id": record.id,
+                "token": secret,
+                "service": record.service,
+                "expires_at": iso(record.expires_at),
+                "bundle_version": ca.ca.bundle_version(),
+            },
+        )
+
+    async def list_tokens(self, request: Request) -> Response:
+        ca = self._ca()
+        now = ca.utcnow()
+        return Response(200, {"tokens": [r.to_dict(now) for r in ca.tokens.list()]})
+
+    async def revoke_token(self, request: Request, token_id: str) -> Response:
+        ca = self._ca()
+        try:
+            record = ca.revoke_token(token_id)
+        except TokenNotFound as exc:
+            raise HttpError(404, str(exc)) from None
+        return Response(200, record.to_dict(ca.utcnow()))
+
+    async def ca_bundle(self, request: Request) -> Response:
+        ca = self._ca().ca
+        return Response(
+            200,
+            {
+                "bundle": ca.trust_bundle().decode("ascii"),
+                "version": ca.bundle_version(),
+                "trust_domain": ca.trust_domain,
+                "ca_url": self.ca_url,
+            },
+        )
+
+    async def sign_elsewhere(self, request: Request) -> Response:
+        where = f" at {self.ca_url}" if self.ca_url else " (the ready file's 'ca' URL)"
+        raise HttpError(421, f"send CSRs to the control plane's HTTPS listener{where}")
+
+    async def ca_sign(self, request: Request) -> Response:
+        """``{"service", "csr", "token"?, "node"?}`` -> the certificate chain and bundle."""
+        ca = self._ca()
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "sign: the body must be a JSON object")
+        service = _field(body, "service", str, "sign")
+        csr = _field(body, "csr", str, "sign")
+        token, node = body.get("token"), body.get("node")
+        for name, value in (("token", token), ("node", node)):
+            if value is not None and not isinstance(value, str):
+                raise HttpError(400, f"sign: '{name}' must be a string")
+        try:
+            issued = ca.sign(
+                service,
+                csr.encode("utf-8", "replace"),
+                token=token,
+                peer_cert=request.peer_cert,
+                node=node,
+                peer=request.peer,
+            )
+        except SignRefused as exc:
+            raise HttpError(403, f"certificate refused: {exc.reason}", reason=exc.reason) from None
+        return Response(
+            200,
+            {
+                "certificate": issued.chain_pem.decode("ascii"),
+                "bundle": ca.ca.trust_bundle().decode("ascii"),
+                "bundle_version": ca.ca.bundle_version(),
+                "spiffe_id": str(issued.spiffe_id),
+                "serial": format(issued.serial, "x"),
+                "not_before": iso(issued.not_before),
+                "not_after": iso(issued.not_after),
+                "renew_after": iso(renew_at(issued.not_before, issued.not_after)),
+            },
+        )
+
+    async def ca_certs(self, request: Request) -> Response:
+        ca = self._ca()
+        include_expired = request.query.get("all", "") in ("1", "true", "yes")
+        certs = ca.issued_certs(include_expired)
+        return Response(200, {"certs": certs, "now": iso(ca.utcnow())})
+
+    async def ca_rotate(self, request: Request) -> Response:
+        """Begin a root rotation; ``{"force_switch": true}`` switches the issuer now even if
+        some proxies have not reported the new bundle (they will reject new certificates)."""
+        ca = self._ca()
+        body = request.json() if request.body else {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "rotate: the body must be a JSON object")
+        try:
+            if body.get("force_switch") is True:
+                ca.switch_issuer()
+            else:
+                ca.begin_rotation()
+        except CaError as exc:
+            raise HttpError(409, str(exc)) from None
+        self.plane.bundle_changed()  # the new root goes out to the proxies now
+        return Response(200, ca.status())
+
+    async def ca_status(self, request: Request) -> Response:
+        return Response(200, self._ca().status())
+
+
+class CaTlsApi(ControlApi):
+    """The HTTPS listener: CSRs in, certificates out; the bundle; health. Nothing else."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        super().__init__(plane)
+        self.routes = [
+            ("GET", re.compile(r"/v1/health"), self.health),
+            ("GET", re.compile(r"/v1/ca/bundle"), self.ca_bundle),
+            ("POST", re.compile(r"/v1/ca/sign"), self.ca_sign),
+        ]

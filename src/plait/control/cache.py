@@ -1,7 +1,8 @@
 """The snapshot cache: per-node xDS snapshots and what each client has seen of them.
 
-Theory of operation. The cache holds the inputs of translation (the current config and
-the registry's instances). When either changes (:meth:`SnapshotCache.update_inputs`, then
+Theory of operation. The cache holds the inputs of translation (the current config, the
+registry's instances, and the trust domain and CA trust bundle). When any changes
+(:meth:`SnapshotCache.update_inputs`, then
 :meth:`SnapshotCache.recompute`, or both at once with ``set_inputs``) it builds one
 :class:`~plait.xds.translate.Translator` and asks it for a snapshot per connected node; a
 stream that opens later gets its snapshot from the same translator.
@@ -21,10 +22,18 @@ Rules (after go-control-plane's ``simple.go``):
   last sent on this stream, and is not the version it NACKed: a NACKed version is not
   re-sent until the snapshot for that type changes;
 - a request carrying a nonce other than the last one sent is stale and ignored;
-- responses go out in ``PUSH_ORDER`` (clusters and endpoints before listeners and routes).
+- responses go out in ``PUSH_ORDER`` (the trust bundle, then clusters and endpoints,
+  before listeners and routes), and, for clients with a wildcard CDS subscription,
+  make-before-break across ACKs (:mod:`plait.control.sequencing`): listeners and routes
+  that name a cluster are held until the client has ACKed that cluster and its
+  endpoints, and clusters its applied listeners and routes still name are kept in CDS
+  (and their endpoints in EDS) until it has ACKed listeners and routes that no longer
+  name them;
+- SDS, CDS and LDS are wildcard types (an empty name list means everything).
 
-Status of a type, against its desired version: SYNCED (acked), NACKED (that version was
-NACKed), STALE (sent and not yet acked, or not yet sent). A node is NACKED if any type is,
+Status of a type, against its desired (final) version: SYNCED (acked), NACKED (that
+version, or the intermediate step sequencing sent towards it, was NACKed), STALE (sent
+and not yet acked, held back by sequencing, or not yet sent). A node is NACKED if any type is,
 else STALE if any type is, else SYNCED.
 
 Pure: no sockets, no clock. The ADS shell calls :meth:`open_watch`, :meth:`on_request`,
@@ -43,9 +52,13 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
+from plait.control import sequencing
 from plait.model.config import ConfigSet
 from plait.xds.inputs import Instance, NodeInfo
-from plait.xds.types import ALL_TYPES, CLUSTER, LISTENER, PUSH_ORDER
+from plait.xds.names import DEFAULT_TRUST_DOMAIN
+from plait.xds.snapshot import content_version as snapshot_content_version
+from plait.xds.snapshot import resource_digest
+from plait.xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 
 log = logging.getLogger("plait.control.cache")
 
@@ -53,8 +66,12 @@ SYNCED = "SYNCED"
 STALE = "STALE"
 NACKED = "NACKED"
 
-WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
+WILDCARD_TYPES = frozenset({SECRET, LISTENER, CLUSTER})
 """Types for which an empty ``resource_names`` list means "everything"."""
+
+HISTORY = 8
+"""Versions sent per type (and stream) whose resources are remembered, to know what a
+client that ACKs (or keeps, after a NACK) one of them has applied."""
 
 
 class SnapshotLike(Protocol):
@@ -68,12 +85,8 @@ class TranslatorLike(Protocol):
 
 
 TranslatorFactory = Callable[[ConfigSet, Sequence[Instance]], TranslatorLike]
-
-
-def _default_translator(config: ConfigSet, instances: Sequence[Instance]) -> TranslatorLike:
-    from plait.xds.translate import Translator
-
-    return Translator(config, instances)
+"""Makes a translator from config and instances (a test double, say); the default one,
+:class:`~plait.xds.translate.Translator`, also gets the cache's trust domain and bundle."""
 
 
 def content_version(resources: dict[str, Message]) -> str:
@@ -97,6 +110,17 @@ class TypeState:
     acked_version: str | None = None
     nacked_version: str | None = None
     error: str | None = None
+    # for sequencing: the resources the client has applied (None: unknown), those sent
+    # and not yet answered (oldest first), and recent versions sent, to resolve an ACK
+    acked_resources: dict[str, Message] | None = None
+    unanswered: list[dict[str, Message]] = field(default_factory=list)
+    history: dict[str, dict[str, Message]] = field(default_factory=dict)
+
+    def remember(self, version: str, resources: dict[str, Message]) -> None:
+        self.history.pop(version, None)
+        self.history[version] = resources
+        while len(self.history) > HISTORY:
+            del self.history[next(iter(self.history))]
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,61 @@ class Watch:
     translate_error: str | None = None
     types: dict[str, TypeState] = field(default_factory=dict)
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    inherited: dict[str, TypeState] = field(default_factory=dict)
+    """The node's previous stream, by type: what the node may have applied there."""
+    _plan: sequencing.Plan | None = field(default=None, repr=False)
+
+    def invalidate(self) -> None:
+        """The snapshot or the protocol state changed: plan again when next asked."""
+        self._plan = None
+
+    def plan(self) -> sequencing.Plan:
+        """Make-before-break plan for this stream (see :mod:`plait.control.sequencing`)."""
+        if self._plan is None:
+            views = {
+                type_url: sequencing.TypeView(
+                    target=self.desired_version(type_url)[1],
+                    names=state.names,
+                    acked=state.acked_resources,
+                    unanswered=tuple(state.unanswered),
+                )
+                for type_url, state in self.types.items()
+            }
+            for type_url in (LISTENER, ROUTE):
+                # after a reconnect, until the client subscribes again on this stream, the
+                # listeners and routes it kept still name clusters: do not drop those
+                old = self.inherited.get(type_url)
+                if type_url not in views and old is not None:
+                    views[type_url] = sequencing.TypeView(
+                        target={},
+                        names=(),
+                        acked=old.acked_resources,
+                        unanswered=tuple(old.unanswered),
+                    )
+            available = self.snapshot.subset(ENDPOINT, None) if self.snapshot else {}
+            self._plan = sequencing.plan(views, available)
+        return self._plan
+
+    def staged(self, type_url: str) -> tuple[str, dict[str, Message]] | None:
+        """(version, resources) to send for ``type_url`` now: the desired ones, plus what
+        sequencing retains; None if nothing is subscribed or sequencing holds it back."""
+        desired, resources = self.desired_version(type_url)
+        if desired is None:
+            return None
+        plan = self.plan()
+        if type_url in plan.held:
+            return None
+        retained = plan.retained.get(type_url)
+        if not retained:
+            return desired, resources
+        staged = {**resources, **retained}
+        if self.types[type_url].names is None:  # the same scheme as Snapshot.version
+            version = snapshot_content_version(
+                (name, resource_digest(message)) for name, message in staged.items()
+            )
+        else:
+            version = content_version(staged)
+        return version, staged
 
     def desired_version(self, type_url: str) -> tuple[str | None, dict[str, Message]]:
         """(version, resources) this stream should have for ``type_url``; None if nothing."""
@@ -142,8 +221,10 @@ class Watch:
             return None
         if state.acked_version == desired:
             return SYNCED
-        if state.nacked_version == desired:
-            return NACKED
+        if state.nacked_version is not None:
+            staged = self.staged(type_url)
+            if state.nacked_version in (desired, staged[0] if staged else None):
+                return NACKED
         return STALE
 
     def status(self) -> str:
@@ -162,11 +243,16 @@ class SnapshotCache:
         self,
         config: ConfigSet | None = None,
         instances: Sequence[Instance] = (),
-        translator_factory: TranslatorFactory = _default_translator,
+        translator_factory: TranslatorFactory | None = None,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        trust_bundle: bytes = b"",
     ) -> None:
-        self._factory = translator_factory
+        self._factory = translator_factory or self._default_translator
         self.config = config if config is not None else ConfigSet()
         self.instances: tuple[Instance, ...] = tuple(instances)
+        self.trust_domain = trust_domain
+        self.trust_bundle = bytes(trust_bundle)
         self._translator: TranslatorLike | None = None
         self._ids = itertools.count(1)
         self._live: dict[int, Watch] = {}
@@ -182,15 +268,30 @@ class SnapshotCache:
         return self.recompute()
 
     def update_inputs(
-        self, config: ConfigSet | None = None, instances: Sequence[Instance] | None = None
+        self,
+        config: ConfigSet | None = None,
+        instances: Sequence[Instance] | None = None,
+        *,
+        trust_bundle: bytes | None = None,
     ) -> None:
-        """Replace config and/or instances. Cheap: streams opened from now on see them;
-        the streams already open see them at the next :meth:`recompute`."""
+        """Replace config, instances and/or the trust bundle. Cheap: streams opened from
+        now on see them; the streams already open see them at the next :meth:`recompute`."""
         if config is not None:
             self.config = config
         if instances is not None:
             self.instances = tuple(instances)
+        if trust_bundle is not None:
+            self.trust_bundle = bytes(trust_bundle)
         self._translator = None
+
+    def _default_translator(
+        self, config: ConfigSet, instances: Sequence[Instance]
+    ) -> TranslatorLike:
+        from plait.xds.translate import Translator
+
+        return Translator(
+            config, instances, trust_domain=self.trust_domain, trust_bundle=self.trust_bundle
+        )
 
     def recompute(self) -> list[Watch]:
         """Recompute every connected node's snapshot from the current inputs (one
@@ -213,6 +314,7 @@ class SnapshotCache:
         try:
             watch.snapshot = self._translate().for_node(watch.node)
             watch.translate_error = None
+            watch.invalidate()
         except Exception as exc:  # keep serving the last good snapshot
             log.exception("translation failed for node %s", watch.node.node_id)
             watch.translate_error = f"{type(exc).__name__}: {exc}"
@@ -221,6 +323,9 @@ class SnapshotCache:
 
     def open_watch(self, node: NodeInfo, wake: Callable[[], None]) -> Watch:
         watch = Watch(stream_id=next(self._ids), node=node, wake=wake)
+        previous = self._latest.get(node.node_id)
+        if previous is not None:  # what the node applied, should it reconnect with it
+            watch.inherited = dict(previous.types)
         self._refresh(watch)
         self._live[watch.stream_id] = watch
         self._latest[node.node_id] = watch
@@ -253,6 +358,11 @@ class SnapshotCache:
                 state = watch.types[type_url] = TypeState()
             if version_info:
                 state.acked_version = version_info
+                old = watch.inherited.get(type_url)
+                if old is not None:
+                    state.acked_resources = old.history.get(version_info)
+                    if old.acked_version == version_info:
+                        state.acked_resources = old.acked_resources
         elif not nonce:
             pass  # a subscription change sent before our response reached the client
         elif nonce != state.sent_nonce:
@@ -260,16 +370,29 @@ class SnapshotCache:
         elif error_detail is not None:
             state.nacked_version = state.sent_version
             state.error = error_detail
-            state.acked_version = version_info or None
+            self._applied(state, version_info)
         else:
-            state.acked_version = version_info or None
+            self._applied(state, version_info)
             state.nacked_version = None
             state.error = None
         if not names and type_url in WILDCARD_TYPES:
             state.names = None
         else:
             state.names = tuple(sorted(set(names)))
+        if state.acked_version is not None and state.acked_resources is None:
+            desired, resources = watch.desired_version(type_url)
+            if desired == state.acked_version:  # e.g. a reconnect after a restart
+                state.acked_resources = resources
+        watch.invalidate()
         return True
+
+    @staticmethod
+    def _applied(state: TypeState, version_info: str) -> None:
+        """The client answered our latest response: it now has ``version_info``."""
+        if version_info != state.acked_version:
+            state.acked_resources = state.history.get(version_info) if version_info else None
+        state.acked_version = version_info or None
+        state.unanswered.clear()
 
     def _has_pending(self, watch: Watch) -> bool:
         return any(self._wanted(watch, t) is not None for t in PUSH_ORDER)
@@ -278,8 +401,11 @@ class SnapshotCache:
         state = watch.types.get(type_url)
         if state is None:
             return None
-        desired, resources = watch.desired_version(type_url)
-        if desired is None or desired in (
+        staged = watch.staged(type_url)
+        if staged is None:
+            return None
+        desired, resources = staged
+        if desired in (
             state.sent_version,
             state.acked_version,
             state.nacked_version,
@@ -288,16 +414,23 @@ class SnapshotCache:
         return desired, resources
 
     def pending(self, watch: Watch) -> list[PushResponse]:
-        """Responses to send now, in ``PUSH_ORDER``; each is recorded as sent."""
+        """Responses to send now, in ``PUSH_ORDER``; each is recorded as sent.
+
+        Sequencing is planned once, from the state before this batch: a type it holds
+        back goes out on a later call, after the ACKs it waits for."""
         out: list[PushResponse] = []
+        watch.invalidate()
+        wanted_now = {t: self._wanted(watch, t) for t in PUSH_ORDER}
         for type_url in PUSH_ORDER:
-            wanted = self._wanted(watch, type_url)
+            wanted = wanted_now[type_url]
             if wanted is None:
                 continue
             version, resources = wanted
             state = watch.types[type_url]
             nonce = str(next(watch._nonces))
             state.sent_version, state.sent_nonce = version, nonce
+            state.unanswered.append(resources)
+            state.remember(version, resources)
             out.append(
                 PushResponse(
                     type_url=type_url,
@@ -306,6 +439,7 @@ class SnapshotCache:
                     resources=[resources[name] for name in sorted(resources)],
                 )
             )
+        watch.invalidate()
         return out
 
     # -- status ------------------------------------------------------------------------

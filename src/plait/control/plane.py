@@ -10,6 +10,9 @@ change after a quiet period is pushed on the next turn of the event loop.
 
 Lease deadlines use a monotonic ``clock``; versions and leases are stamped in the store
 with ``wall`` time (unix seconds).
+
+Given a :class:`~plait.control.ca_plane.CaSetup`, ``plane.ca`` is the service CA's
+:class:`~plait.control.ca_plane.CaPlane` (tokens, issuance, rotation; None without one).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from plait.control.ca_plane import CaPlane, CaSetup
 from plait.control.cache import NACKED, STALE, SYNCED, SnapshotCache
 from plait.control.registry import Registry
 from plait.control.store import Store
@@ -29,7 +33,7 @@ from plait.xds.inputs import Instance
 
 log = logging.getLogger("plait.control")
 
-KINDS = ("Service", "Route")
+KINDS = ("Service", "Route", "Policy")
 
 
 class NotFound(LookupError):
@@ -52,6 +56,8 @@ def lookup(cfg: ConfigSet, kind: str, name: str) -> Any:
         table = dict(cfg.services)
     elif canonical == "Route":
         table = dict(cfg.routes)
+    elif canonical == "Policy":
+        table = dict(cfg.policies)
     if table is None:
         raise NotFound(f"there is no resource kind {kind!r}; kinds are {', '.join(KINDS)}")
     if name not in table:
@@ -69,6 +75,9 @@ class ControlPlane:
         wall: Callable[[], float] = time.time,
         min_push_interval: float = 0.05,
         restart_grace: float = 0.0,
+        ca: CaSetup | None = None,
+        trust_domain: str | None = None,
+        trust_bundle_source: Callable[[], bytes] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -82,6 +91,18 @@ class ControlPlane:
         self._push_handle: asyncio.Handle | None = None
         self._last_push = float("-inf")
         self._dirty = False
+        self.ca = CaPlane(ca, store, self.registry, wall) if ca is not None else None
+        # mTLS inputs of translation (docs/mtls.md): the CA's trust domain and bundle,
+        # unless given explicitly (tests, an external bundle)
+        if trust_bundle_source is None and self.ca is not None:
+            trust_bundle_source = self.ca.ca.trust_bundle
+        if trust_domain is None and self.ca is not None:
+            trust_domain = self.ca.ca.trust_domain
+        self._trust_bundle_source = trust_bundle_source
+        if trust_domain is not None:
+            self.cache.trust_domain = trust_domain
+        if trust_bundle_source is not None:
+            self.cache.update_inputs(trust_bundle=trust_bundle_source())
 
     # -- config ------------------------------------------------------------------------
 
@@ -141,6 +162,22 @@ class ControlPlane:
                 self._schedule(instances=True)
         return expired
 
+    # -- trust bundle ------------------------------------------------------------------
+
+    def bundle_changed(self) -> bool:
+        """Re-read the trust bundle; if it differs from the one served, push it (and the
+        snapshots built with it) to every connected proxy. Cheap when nothing changed:
+        call it after every CA rotation step. True if a push was scheduled."""
+        if self._trust_bundle_source is None:
+            return False
+        bundle = self._trust_bundle_source()
+        if bundle == self.cache.trust_bundle:
+            return False
+        self.cache.update_inputs(trust_bundle=bundle)
+        log.info("trust bundle changed (%d bytes): pushing", len(bundle))
+        self._schedule()
+        return True
+
     # -- pushing -----------------------------------------------------------------------
 
     def _schedule(self, config: bool = False, instances: bool = False) -> None:
@@ -184,6 +221,7 @@ class ControlPlane:
         for name in sorted(cfg.services):
             mine = [i for i in instances if i.service == name]
             route = cfg.route_for(name)
+            policy = cfg.policy_for(name)
             services.append(
                 {
                     "name": name,
@@ -191,6 +229,8 @@ class ControlPlane:
                     "instances": len(mine),
                     "healthy": sum(1 for i in mine if i.healthy),
                     "route": route.name if route is not None else None,
+                    "mtls": cfg.services[name].spec.mtls,
+                    "policy": policy.name if policy is not None else None,
                 }
             )
         return {

@@ -1,9 +1,12 @@
 """`plait control`: the process. Wires store, registry, cache, ADS server and HTTP API.
 
-Start-up order: open the store, reload config and leases (leases get a fresh ttl), start
-the gRPC ADS server and the HTTP API, then write the ready file (docs/internals.md) with
-the ports actually bound. A background task sweeps expired leases every
-``lease_sweep_interval`` seconds. Runs until cancelled (SIGTERM/SIGINT in :func:`main`).
+Start-up order: open the store, reload config and leases (leases get a fresh ttl), open
+or create the service CA (``<data-dir>/ca/``, or an existing PKI from ``--ca-root``,
+``--ca-cert``, ``--ca-key``), start the gRPC ADS server, the HTTP API and the CA's HTTPS
+listener, then write the ready file (docs/internals.md) with the ports actually bound. A
+background task sweeps expired leases every ``lease_sweep_interval`` seconds and takes
+the CA's periodic step (rotation, the listener's own certificate). Runs until cancelled
+(SIGTERM/SIGINT in :func:`main`).
 """
 
 from __future__ import annotations
@@ -14,24 +17,41 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
+import ssl
 import sys
 import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
+from plait.ca.audit import AuditLog
+from plait.ca.authority import CaError, CertificateAuthority
+from plait.ca.pki_files import STATE_FILE, key_pem
+from plait.ca.profile import DEFAULT_LEAF_LIFETIME, new_key, renew_at
+from plait.ca.spiffe import CONTROL_SERVICE
 from plait.control.ads import add_to_server
-from plait.control.api import ControlApi
+from plait.control.api import CaTlsApi, ControlApi
+from plait.control.ca_plane import CaPlane, CaSetup
 from plait.control.plane import ControlPlane
 from plait.control.store import Store
 from plait.jsonhttp import serve_json, server_port
+from plait.model.resources import parse_duration
 
 log = logging.getLogger("plait.control")
 
 DEFAULT_DATA_DIR = "./.plait/control"
 DEFAULT_XDS_PORT = 18000
 DEFAULT_API_PORT = 18001
+DEFAULT_TRUST_DOMAIN = "plait.local"
+CA_DIR = "ca"
+AUDIT_FILE = "audit.jsonl"
+MAX_CERT_TTL = timedelta(days=90)
 
 GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second control plane on the same port must fail to bind
@@ -67,13 +87,125 @@ def _reachable(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _sweep_leases(plane: ControlPlane, interval: float) -> None:
+async def _sweep_leases(
+    plane: ControlPlane, interval: float, ca_tick: Callable[[], None] | None = None
+) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
             plane.sweep()
         except Exception:
             log.exception("lease sweep failed")
+        if ca_tick is not None:
+            try:
+                ca_tick()
+            except Exception:
+                log.exception("CA periodic step failed")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise CaError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def open_ca(
+    data_dir: str,
+    trust_domain: str | None = None,
+    ca_root: str | None = None,
+    ca_cert: str | None = None,
+    ca_key: str | None = None,
+    cert_ttl: timedelta = DEFAULT_LEAF_LIFETIME,
+) -> CaSetup:
+    """The CA: an existing PKI from files, else ``<data-dir>/ca/`` (created the first
+    time). Raises CaError with what to do."""
+    ca_dir = os.path.join(data_dir, CA_DIR)
+    os.makedirs(ca_dir, mode=0o700, exist_ok=True)
+    os.chmod(ca_dir, 0o700)
+    audit = AuditLog(os.path.join(ca_dir, AUDIT_FILE))
+    now = datetime.now(UTC)
+    files = (ca_root, ca_cert, ca_key)
+    if any(files):
+        if not all(files):
+            raise CaError("--ca-root, --ca-cert and --ca-key go together: give all three")
+        assert ca_root and ca_cert and ca_key
+        ca = CertificateAuthority.from_pem(
+            trust_domain or DEFAULT_TRUST_DOMAIN,
+            _read(ca_root, "the root certificate"),
+            _read(ca_cert, "the intermediate certificate"),
+            _read(ca_key, "the intermediate key"),
+            now,
+            secrets.token_bytes,
+        )
+        log.info("CA: existing PKI from %s (issuer %s)", ca_cert, ca.issuer.issuer_name)
+        return CaSetup(ca, audit, None, cert_ttl)
+    if os.path.exists(os.path.join(ca_dir, STATE_FILE)):
+        ca = CertificateAuthority.load(ca_dir, now, secrets.token_bytes)
+        if trust_domain and trust_domain != ca.trust_domain:
+            raise CaError(
+                f"the CA in {ca_dir} is for trust domain {ca.trust_domain!r}, not "
+                f"{trust_domain!r}: pass --trust-domain {ca.trust_domain} or use a new --data-dir"
+            )
+        log.info("CA: loaded %s (%s, %s)", ca_dir, ca.trust_domain, ca.rotation)
+    else:
+        ca = CertificateAuthority.create(
+            trust_domain or DEFAULT_TRUST_DOMAIN, now, secrets.token_bytes
+        )
+        ca.save(ca_dir)
+        log.info("CA: created a new root for %s in %s", ca.trust_domain, ca_dir)
+    return CaSetup(ca, audit, ca_dir, cert_ttl)
+
+
+class ControlTls:
+    """The HTTPS listener's TLS context. Its certificate is for
+    ``spiffe://<td>/svc/plait-control``, issued by our own CA to a fresh key that lives
+    only in memory (it passes through a 0600 temp file that is deleted at once, because
+    ``ssl`` loads keys from files); it is renewed at half-life and when the issuer
+    changes. Client certificates (renewals) are optional and verified against every root
+    the bundle has held; the CA then checks the root is still in the bundle."""
+
+    def __init__(self, ca: CaPlane, workdir: str) -> None:
+        self.ca = ca
+        self.workdir = workdir
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.verify_mode = ssl.CERT_OPTIONAL
+        self._trusted: set[bytes] = set()
+        self._renew_at: datetime | None = None
+        self._generation: int | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Trust new roots; renew the listener's certificate if it is due."""
+        for root in x509.load_pem_x509_certificates(self.ca.ca.trust_bundle()):
+            fingerprint = root.fingerprint(hashes.SHA256())
+            if fingerprint not in self._trusted:
+                pem = root.public_bytes(serialization.Encoding.PEM).decode("ascii")
+                self.context.load_verify_locations(cadata=pem)
+                self._trusted.add(fingerprint)
+        due = self._renew_at is None or self.ca.utcnow() >= self._renew_at
+        if due or self._generation != self.ca.ca.issuer.id:
+            self._reissue()
+
+    def _reissue(self) -> None:
+        key = new_key()
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, CONTROL_SERVICE)])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        issued_at = self.ca.utcnow()
+        issued = self.ca.issue_control_cert(csr.public_bytes(serialization.Encoding.PEM))
+        fd, path = tempfile.mkstemp(prefix=".control-tls-", dir=self.workdir)  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(issued.chain_pem + key_pem(key))
+            self.context.load_cert_chain(path)
+        finally:
+            os.unlink(path)
+        # half of the lifetime from now: the notBefore backdating (clock skew) aside
+        self._renew_at = renew_at(issued_at, issued.not_after)
+        self._generation = issued.generation
+        log.info("CA listener certificate %s until %s", issued.spiffe_id, issued.not_after)
 
 
 async def run_control(
@@ -84,10 +216,22 @@ async def run_control(
     api_port: int = 0,
     ready_file: str | None = None,
     lease_sweep_interval: float = 1.0,
+    trust_domain: str | None = None,
+    ca_root: str | None = None,
+    ca_cert: str | None = None,
+    ca_key: str | None = None,
+    cert_ttl: timedelta = DEFAULT_LEAF_LIFETIME,
+    ca_port: int = 0,
 ) -> None:
     """Run the control plane until cancelled."""
     store = Store(data_dir)
-    plane = ControlPlane(store)
+    try:
+        ca_setup = open_ca(data_dir, trust_domain, ca_root, ca_cert, ca_key, cert_ttl)
+    except BaseException:
+        store.close()
+        raise
+    plane = ControlPlane(store, ca=ca_setup)
+    assert plane.ca is not None
     version, _ = store.current()
     log.info(
         "store %s: config version %d, %d lease(s) reloaded",
@@ -98,26 +242,44 @@ async def run_control(
     grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
     add_to_server(grpc_server, plane.cache)
     api_server: asyncio.Server | None = None
+    ca_server: asyncio.Server | None = None
     sweeper: asyncio.Task[None] | None = None
     try:
         bound_xds = grpc_server.add_insecure_port(f"{xds_host}:{xds_port}")
         if not bound_xds:
             raise OSError(f"could not bind the xDS port {xds_host}:{xds_port}")
         await grpc_server.start()
-        api_server = await serve_json(ControlApi(plane).handle, api_host, api_port)
+        api = ControlApi(plane)
+        api_server = await serve_json(api.handle, api_host, api_port)
         bound_api = server_port(api_server)
+        tls = ControlTls(plane.ca, os.path.join(data_dir, CA_DIR))
+        tls_api = CaTlsApi(plane)
+        ca_server = await serve_json(tls_api.handle, api_host, ca_port, ssl=tls.context)
         xds_addr = f"{_reachable(xds_host)}:{bound_xds}"
         api_url = f"http://{_reachable(api_host)}:{bound_api}"
-        log.info("serving xDS (ADS) on %s, HTTP API on %s", xds_addr, api_url)
+        ca_url = f"https://{_reachable(api_host)}:{server_port(ca_server)}"
+        api.ca_url = tls_api.ca_url = ca_url
+        log.info("serving xDS (ADS) on %s, HTTP API on %s, CA on %s", xds_addr, api_url, ca_url)
         if ready_file:
-            write_ready_file(ready_file, {"pid": os.getpid(), "xds": xds_addr, "api": api_url})
-        sweeper = asyncio.create_task(_sweep_leases(plane, lease_sweep_interval))
+            write_ready_file(
+                ready_file, {"pid": os.getpid(), "xds": xds_addr, "api": api_url, "ca": ca_url}
+            )
+        ca_plane = plane.ca
+
+        def ca_tick() -> None:
+            ca_plane.tick()
+            plane.bundle_changed()  # a rotation step changed the bundle: push it over SDS
+            tls.refresh()
+
+        sweeper = asyncio.create_task(_sweep_leases(plane, lease_sweep_interval, ca_tick))
         await asyncio.Event().wait()
     finally:
         if sweeper is not None:
             sweeper.cancel()
         if api_server is not None:
             api_server.close()
+        if ca_server is not None:
+            ca_server.close()
         await grpc_server.stop(grace=0.5)
         store.close()
         log.info("control plane stopped")
@@ -132,6 +294,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT, help="gRPC ADS port (0=any)")
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="HTTP API port (0=any)")
     p.add_argument("--ready-file", default=None, help="write bound ports here once serving")
+    p.add_argument(
+        "--trust-domain", default=None, help=f"SPIFFE trust domain (default {DEFAULT_TRUST_DOMAIN})"
+    )
+    p.add_argument("--ca-root", default=None, help="existing PKI: root certificate (PEM)")
+    p.add_argument("--ca-cert", default=None, help="existing PKI: intermediate certificate")
+    p.add_argument("--ca-key", default=None, help="existing PKI: the intermediate's key")
+    p.add_argument("--cert-ttl", default="24h", help="lifetime of issued certificates")
+    p.add_argument("--ca-port", type=int, default=0, help="HTTPS port for CSRs (0=any)")
     p.add_argument("--lease-sweep-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -146,7 +316,14 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        cert_ttl = timedelta(seconds=parse_duration(args.cert_ttl))
+    except ValueError as exc:
+        parser.error(f"--cert-ttl: {exc}")
+    if cert_ttl > MAX_CERT_TTL:
+        parser.error(f"--cert-ttl: at most {MAX_CERT_TTL.days} days; short-lived is the point")
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, args.log_level),
@@ -167,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
             api_port=args.api_port,
             ready_file=args.ready_file,
             lease_sweep_interval=args.lease_sweep_interval,
+            trust_domain=args.trust_domain,
+            ca_root=args.ca_root,
+            ca_cert=args.ca_cert,
+            ca_key=args.ca_key,
+            cert_ttl=cert_ttl,
+            ca_port=args.ca_port,
         )
 
     with asyncio.Runner(loop_factory=_new_event_loop) as runner:
@@ -174,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(run())
         except asyncio.CancelledError:
             pass
-        except OSError as exc:
+        except (OSError, CaError) as exc:
             log.error("%s", exc)
             return 1
     return 0

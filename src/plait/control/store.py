@@ -10,6 +10,10 @@
 - ``leases``: the registry's leases (node id, ttl, instances JSON, updated_at), so that a
   restarted control plane keeps serving the instances it knew (see
   :meth:`plait.control.registry.Registry.load`).
+- ``join_tokens``: the CA's join tokens (:mod:`plait.ca.tokens`): the sha256 of the
+  secret, never the secret; times are unix seconds.
+- ``issued_certs``: one row per certificate the CA issued (serial as hex, service, issuer,
+  validity, node and token if given), for ``plait certs`` and rotation.
 
 A commit is one SQLite transaction: it is either fully written or not at all. The store is
 synchronous and meant to be used from one thread (the control plane's event loop); each
@@ -23,8 +27,10 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from plait.ca.tokens import TokenRecord
 from plait.control.registry import LeaseRow
 from plait.model.config import ConfigSet
 from plait.model.load import config_from_documents, config_to_documents
@@ -44,6 +50,26 @@ CREATE TABLE IF NOT EXISTS leases (
     ttl REAL NOT NULL,
     instances TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS issued_certs (
+    serial TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    spiffe_id TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    not_after REAL NOT NULL,
+    node TEXT,
+    token_id TEXT,
+    auth TEXT NOT NULL
 );
 """
 
@@ -184,6 +210,73 @@ class Store:
             LeaseRow(node_id=n, ttl=float(t), instances=_instances_from_json(n, i))
             for n, t, i in rows
         ]
+
+    # -- CA: join tokens and issued certificates --------------------------------------
+
+    def save_token(self, record: TokenRecord) -> None:
+        revoked = None if record.revoked_at is None else record.revoked_at.timestamp()
+        self._db.execute(
+            "INSERT INTO join_tokens (id, service, secret_hash, created_at, expires_at, "
+            "revoked_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            (
+                record.id,
+                record.service,
+                record.secret_hash,
+                record.created_at.timestamp(),
+                record.expires_at.timestamp(),
+                revoked,
+            ),
+        )
+
+    def load_tokens(self) -> list[TokenRecord]:
+        rows = self._db.execute(
+            "SELECT id, service, secret_hash, created_at, expires_at, revoked_at "
+            "FROM join_tokens ORDER BY created_at, id"
+        ).fetchall()
+        return [
+            TokenRecord(
+                id=i,
+                service=s,
+                secret_hash=h,
+                created_at=_utc(c),
+                expires_at=_utc(e),
+                revoked_at=None if r is None else _utc(r),
+            )
+            for i, s, h, c, e, r in rows
+        ]
+
+    def record_cert(self, row: dict[str, Any]) -> None:
+        """Remember an issued certificate: the keys of the ``issued_certs`` table, times
+        as unix seconds."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO issued_certs (serial, service, spiffe_id, issuer, "
+            "generation, not_before, not_after, node, token_id, auth) VALUES "
+            "(:serial, :service, :spiffe_id, :issuer, :generation, :not_before, :not_after, "
+            ":node, :token_id, :auth)",
+            row,
+        )
+
+    def issued_certs(self, not_after_since: float | None = None) -> list[dict[str, Any]]:
+        """Issued certificates (those valid after ``not_after_since`` if given), oldest
+        first."""
+        cur = self._db.execute(
+            "SELECT serial, service, spiffe_id, issuer, generation, not_before, not_after, "
+            "node, token_id, auth FROM issued_certs WHERE not_after > ? "
+            "ORDER BY not_before, serial",
+            (float("-inf") if not_after_since is None else not_after_since,),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def prune_certs(self, expired_before: float) -> int:
+        """Forget certificates that expired before ``expired_before``; how many."""
+        cur = self._db.execute("DELETE FROM issued_certs WHERE not_after < ?", (expired_before,))
+        return int(cur.rowcount)
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _config_from_json(text: str) -> ConfigSet:

@@ -6,7 +6,7 @@ A tour, in the order data flows::
                                                                   |
                               serialize <-> YAML-shaped dicts (API, store)
 
-- :mod:`~plait.model.resources` -- the resources (``Service``, ``Route``) as frozen
+- :mod:`~plait.model.resources` -- the resources (``Service``, ``Route``, ``Policy``) as frozen
   pydantic models. YAML spells fields in camelCase (``perTryTimeout``); durations are
   ``"250ms"``/``"5s"`` in YAML and float seconds in Python.
 - :mod:`~plait.model.config` -- ``ConfigSet``: one whole, cross-checked config version.

@@ -7,6 +7,8 @@ A :class:`~plait.model.config.ConfigSet` is only ever made here, after every che
 - every Route's ``spec.service`` names an existing Service, and that Service is not
   ``tcp`` (Routes are HTTP/gRPC routing);
 - at most one Route per Service;
+- every Policy's ``spec.service`` names an existing Service, at most one Policy per
+  Service;
 - backend subsets use well-formed label keys.
 
 Each resource comes with its :class:`~plait.model.source.Where`, so an error points at
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from plait.model.config import ConfigSet
 from plait.model.errors import ConfigError, FieldError, Path, ResourceNotFoundError
-from plait.model.resources import KINDS, LABEL_KEY_RE, Resource, Route, Service
+from plait.model.resources import KINDS, LABEL_KEY_RE, Policy, Resource, Route, Service
 from plait.model.source import Where
 
 APPLIED = "<current config>"  # the file name errors use for already-applied resources
@@ -105,6 +107,37 @@ def check_references(entries: Sequence[Entry]) -> list[FieldError]:
     return errors
 
 
+def check_policies(entries: Sequence[Entry]) -> list[FieldError]:
+    """Policies against Services: the protected Service exists, has at most one Policy."""
+    services: set[str] = {e.resource.name for e in entries if isinstance(e.resource, Service)}
+    policy_of: dict[str, Entry] = {}
+    errors: list[FieldError] = []
+    for entry in entries:
+        policy = entry.resource
+        if not isinstance(policy, Policy):
+            continue
+        target = policy.spec.service
+        if target not in services:
+            hint = _close_name(target, sorted(services))
+            message = (
+                f"names Service {target!r}, which does not exist{hint}; "
+                "define that Service or fix the name"
+            )
+            errors.append(entry.error(("spec", "service"), message))
+            continue
+        if target in policy_of:
+            other = policy_of[target]
+            message = (
+                f"Service {target!r} already has Policy {other.resource.name!r} "
+                f"({other.where.describe(entry.where.file)}); a Service takes at most one "
+                "Policy: merge their allow and deny lists into one Policy"
+            )
+            errors.append(entry.error(("spec", "service"), message))
+        else:
+            policy_of[target] = entry
+    return errors
+
+
 def _tcp_error(route: Entry, service: Entry) -> FieldError:
     if route.new or not service.new:
         message = (
@@ -143,6 +176,7 @@ def check_subsets(entries: Sequence[Entry]) -> list[FieldError]:
 CHECKS: tuple[Callable[[Sequence[Entry]], list[FieldError]], ...] = (
     check_unique,
     check_references,
+    check_policies,
     check_subsets,
 )
 
@@ -154,9 +188,11 @@ def build(entries: Sequence[Entry]) -> ConfigSet:
         raise ConfigError(errors)
     services = sorted((e.resource for e in entries if isinstance(e.resource, Service)), key=_name)
     routes = sorted((e.resource for e in entries if isinstance(e.resource, Route)), key=_name)
+    policies = sorted((e.resource for e in entries if isinstance(e.resource, Policy)), key=_name)
     return ConfigSet(
         services={s.name: s for s in services},
         routes={r.name: r for r in routes},
+        policies={p.name: p for p in policies},
     )
 
 
@@ -180,26 +216,39 @@ def apply(current: ConfigSet, new: Sequence[Entry]) -> tuple[ConfigSet, list[str
 
 
 def delete(current: ConfigSet, kind: str, name: str) -> ConfigSet:
-    """``current`` without the named resource; refused if a Route still names a Service."""
+    """``current`` without the named resource; refused if a Route or Policy still names a
+    Service."""
     where = Where(APPLIED, 0)
     if kind not in KINDS:
         message = f"unknown kind {kind!r}: expected one of {', '.join(sorted(KINDS))}"
         raise ResourceNotFoundError([where.error((), message, kind, name)])
-    table: dict[str, Service] | dict[str, Route]
-    table = current.services if kind == "Service" else current.routes
-    if name not in table:
+    tables: dict[str, dict[str, Service] | dict[str, Route] | dict[str, Policy]] = {
+        "Service": current.services,
+        "Route": current.routes,
+        "Policy": current.policies,
+    }
+    if name not in tables[kind]:
         message = f"there is no {kind} {name!r} to delete; check the kind and name"
         raise ResourceNotFoundError([where.error((), message, kind, name)])
-    route = current.route_for(name) if kind == "Service" else None
-    if route is not None:
-        message = (
-            f"cannot delete: Route {route.name!r} still routes this Service (spec.service); "
-            "delete that Route first, or point it at another Service"
-        )
-        raise ConfigError([where.error((), message, kind, name)])
+    if kind == "Service":
+        route = current.route_for(name)
+        if route is not None:
+            message = (
+                f"cannot delete: Route {route.name!r} still routes this Service "
+                "(spec.service); delete that Route first, or point it at another Service"
+            )
+            raise ConfigError([where.error((), message, kind, name)])
+        policy = current.policy_for(name)
+        if policy is not None:
+            message = (
+                f"cannot delete: Policy {policy.name!r} still protects this Service "
+                "(spec.service); delete that Policy first, or point it at another Service"
+            )
+            raise ConfigError([where.error((), message, kind, name)])
     return ConfigSet(
         services={k: v for k, v in current.services.items() if kind != "Service" or k != name},
         routes={k: v for k, v in current.routes.items() if kind != "Route" or k != name},
+        policies={k: v for k, v in current.policies.items() if kind != "Policy" or k != name},
     )
 
 

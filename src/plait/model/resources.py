@@ -3,7 +3,7 @@
 Every document has the Kubernetes-like shape
 
     apiVersion: plait/v1
-    kind: Service | Route
+    kind: Service | Route | Policy
     metadata: {name: ...}
     spec: {...}
 
@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -117,6 +118,8 @@ class ServiceSpec(_Strict):
     ports: tuple[ServicePort, ...] = (ServicePort(name="http", port=80),)
     load_balancer: Literal["least_request", "round_robin"] = "least_request"
     connect_timeout: Duration = 1.0
+    # the inbound side of the service (docs/mtls.md): plaintext only, both, or mTLS only
+    mtls: Literal["plaintext", "permissive", "strict"] = "plaintext"
 
     @field_validator("ports")
     @classmethod
@@ -242,8 +245,67 @@ class Route(_Strict):
         return self.metadata.name
 
 
-Resource = Service | Route
-KINDS: dict[str, type[Service] | type[Route]] = {"Service": Service, "Route": Route}
+SPIFFE_ID_RE = re.compile(
+    r"^spiffe://([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)/svc/([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"
+)
+"""``spiffe://<trust domain>/svc/<service>``: the only SPIFFE id shape plait issues."""
+
+
+def _check_principal(value: str) -> str:
+    if NAME_RE.match(value) or SPIFFE_ID_RE.match(value):
+        return value
+    raise ValueError(
+        f"{value!r} is neither a service name (a DNS label) nor a SPIFFE id "
+        "spiffe://<trust domain>/svc/<service>"
+    )
+
+
+Principal = Annotated[str, AfterValidator(_check_principal)]
+
+
+class PolicySpec(_Strict):
+    service: str
+    mode: Literal["enforce", "audit"] = "enforce"
+    allow: tuple[Principal, ...] = ()
+    deny: tuple[Principal, ...] = ()
+
+    _service = field_validator("service")(_check_name)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _unique(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for entry in entries:
+            if entry in seen:
+                raise ValueError(f"{entry!r} is listed twice")
+            seen.add(entry)
+        return entries
+
+
+class Policy(_Strict):
+    """Who may call one destination service (docs/mtls.md).
+
+    ``allow`` lists source services (or full SPIFFE ids) that may call; empty means any
+    authenticated peer. ``deny`` wins over ``allow``. ``mode: audit`` only logs what
+    would be denied.
+    """
+
+    api_version: Literal["plait/v1"] = API_VERSION
+    kind: Literal["Policy"] = "Policy"
+    metadata: Metadata
+    spec: PolicySpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+Resource = Service | Route | Policy
+KINDS: dict[str, type[Service] | type[Route] | type[Policy]] = {
+    "Service": Service,
+    "Route": Route,
+    "Policy": Policy,
+}
 
 
 def subset_key(subset: dict[str, str]) -> str:

@@ -41,10 +41,11 @@ def resource_from_dict(d: object, where: str) -> Resource:
 
 
 def config_to_documents(cfg: ConfigSet) -> list[dict[str, Any]]:
-    """Every resource as a dict: Services first, then Routes, each sorted by name."""
+    """Every resource as a dict: Services, then Routes, then Policies, each sorted by name."""
     services = [cfg.services[name] for name in sorted(cfg.services)]
     routes = [cfg.routes[name] for name in sorted(cfg.routes)]
-    ordered: list[Resource] = [*services, *routes]
+    policies = [cfg.policies[name] for name in sorted(cfg.policies)]
+    ordered: list[Resource] = [*services, *routes, *policies]
     return [resource_to_dict(r) for r in ordered]
 
 

@@ -7,6 +7,7 @@
 | ``/clusters`` | JSON: per cluster, endpoints with health and LB state, connection pool |
 | ``/listeners`` | JSON: bound listeners and whether the config names them |
 | ``/stats/prometheus`` | Prometheus text exposition |
+| ``/identities`` | JSON: per local service, its certificate (serial, expiry, alarm) |
 
 :meth:`AdminServer.handle` is the dispatch (path in, status + content type + body out),
 so it is testable without a socket; :meth:`AdminServer.start` puts a tiny HTTP/1.1
@@ -55,11 +56,13 @@ class AdminServer:
         xds: Any = None,
         metrics: Any = None,
         extra: Callable[[], dict[str, Any]] | None = None,
+        identities: Any = None,
     ) -> None:
         self.dp = dp
         self.xds = xds
         self.metrics = metrics
         self.extra = extra
+        self.identities = identities  # a ProxyIdentities, when the proxy has a CA
         self.server: asyncio.Server | None = None
         self._routes: dict[str, Callable[[], Answer]] = {
             "/": self._index,
@@ -68,6 +71,7 @@ class AdminServer:
             "/clusters": self._clusters,
             "/listeners": self._listeners,
             "/stats/prometheus": self._prometheus,
+            "/identities": self._identities,
         }
 
     # -- dispatch ------------------------------------------------------------------------
@@ -106,9 +110,16 @@ class AdminServer:
                 "last_nack": xds.last_nack,
                 "last_error": getattr(xds, "last_error", None),
             }
+        if self.identities is not None:
+            out["identities"] = self.identities.view()["identities"]
         if self.extra is not None:
             out.update(self.extra())
         return _json(out)
+
+    def _identities(self) -> Answer:
+        if self.identities is None:
+            return _json({"identities": [], "note": "no CA configured: plaintext only"})
+        return _json(self.identities.view())
 
     def _clusters(self) -> Answer:
         return _json({"clusters": self.dp.clusters_view()})
@@ -131,6 +142,8 @@ class AdminServer:
     def _prometheus(self) -> Answer:
         if self.metrics is None:
             return 404, TEXT, b"metrics are not enabled\n"
+        if self.identities is not None:
+            self.identities.refresh_metrics()
         return 200, PROMETHEUS, self.metrics.render().encode()
 
     # -- the socket ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, get_args
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from plait.ca.tokens import token_id_of
 from plait.model.errors import ConfigError, FieldError, format_path
 from plait.model.errors import Path as FieldPath
 from plait.model.resources import LABEL_KEY_RE, NAME_RE, Duration
@@ -110,11 +111,35 @@ class HealthCheck(_Strict):
 
 
 class LocalService(_Strict):
+    """A local service: its app, its inbound listener, its own outbound listener
+    (``outbound|<name>``: requests leaving with this service's identity, docs/mtls.md) and
+    the join token that gets it its first certificate (``token`` inline, or
+    ``token_file``, read when the proxy needs it)."""
+
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
     app: AppAddress
     inbound: Address = Address()
+    outbound: Address = Address()
     health_check: HealthCheck | None = None
+    token: str | None = Field(default=None, repr=False)
+    token_file: str | None = Field(default=None, min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        # never echo the value: it is a secret
+        if value is not None and token_id_of(value.strip()) is None:
+            raise ValueError(
+                "is not a join token: expected 'plait-jt.<id>.<secret>' (from 'plait token create')"
+            )
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give 'token' or 'token_file', not both")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -192,6 +217,7 @@ def cross_checks(boot: Bootstrap) -> list[tuple[FieldPath, str]]:
             problems.append((("services", i, "name"), f"service {svc.name!r} is listed twice"))
         names.add(svc.name)
         listeners.append((("services", i, "inbound"), svc.inbound))
+        listeners.append((("services", i, "outbound"), svc.outbound))
     for path, addr in listeners:
         if addr.port == 0:
             continue
@@ -315,6 +341,8 @@ class BoundPorts:
     outbound: tuple[str, int]
     inbound: Mapping[str, tuple[str, int]]  # local service name -> (address, port)
     admin: tuple[str, int] | None = None
+    # local service name -> its own outbound listener ``outbound|<svc>`` (docs/mtls.md)
+    service_outbound: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def node_metadata(boot: Bootstrap, bound: BoundPorts) -> dict[str, Any]:
@@ -324,15 +352,18 @@ def node_metadata(boot: Bootstrap, bound: BoundPorts) -> dict[str, Any]:
         if svc.name not in bound.inbound:
             raise ValueError(f"no bound inbound listener for service {svc.name!r}")
         address, port = bound.inbound[svc.name]
-        inbound.append(
-            {
-                "service": svc.name,
-                "address": address,
-                "port": port,
-                "app_address": svc.app.address,
-                "app_port": svc.app.port,
-            }
-        )
+        entry: dict[str, Any] = {
+            "service": svc.name,
+            "address": address,
+            "port": port,
+            "app_address": svc.app.address,
+            "app_port": svc.app.port,
+        }
+        if svc.name in bound.service_outbound:
+            out_address, out_port = bound.service_outbound[svc.name]
+            entry["outbound_address"] = out_address
+            entry["outbound_port"] = out_port
+        inbound.append(entry)
     return {
         "plait_proxy": True,
         "outbound": {"address": bound.outbound[0], "port": bound.outbound[1]},

@@ -28,11 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.proxy.accesslog import AccessLog, request_prefix, request_suffix
+from plait.proxy.deadlines import Deadlines
 from plait.proxy.http1 import Http1Server
+from plait.proxy.inbound import InboundAcceptor
 from plait.proxy.lb import Balancer, make_balancer
+from plait.proxy.peer_identity import trust_domain_of
 from plait.proxy.proxy_status import hop_name
 from plait.proxy.router import Router
-from plait.proxy.runtime import Cluster, Direction, Endpoint, ProxyConfig
+from plait.proxy.runtime import Cluster, Direction, Endpoint, ProxyConfig, RbacFilter, TlsMode
+from plait.proxy.tls import TRUST_BUNDLE, LocalIdentity, TlsContexts
 from plait.proxy.upstream import UpstreamPool
 from plait.proxy.via import via_entry
 
@@ -47,6 +52,20 @@ def uuid4_hex() -> str:
     return b.hex()
 
 
+# Request ids need uniqueness, not secrecy: a PRNG seeded from the OS (again in every
+# forked child) gives version-4-shaped UUIDs without a getrandom syscall per request.
+_ids = random.Random(os.urandom(32))
+_getrandbits = _ids.getrandbits
+_UUID_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID_BITS = (0x4 << 76) | (0x2 << 62)
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+def fast_request_id() -> str:
+    """A version 4 UUID as 32 hex digits, from a seeded PRNG (no syscall)."""
+    return "%032x" % ((_getrandbits(128) & _UUID_MASK) | _UUID_BITS)
+
+
 @dataclass(eq=False)
 class ListenerSlot:
     """A bound listening socket, known by its xDS listener name."""
@@ -58,7 +77,12 @@ class ListenerSlot:
     source: str  # the access log / metrics source service for requests it takes
     address: str = ""
     port: int = 0
-    server: asyncio.Server | None = field(default=None, repr=False)
+    server: asyncio.Server | InboundAcceptor | None = field(default=None, repr=False)
+    # mTLS (docs/mtls.md), set from the applied config: how an inbound listener accepts
+    tls_mode: TlsMode = "plaintext"
+    peer_trust_domain: str | None = None
+    # outbound: the local service whose identity mTLS requests from this listener use
+    identity: str | None = None
 
 
 class ClusterState:
@@ -82,6 +106,7 @@ class Snapshot:
     config: ProxyConfig
     routers: dict[str, Router]
     clusters: dict[str, ClusterState]
+    rbac: dict[str, tuple[RbacFilter, ...]] = field(default_factory=dict)  # by listener
 
 
 def cluster_endpoints(config: ProxyConfig, cluster: Cluster) -> Sequence[Endpoint]:
@@ -101,7 +126,7 @@ class DataPlane:
         metrics: Any = None,
         access_log: Any = None,
         rng: random.Random | None = None,
-        request_id: Callable[[], str] = uuid4_hex,
+        request_id: Callable[[], str] = fast_request_id,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         max_idle_per_endpoint: int = 64,
@@ -123,12 +148,19 @@ class DataPlane:
         self.connections: set[Http1Server] = set()
         self.snapshot: Snapshot | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by bind
+        # per-request timeouts (route, per try): one loop timer for all, set by bind
+        self.timers: Deadlines = None  # type: ignore[assignment]
         self._clusters: dict[str, ClusterState] = {}
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = upstream_idle_timeout
         self.downstream_idle_timeout = downstream_idle_timeout
         self.request_head_timeout = request_head_timeout
         self._sweeper: asyncio.Task[None] | None = None
+        self.tls = TlsContexts()
+        # access log pieces, formatted once: by (listener, destination), by address
+        self._log_prefix: dict[tuple[ListenerSlot, str], str] = {}
+        self._log_suffix = request_suffix(node_id, None, None)
+        self._addr_text: dict[tuple[str, int], str] = {}
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -145,17 +177,27 @@ class DataPlane:
         Returns the bound address. Requests are answered 503 until a config names it.
         """
         self.loop = asyncio.get_running_loop()
+        if self.timers is None or self.timers.loop is not self.loop:
+            self.timers = Deadlines(self.loop)
         if name in self.listeners:
             raise ValueError(f"listener {name!r} is already bound")
+        identity = None
         if direction == "outbound":
-            only = self.local_services[0] if len(self.local_services) == 1 else "unknown"
-            source = only
+            # outbound|<svc> speaks for <svc>; the shared listener only for a lone service
+            only = self.local_services[0] if len(self.local_services) == 1 else None
+            identity = service or only
+            source = identity or "unknown"
         else:
             source = "unknown"
         slot = ListenerSlot(name, direction, service, hop_name(self.node_id, direction), source)
-        server = await self.loop.create_server(
-            lambda: Http1Server(self, slot), address, port, reuse_address=True, backlog=1024
-        )
+        slot.identity = identity
+        server: asyncio.Server | InboundAcceptor
+        if direction == "inbound":  # its TLS mode comes with the config: decided per accept
+            server = await InboundAcceptor.bind(self, slot, address, port)
+        else:
+            server = await self.loop.create_server(
+                lambda: Http1Server(self, slot), address, port, reuse_address=True, backlog=1024
+            )
         sockname = server.sockets[0].getsockname()
         slot.address, slot.port = sockname[0], sockname[1]
         slot.server = server
@@ -185,10 +227,19 @@ class DataPlane:
     def apply(self, config: ProxyConfig) -> None:
         """Make ``config`` the one requests use, keeping cluster state that carries over."""
         routers: dict[str, Router] = {}
-        for name in self.listeners:
+        rbac: dict[str, tuple[RbacFilter, ...]] = {}
+        secret = config.secrets.get(TRUST_BUNDLE)
+        self.tls.set_sds_bundle(secret.trusted_ca if secret is not None else None)
+        for name, slot in self.listeners.items():
             listener = config.listeners.get(name)
             if listener is None:
                 continue
+            if slot.direction == "inbound":
+                slot.tls_mode = listener.tls_mode
+                prefix = listener.tls.peer_san_prefix if listener.tls is not None else None
+                slot.peer_trust_domain = trust_domain_of(prefix or "") or self._own_domain()
+                if listener.rbac:
+                    rbac[name] = listener.rbac
             table = listener.route_table
             if table is None and listener.route_config_name is not None:
                 table = config.route_tables.get(listener.route_config_name)
@@ -227,7 +278,48 @@ class DataPlane:
             if name not in clusters:
                 state.pool.close()
         self._clusters = clusters
-        self.snapshot = Snapshot(config, routers, clusters)
+        self.snapshot = Snapshot(config, routers, clusters, rbac)
+
+    def _own_domain(self) -> str | None:
+        for ident in self.tls.identities.values():
+            return trust_domain_of(ident.spiffe_id)
+        return None
+
+    # -- identities and TLS --------------------------------------------------------------
+
+    def set_identity(self, ident: LocalIdentity) -> None:
+        """A local service's new certificate: the next accepts and connects use it."""
+        self.tls.set_identity(ident)
+        for slot in self.listeners.values():
+            if slot.direction == "inbound" and slot.peer_trust_domain is None:
+                slot.peer_trust_domain = trust_domain_of(ident.spiffe_id)
+
+    def tls_event(self, slot: ListenerSlot, result: str, reason: str = "") -> None:
+        """An inbound TLS connection: ok, rejected (peer checks), failed (handshake)."""
+        if self.metrics is not None:
+            self.metrics.inc(
+                "plait_tls_handshakes_total",
+                {"listener": slot.name, "result": result},
+                help="Inbound TLS connections by listener and result (ok, rejected: the "
+                "peer failed the identity checks, failed: the handshake failed, "
+                "no_identity: no certificate yet).",
+            )
+        if result != "ok":
+            log.info("%s: TLS connection %s: %s", slot.name, result, reason)
+
+    def rbac_denied(self, slot: ListenerSlot, peer: str | None, shadow: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(
+                "plait_rbac_denied_total",
+                {
+                    "listener": slot.name,
+                    "destination": slot.service or "unknown",
+                    "peer": peer or "plaintext",
+                    "mode": "audit" if shadow else "enforce",
+                },
+                help="Requests an RBAC policy denied (mode enforce) or would have denied "
+                "(mode audit, let through), by listener and peer identity.",
+            )
 
     def _count_connect(self, cluster: str, ok: bool) -> None:
         if self.metrics is not None:
@@ -246,10 +338,13 @@ class DataPlane:
             self.metrics.request(
                 slot.direction, slot.source, destination, ex.status, error or "", duration
             )
-        if self.access_log is not None:
-            head = ex.head
-            upstream = ex.upstream_addr
-            self.access_log.log(
+        access_log = self.access_log
+        if access_log is None:
+            return
+        head = ex.head
+        upstream = ex.upstream_addr
+        if not isinstance(access_log, AccessLog):  # a custom logger: the record as a dict
+            access_log.log(
                 {
                     "time": round(self.wall_clock(), 3),
                     "request_id": ex.request_id.decode("latin-1"),
@@ -266,8 +361,44 @@ class DataPlane:
                     "error": error,
                     "details": ex.details,
                     "node": self.node_id,
+                    "peer": ex.server.peer,
+                    "rbac": ex.rbac,
                 }
             )
+            return
+        key = (slot, destination)
+        prefix = self._log_prefix.get(key)
+        if prefix is None:
+            prefix = request_prefix(slot.direction, slot.source, destination)
+            self._log_prefix[key] = prefix
+        peer = ex.server.peer
+        rbac = ex.rbac
+        suffix = self._log_suffix if peer is None and rbac is None else None
+        if suffix is None:
+            suffix = request_suffix(self.node_id, peer, rbac)
+        access_log.request(
+            round(self.wall_clock(), 3),
+            ex.request_id.decode("latin-1"),
+            prefix,
+            head.method.decode("latin-1") if head is not None else None,
+            head.path if head is not None else None,
+            self._upstream_text(upstream) if upstream else None,
+            ex.status,
+            round(duration * 1000.0, 3),
+            ex.bytes_in,
+            ex.bytes_out,
+            error,
+            ex.details,
+            suffix,
+        )
+
+    def _upstream_text(self, addr: tuple[str, int]) -> str:
+        text = self._addr_text.get(addr)
+        if text is None:
+            if len(self._addr_text) > 4096:
+                self._addr_text.clear()
+            text = self._addr_text[addr] = f"{addr[0]}:{addr[1]}"
+        return text
 
     def clusters_view(self) -> dict[str, Any]:
         """Per cluster: policy, endpoints with health and load, connection pool."""

@@ -48,6 +48,8 @@ LINGER = 2.0  # seconds to read and drop an unread request body after answering 
 class Http1Server(asyncio.Protocol):
     """One downstream connection."""
 
+    peer: str | None = None  # the caller's SPIFFE id once an mTLS handshake checked it
+
     def __init__(self, dp: DataPlane, listener: ListenerSlot) -> None:
         self.dp = dp
         self.listener = listener

@@ -18,10 +18,19 @@ Rules (RFC 9110/9112; the conformance corpus in shared/conformance/http-desync):
   trimmed). *Identical duplicates are rejected too* -- RFC 9112 allows merging them, but
   a proxy that merges and a server that does not disagree on nothing, while one that
   rejects can never disagree.
-- Transfer-Encoding must be exactly ``chunked`` (case-insensitive, once, in one field);
-  any other coding list (``gzip, chunked``, ``chunked;ext``, ``xchunked``) is refused,
-  as is Transfer-Encoding together with Content-Length, and Transfer-Encoding in an
-  HTTP/1.0 request.
+- Request Transfer-Encoding (RFC 9112 6.1): the field lines, combined in order, must form
+  a list of well-formed transfer-codings (token, each parameter ``token=token`` or
+  ``token="quoted"``) whose last coding is ``chunked`` (case-insensitive) and the only
+  ``chunked``; the body is then read as chunked -- exactly the case in which llhttp frames
+  it so. Refused: ``chunked`` not last or twice, empty list elements, bad tokens or
+  parameters, and parameters on ``chunked`` itself (none are defined, and llhttp does not
+  treat ``chunked;x=y`` -- nor ``chunked<TAB>`` -- as chunked, so accepting either would
+  make us and the parser disagree on the framing). Also refused: Transfer-Encoding
+  together with Content-Length, and Transfer-Encoding in an HTTP/1.0 request. The
+  request is forwarded with one ``transfer-encoding`` field listing the same codings in
+  order (names lowercased, parameters re-spaced), the body re-chunked by the proxy.
+- Response Transfer-Encoding must be exactly ``chunked``: the proxy re-frames response
+  bodies downstream as plain ``chunked`` and would otherwise drop a coding.
 - Field names that would read as a framing or hop-by-hop field once ``_`` becomes ``-``
   (``Transfer_Encoding``, CGI-style servers merge them) are refused.
 - Exactly one Host field (HTTP/1.1 needs one); absolute-form targets (``http://a/b``)
@@ -40,6 +49,7 @@ an upstream's response).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -172,7 +182,13 @@ def parse_content_length(values: list[bytes]) -> int:
 
 
 def check_transfer_encoding(values: list[bytes]) -> None:
-    """Accept exactly ``chunked`` (one field, one coding); raise HeadRejected otherwise."""
+    """A response's Transfer-Encoding: accept exactly ``chunked`` (one field, one coding);
+    raise HeadRejected otherwise. Requests use :func:`parse_request_transfer_encoding`.
+
+    A tab next to the coding is valid OWS for RFC 9112, but llhttp then reads the body as
+    not chunked: the two would disagree on framing, so it is refused."""
+    if any(b"\t" in v for v in values):
+        raise HeadRejected("Transfer-Encoding contains a tab; parsers disagree on its framing")
     codings = [c.strip(_OWS).lower() for v in values for c in v.split(b",")]
     if codings == [b"chunked"]:
         return
@@ -182,6 +198,80 @@ def check_transfer_encoding(values: list[bytes]) -> None:
         others = b", ".join(codings[:-1]).decode("latin-1")
         raise HeadRejected(f"unsupported transfer coding {others!r} (only chunked is accepted)")
     raise HeadRejected(f"Transfer-Encoding {b', '.join(values).decode('latin-1')!r} is not chunked")
+
+
+# RFC 9112 6.1 / RFC 9110 5.6: transfer-coding = token *( OWS ";" OWS transfer-parameter ),
+# transfer-parameter = token BWS "=" BWS ( token / quoted-string ). One list element, with
+# its surrounding OWS, up to the "," that ends it (or the end of the field value).
+_RE_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_RE_QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_RE_PARAM: Final = (
+    rb"[ \t]*;[ \t]*(" + _RE_TOKEN + rb")[ \t]*=[ \t]*(" + _RE_TOKEN + rb"|" + _RE_QUOTED + rb")"
+)
+_CODING: Final = re.compile(
+    rb"[ \t]*(?P<name>" + _RE_TOKEN + rb")(?P<params>(?:" + _RE_PARAM + rb")*)[ \t]*(?P<sep>,|\Z)"
+)
+_PARAM: Final = re.compile(_RE_PARAM)
+
+
+def transfer_codings(values: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The transfer-codings of Transfer-Encoding field values, in order.
+
+    Field lines are combined in order; each coding is ``(name, params)``, the name
+    lowercased and ``params`` normalized (``;name=value`` each, no whitespace, names
+    lowercased, values as sent). Raises :class:`HeadRejected` for an empty element, an
+    invalid token or a malformed parameter.
+    """
+    codings: list[tuple[bytes, bytes]] = []
+    for value in values:
+        pos, end = 0, len(value)
+        while True:
+            m = _CODING.match(value, pos)
+            if m is None:
+                shown = value.decode("latin-1")
+                raise HeadRejected(f"malformed Transfer-Encoding {shown!r}")
+            params = m.group("params")
+            if params:
+                params = b"".join(
+                    b";" + p.group(1).lower() + b"=" + p.group(2) for p in _PARAM.finditer(params)
+                )
+            codings.append((m.group("name").lower(), params))
+            pos = m.end()
+            if pos >= end:
+                if m.group("sep"):  # a trailing ",": an empty list element
+                    shown = value.decode("latin-1")
+                    raise HeadRejected(f"malformed Transfer-Encoding {shown!r}")
+                break
+    return codings
+
+
+def parse_request_transfer_encoding(values: list[bytes]) -> bytes:
+    """A request's Transfer-Encoding (RFC 9112 6.1): the normalized value to forward.
+
+    The codings must end with ``chunked``, without parameters (and with no tab after it),
+    applied exactly once -- the shapes llhttp frames as chunked; anything else raises
+    :class:`HeadRejected` (400).
+    """
+    last = values[-1]
+    tab_after = b"\t" in last[len(last.rstrip(_OWS)) :]
+    if len(values) == 1 and not tab_after and last.strip(_OWS).lower() == b"chunked":
+        return b"chunked"  # the common case
+    codings = transfer_codings(values)
+    names = [name for name, _ in codings]
+    if names.count(b"chunked") > 1:
+        raise HeadRejected("Transfer-Encoding applies chunked more than once")
+    if names[-1] != b"chunked":
+        shown = b", ".join(values).decode("latin-1")
+        raise HeadRejected(f"Transfer-Encoding {shown!r} does not end with chunked")
+    if codings[-1][1]:
+        raise HeadRejected("Transfer-Encoding: chunked takes no parameters")
+    if tab_after:  # RFC-valid OWS, but llhttp reads "chunked" then a tab as not chunked
+        raise HeadRejected("Transfer-Encoding ends with a tab")
+    return b", ".join(name + params for name, params in codings)
+
+
+# Connection values that name no field to drop (the common case, checked without a split).
+_CONNECTION_PLAIN: Final = frozenset([b"close", b"keep-alive", b"upgrade"])
 
 
 def _comma_tokens(values: list[bytes]) -> list[bytes]:
@@ -211,6 +301,8 @@ class RequestHead:
     via: bytes | None = None  # Via as received (joined)
     te_trailers: bool = False
     absolute_form: bool = False
+    # Transfer-Encoding to forward when ``chunked``: the codings, in order, chunked last.
+    transfer_encoding: bytes = b"chunked"
 
     @property
     def has_body(self) -> bool:
@@ -246,6 +338,8 @@ def _split_target(target: bytes, method: bytes) -> tuple[bytes, bytes | None]:
 
 def path_of(target: bytes) -> str:
     """The path a route matches on: the target up to '?' or '#'."""
+    if b"?" not in target and b"#" not in target:
+        return target.decode("latin-1")
     path = target.split(b"?", 1)[0]
     if b"#" in path:
         path = path.split(b"#", 1)[0]
@@ -339,12 +433,13 @@ def parse_request_head(
 
     content_length: int | None = None
     chunked = False
+    transfer_encoding = b"chunked"
     if te_values:
         if cl_values:
             raise HeadRejected("both Content-Length and Transfer-Encoding")
         if version == "1.0":
             raise HeadRejected("Transfer-Encoding in an HTTP/1.0 request")
-        check_transfer_encoding(te_values)
+        transfer_encoding = parse_request_transfer_encoding(te_values)
         chunked = True
     elif cl_values:
         content_length = parse_content_length(cl_values)
@@ -395,6 +490,7 @@ def parse_request_head(
         b", ".join(via) if via else None,
         te_trailers,
         target[:1] != b"/" and target != b"*",
+        transfer_encoding,
     )
 
 
@@ -414,7 +510,7 @@ def render_request_head(head: RequestHead, via: bytes, new_request_id: bytes | N
     if new_request_id is not None:
         parts += (b"x-request-id: ", new_request_id, CRLF)
     if head.chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
+        parts += (b"transfer-encoding: ", head.transfer_encoding, CRLF)
     elif head.content_length is not None:
         parts += (b"content-length: ", b"%d" % head.content_length, CRLF)
     if head.te_trailers:
@@ -506,7 +602,7 @@ def parse_response_head(
     except HeadRejected as e:
         raise _upstream_fault(f"upstream response: {e.details}") from None
 
-    if connection:
+    if connection and not (len(connection) == 1 and connection[0].lower() in _CONNECTION_PLAIN):
         named = {
             t for t in _comma_tokens(connection) if t not in (b"close", b"keep-alive", b"upgrade")
         }

@@ -59,20 +59,21 @@ from plait.proxy.proxy_status import (
     DESTINATION_NOT_FOUND,
     DESTINATION_UNAVAILABLE,
     HTTP_PROTOCOL_ERROR,
+    HTTP_REQUEST_DENIED,
     HTTP_REQUEST_ERROR,
     HTTP_RESPONSE_TIMEOUT,
     PROXY_INTERNAL_ERROR,
     STATUS_FOR,
 )
+from plait.proxy.rbac import evaluate as evaluate_rbac
 from plait.proxy.upstream import ConnectFailed, UpstreamConnection
 
 if TYPE_CHECKING:
-    import asyncio
-
     from plait.proxy.dataplane import ClusterState, DataPlane
+    from plait.proxy.deadlines import Deadline
     from plait.proxy.http1 import Http1Server
     from plait.proxy.lb import EndpointState
-    from plait.proxy.runtime import Route
+    from plait.proxy.runtime import RbacFilter, Route, UpstreamTls
 
 log = logging.getLogger("plait.proxy.http1")
 
@@ -148,7 +149,7 @@ class Attempt:
         self.conn: UpstreamConnection | None = None
         self.reused = False
         self.paused = False  # we paused the connection's reading (downstream is full)
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Deadline | None = None
         self.live = True
         self.sent = False  # the endpoint got bytes of the request (and its counter a start)
 
@@ -158,19 +159,50 @@ class Attempt:
             if not self.sent:
                 self.sent = True
                 self.endpoint.start()
-            conn.transport.writelines(pieces)
+            if len(pieces) == 1:
+                conn.transport.write(pieces[0])  # the usual head-only request: no iovec
+            else:
+                conn.transport.writelines(pieces)
 
     def run(self) -> None:
+        tls = self.cluster.config.tls
+        if tls is not None:
+            self._run_tls(tls)
+            return
         conn = self.cluster.pool.take(self.key)
         if conn is not None:
             self._send(conn, True)
         else:
-            self.ex.dp.loop.create_task(self._connect())
+            self.ex.dp.loop.create_task(self._connect(self.key))
 
-    async def _connect(self) -> None:
+    def _run_tls(self, tls: UpstreamTls) -> None:
+        """mTLS: connections are pooled per (endpoint, local identity)."""
+        ex = self.ex
+        slot = ex.server.listener
+        identity = slot.identity
+        ctx = ex.dp.tls.client(identity)
+        if ctx is None:
+            if identity is None:
+                details = (
+                    f"no local identity for mTLS to {self.cluster.service}: listener "
+                    f"{slot.name!r} speaks for no single local service; send the request "
+                    "through the caller's own outbound|<service> listener"
+                )
+            else:
+                details = f"no local identity yet: no certificate for {identity} from the CA"
+            ex.local_reply(503, DESTINATION_UNAVAILABLE, details)
+            return
+        key = (*self.key, identity)
+        conn = self.cluster.pool.take(key)
+        if conn is not None:
+            self._send(conn, True)
+        else:
+            ex.dp.loop.create_task(self._connect(key, (ctx, tls.server_sans)))
+
+    async def _connect(self, key: tuple[object, ...], tls: object = None) -> None:
         cluster = self.cluster
         try:
-            conn = await cluster.pool.connect(self.key, cluster.config.connect_timeout)
+            conn = await cluster.pool.connect(key, cluster.config.connect_timeout, tls)
         except ConnectFailed as exc:
             if self.live:
                 self.ex.attempt_failed(self, exc.error, exc.details, RETRY_CONNECT)
@@ -201,7 +233,7 @@ class Attempt:
 
     def arm_timer(self, timeout: float) -> None:
         if self.timer is None and self.live:
-            self.timer = self.ex.dp.loop.call_later(timeout, self._timed_out, timeout)
+            self.timer = self.ex.dp.timers.call_later(timeout, self._timed_out, timeout)
 
     def _timed_out(self, timeout: float) -> None:
         self.timer = None
@@ -328,6 +360,7 @@ class Exchange:
         "new_request_id",
         "pending",
         "pending_bytes",
+        "rbac",
         "rejection",
         "request_done",
         "request_id",
@@ -388,9 +421,10 @@ class Exchange:
         self.status = 0
         self.error: str | None = None
         self.details: str | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Deadline | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.rbac: str | None = None  # "would-deny: ..." from an audit-mode policy
 
     # -- routing and attempts ------------------------------------------------------------
 
@@ -406,6 +440,9 @@ class Exchange:
             self.local_reply(503, DESTINATION_UNAVAILABLE, "no config from control plane yet")
             return
         name = self.server.listener.name
+        rbac = snap.rbac.get(name)
+        if rbac is not None and not self._authorized(rbac):
+            return
         router = snap.routers.get(name)
         if router is None:
             self.local_reply(503, DESTINATION_UNAVAILABLE, f"listener {name!r} has no routes")
@@ -428,8 +465,21 @@ class Exchange:
             self.retries_left = route.retry.num_retries
         self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
         if self.request_done and route.timeout:
-            self.timer = self.dp.loop.call_later(route.timeout, self._route_timed_out)
+            self.timer = self.dp.timers.call_later(route.timeout, self._route_timed_out)
         self._attempt()
+
+    def _authorized(self, filters: tuple[RbacFilter, ...]) -> bool:
+        """RBAC on the peer identity: answer 403 and return False when denied."""
+        server = self.server
+        denied, would = evaluate_rbac(filters, server.peer)
+        if would is not None:
+            self.rbac = would
+            self.dp.rbac_denied(server.listener, server.peer, shadow=True)
+        if denied is None:
+            return True
+        self.dp.rbac_denied(server.listener, server.peer, shadow=False)
+        self.local_reply(403, HTTP_REQUEST_DENIED, denied)
+        return False
 
     def _pick(self, cluster: ClusterState) -> EndpointState | None:
         ep = cluster.balancer.pick()
@@ -578,7 +628,7 @@ class Exchange:
         route = self.route
         if route is not None:
             if route.timeout and self.timer is None:
-                self.timer = self.dp.loop.call_later(route.timeout, self._route_timed_out)
+                self.timer = self.dp.timers.call_later(route.timeout, self._route_timed_out)
             if self.attempt is not None and not self.started:
                 self._arm_try_timer(self.attempt)
 

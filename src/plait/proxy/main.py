@@ -3,9 +3,13 @@
 The stack, one step per line in :func:`run_proxy`:
 
 1. load and validate the bootstrap (docs/internals.md);
-2. bind the outbound listener and one inbound listener per local service (port 0
-   allowed), before anything talks to the control plane, so the real ports go into the
-   node metadata; until a config arrives they answer 503 ``destination_unavailable``;
+2. bind the outbound listener, and per local service an inbound listener and its own
+   outbound listener ``outbound|<svc>`` (port 0 allowed), before anything talks to the
+   control plane, so the real ports go into the node metadata; until a config arrives
+   they answer 503 ``destination_unavailable``;
+2b. per local service with a join token (or every one, with ``--ca``): an identity
+   manager (:mod:`plait.proxy.identities`; keys made here, certificates renewed
+   at half-life), its certificates feeding the TLS contexts;
 3. start the admin server (``/ready``, ``/config_dump``, ``/clusters``,
    ``/stats/prometheus``);
 4. a HealthChecker per local service that has a health check;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -36,10 +41,17 @@ from typing import IO, Any
 
 from plait.proxy.accesslog import AccessLog, BufferedWriter
 from plait.proxy.admin import AdminServer
-from plait.proxy.bootstrap import Bootstrap, BootstrapError, BoundPorts, load_bootstrap
+from plait.proxy.bootstrap import (
+    Bootstrap,
+    BootstrapError,
+    BoundPorts,
+    LocalService,
+    load_bootstrap,
+)
 from plait.proxy.bootstrap import node_metadata as make_node_metadata
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.health import HealthChecker
+from plait.proxy.identities import ProxyIdentities
 from plait.proxy.metrics import Metrics
 from plait.proxy.registration import Registrar, instance_records, kick_on_change
 from plait.proxy.xds_client import XdsClient
@@ -47,6 +59,7 @@ from plait.proxy.xds_client import XdsClient
 log = logging.getLogger("plait.proxy")
 
 FLUSH_INTERVAL = 1.0
+GC_THRESHOLD = 20_000  # gen0 allocations between collections (CPython's default: 700)
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
@@ -85,6 +98,9 @@ async def run_proxy(
     ready_file: str | None = None,
     stop: asyncio.Event | None = None,
     grace: float = 5.0,
+    ca: str | None = None,
+    ca_bundle: str | None = None,
+    tokens: dict[str, str] | None = None,
 ) -> None:
     """Run a proxy from its bootstrap file until ``stop`` is set or SIGTERM/SIGINT."""
     boot = load_bootstrap(bootstrap_path)
@@ -107,6 +123,7 @@ async def run_proxy(
     xds: XdsClient | None = None
     try:
         bound = await bind_listeners(dp, boot)
+        identities = make_identities(dp, boot, metrics, ca, ca_bundle, tokens or {})
         checkers: dict[str, HealthChecker] = {}
         registrar = Registrar(
             boot.control_plane.api,
@@ -114,6 +131,7 @@ async def run_proxy(
             lambda: instance_records(boot, bound, {n: c.healthy for n, c in checkers.items()}),
             boot.heartbeat_interval,
             boot.lease_ttl,
+            identities=identities.heartbeat if identities is not None else None,
         )
         for svc in boot.services:
             if svc.health_check is not None:
@@ -129,7 +147,7 @@ async def run_proxy(
             make_node_metadata(boot, bound),
             on_config=dp.apply,
         )
-        admin = AdminServer(dp, xds=xds, metrics=metrics)
+        admin = AdminServer(dp, xds=xds, metrics=metrics, identities=identities)
         admin_address = await admin.start(boot.admin.address, boot.admin.port)
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -137,6 +155,9 @@ async def run_proxy(
 
         for name, checker in checkers.items():
             spawn(checker.run(), f"health:{name}")
+        if identities is not None:
+            for name, coro in identities.tasks():
+                spawn(coro, name)
         spawn(registrar.run(), "registrar")
         spawn(xds.run(), "xds")
         spawn(_flush_every(writer, FLUSH_INTERVAL), "access-log-flush")
@@ -150,6 +171,7 @@ async def run_proxy(
             *bound.outbound,
             *admin_address,
         )
+        settle_gc()
         await stop.wait()
         log.info("proxy %s stopping", boot.node_id)
     finally:
@@ -164,16 +186,70 @@ async def run_proxy(
         writer.close()
 
 
+def settle_gc() -> None:
+    """Startup is over: move what it built (modules, protos, the bootstrap) out of the
+    collector's sight, and collect the young generation less often. The request path
+    makes short-lived objects that reference counting frees; cycles are rare, and a
+    collection that scanned the whole startup heap cost more than the request itself."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
+
+
 async def bind_listeners(dp: DataPlane, boot: Bootstrap) -> BoundPorts:
-    """Bind ``outbound`` and ``inbound|<svc>`` for every local service."""
+    """Bind ``outbound``, and ``inbound|<svc>`` and ``outbound|<svc>`` per local service."""
     outbound = await dp.bind("outbound", boot.outbound.address, boot.outbound.port, "outbound")
     inbound = {}
+    own_outbound = {}
     for svc in boot.services:
         address = svc.inbound.address
         inbound[svc.name] = await dp.bind(
             f"inbound|{svc.name}", address, svc.inbound.port, "inbound", svc.name
         )
-    return BoundPorts(outbound=outbound, inbound=inbound)
+        own_outbound[svc.name] = await dp.bind(
+            f"outbound|{svc.name}", svc.outbound.address, svc.outbound.port, "outbound", svc.name
+        )
+    return BoundPorts(outbound=outbound, inbound=inbound, service_outbound=own_outbound)
+
+
+def service_token(svc: LocalService, tokens: dict[str, str]) -> str | None:
+    """A service's join token: ``--token svc=T``, bootstrap ``token``, or ``token_file``."""
+    if svc.name in tokens:
+        return tokens[svc.name]
+    if svc.token:
+        return svc.token
+    if svc.token_file:
+        try:
+            return Path(svc.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise OSError(f"service {svc.name}: cannot read token_file: {exc}") from None
+    return None
+
+
+def make_identities(
+    dp: DataPlane,
+    boot: Bootstrap,
+    metrics: Metrics,
+    ca: str | None,
+    ca_bundle: str | None,
+    tokens: dict[str, str],
+) -> ProxyIdentities | None:
+    """Identity managers for the local services with a join token (all of them with
+    ``--ca``); None when there are none: the proxy then speaks plaintext only."""
+    wanted = {svc.name: service_token(svc, tokens) for svc in boot.services}
+    if ca is None:
+        wanted = {name: token for name, token in wanted.items() if token}
+    if not wanted:
+        return None
+    return ProxyIdentities(
+        dp,
+        ca,
+        wanted,
+        boot.data_dir,
+        bundle_file=ca_bundle,
+        metrics=metrics,
+        api_url=boot.control_plane.api,
+    )
 
 
 def ready_info(boot: Bootstrap, bound: BoundPorts, admin: tuple[str, int]) -> dict[str, Any]:
@@ -183,6 +259,7 @@ def ready_info(boot: Bootstrap, bound: BoundPorts, admin: tuple[str, int]) -> di
         "admin": f"http://{admin[0]}:{admin[1]}",
         "outbound": f"{bound.outbound[0]}:{bound.outbound[1]}",
         "inbound": {svc: f"{a}:{p}" for svc, (a, p) in bound.inbound.items()},
+        "outbound_services": {s: f"{a}:{p}" for s, (a, p) in bound.service_outbound.items()},
     }
 
 
@@ -196,7 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", default=None, help="overrides the bootstrap ready_file")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on stop")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--ca", default=None, help="the CA's https URL (default: ask the control plane's API)"
+    )
+    parser.add_argument(
+        "--ca-bundle", default=None, help="PEM roots that verify the CA (see plait.identity)"
+    )
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="SERVICE=TOKEN",
+        help="a local service's join token (overrides the bootstrap's); repeatable",
+    )
     args = parser.parse_args(argv)
+    tokens = dict(t.split("=", 1) for t in args.token if "=" in t)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -210,7 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_proxy(args.config, ready_file=args.ready_file, grace=args.grace))
+            runner.run(
+                run_proxy(
+                    args.config,
+                    ready_file=args.ready_file,
+                    grace=args.grace,
+                    ca=args.ca,
+                    ca_bundle=args.ca_bundle,
+                    tokens=tokens,
+                )
+            )
     except BootstrapError as exc:
         print(f"plait proxy: {exc}", file=sys.stderr)
         return 2

@@ -59,12 +59,14 @@ class Registrar:
         *,
         timeout: float = 5.0,
         request: RequestJson | None = None,
+        identities: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.api_url = api_url
         self.node_id = node_id
         self.interval = interval
         self.ttl = ttl
         self._instances = instances
+        self._identities = identities  # [{service, serial, not_after, bundle_version}]
         self._timeout = timeout
         self._request: RequestJson = request or request_json
         self._kick = asyncio.Event()
@@ -88,6 +90,13 @@ class Registrar:
         """Send one heartbeat; whether the control plane accepted it. Never raises."""
         try:
             body = {"node_id": self.node_id, "ttl": self.ttl, "instances": self._instances()}
+            if self._identities is not None:
+                ids = self._identities()
+                body["identities"] = ids
+                # the trust bundle installed, for the CA's root rotation (one per proxy)
+                versions = {i["bundle_version"] for i in ids if i.get("bundle_version")}
+                if len(versions) == 1:
+                    body["bundle_version"] = versions.pop()
             status, answer = await self._send(body)
             if status != 200:
                 error = answer.get("error") if isinstance(answer, dict) else answer

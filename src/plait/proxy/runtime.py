@@ -99,6 +99,7 @@ class Cluster:
     connect_timeout: float = 1.0
     discovery: Literal["static", "eds"] = "eds"
     endpoints: tuple[Endpoint, ...] = ()  # for static clusters; EDS fills ProxyConfig.endpoints
+    tls: UpstreamTls | None = None  # set: connect with mTLS
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,12 @@ class Listener:
     # exactly one of: the name of a RouteConfiguration delivered over RDS, or an inline table
     route_config_name: str | None = None
     route_table: RouteTable | None = None
-    service: str | None = None  # inbound: the local service it fronts
+    service: str | None = None  # inbound: the local service it fronts; outbound|<svc>: the caller
     stat_prefix: str = ""
+    # inbound only: plaintext (one raw chain), strict (one TLS chain), permissive (both)
+    tls_mode: TlsMode = "plaintext"
+    tls: DownstreamTls | None = None
+    rbac: tuple[RbacFilter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,57 @@ class ProxyConfig:
     clusters: dict[str, Cluster] = field(default_factory=dict)
     endpoints: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)  # by cluster
     versions: dict[str, str] = field(default_factory=dict)  # type url -> version_info
+    secrets: dict[str, Secret] = field(default_factory=dict)  # SDS, by name
+
+
+# --- mutual TLS and authorization (issue 4); the xDS shape is in docs/mtls.md -------------
+
+TlsMode = Literal["plaintext", "permissive", "strict"]
+
+
+@dataclass(frozen=True)
+class DownstreamTls:
+    """How an inbound listener terminates mTLS (from its TLS filter chain)."""
+
+    certificate_secret: str  # SDS name of the local service's identity: spiffe://td/svc/<svc>
+    validation_secret: str  # SDS name of the trust bundle: "trust-bundle"
+    require_client_certificate: bool = True
+    peer_san_prefix: str | None = None  # e.g. "spiffe://plait.local/" (the trust domain)
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """How an outbound cluster originates mTLS.
+
+    ``certificate_secret`` is ``"default"``: the identity of the local service whose
+    outbound listener the request came in on (each local service has its own).
+    """
+
+    certificate_secret: str
+    validation_secret: str
+    server_sans: tuple[str, ...]  # the destination's SPIFFE id(s) the server must present
+
+
+@dataclass(frozen=True)
+class RbacFilter:
+    """One RBAC HTTP filter on an inbound listener, in filter order.
+
+    ``action`` ALLOW: requests whose peer principal is in ``principals`` pass, others are
+    denied; DENY: requests whose principal is in ``principals`` are denied. ``shadow``:
+    audit mode, log what would be denied but let it through. ``authenticated_any``: the
+    principal set is "any authenticated peer".
+    """
+
+    name: str
+    action: Literal["ALLOW", "DENY"]
+    principals: frozenset[str] = frozenset()
+    authenticated_any: bool = False
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An SDS secret. plait sends only trust bundles; identities are made on the host."""
+
+    name: str
+    trusted_ca: bytes  # PEM, one or more root certificates

@@ -23,6 +23,12 @@ connection ends the message itself after the head and starts a fresh parser.
 ``max_idle`` per endpoint, dropped after ``idle_timeout``) and opens new ones with the
 cluster's connect timeout. A connection returns to the pool only when its response was
 complete, the request was fully sent and the server allowed keep-alive.
+
+mTLS clusters key their connections by ``(address, port, local identity)``: a connection
+made with one local service's certificate is never reused for another's. A TLS connect
+hands back the connection only after the handshake and the server's identity check
+(:func:`~plait.proxy.peer_identity.check_peer` against the cluster's ``server_sans``),
+before any request byte is written.
 """
 
 from __future__ import annotations
@@ -30,15 +36,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
+
 log = logging.getLogger("plait.proxy.upstream")
 
-EndpointKey = tuple[str, int]
+# (address, port), or (address, port, local identity) for an mTLS connection
+EndpointKey = tuple[Any, ...]
+TlsOrigin = tuple[ssl.SSLContext, tuple[str, ...]]  # client context, server SANs expected
 
 
 class UpstreamHandler(Protocol):
@@ -324,15 +335,28 @@ class UpstreamPool:
             return conn
         return None
 
-    async def connect(self, key: EndpointKey, timeout: float) -> UpstreamConnection:
+    async def connect(
+        self, key: EndpointKey, timeout: float, tls: TlsOrigin | None = None
+    ) -> UpstreamConnection:
         """A new connection to ``key``; raises :class:`ConnectFailed`."""
         loop = asyncio.get_running_loop()
         self.connects += 1
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1]),
-                timeout,
-            )
+            if tls is None:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1]),
+                    timeout,
+                )
+            else:
+                conn = await asyncio.wait_for(self._connect_tls(key, tls, timeout), timeout)
+        except ssl.SSLCertVerificationError as exc:
+            self._count(False)
+            details = f"{key[0]}:{key[1]}: {exc.verify_message or exc.reason or exc}"
+            raise ConnectFailed("tls_certificate_error", details) from None
+        except ssl.SSLError as exc:
+            self._count(False)
+            error = "tls_alert_received" if "ALERT" in str(exc.reason) else "tls_protocol_error"
+            raise ConnectFailed(error, f"{key[0]}:{key[1]}: TLS: {exc.reason or exc}") from None
         except TimeoutError:
             self._count(False)
             raise ConnectFailed(
@@ -348,6 +372,28 @@ class UpstreamPool:
             raise ConnectFailed("connection_refused", f"{key[0]}:{key[1]}: {reason}") from None
         self._count(True)
         self._active.add(conn)
+        return conn
+
+    async def _connect_tls(
+        self, key: EndpointKey, tls: TlsOrigin, timeout: float
+    ) -> UpstreamConnection:
+        ctx, sans = tls
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: UpstreamConnection(self, key),
+            key[0],
+            key[1],
+            ssl=ctx,
+            ssl_handshake_timeout=timeout,
+        )
+        transport = conn.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        domain = trust_domain_of(sans[0]) if sans else None
+        verdict = check_peer(der, domain, sans)
+        if isinstance(verdict, PeerRejected):
+            conn.close()
+            self._count(False)
+            raise ConnectFailed("tls_certificate_error", f"{key[0]}:{key[1]}: {verdict.reason}")
         return conn
 
     def _count(self, ok: bool) -> None:
@@ -377,7 +423,7 @@ class UpstreamPool:
     def retain(self, keys: Iterable[EndpointKey]) -> None:
         """Close idle connections to endpoints no longer in the cluster."""
         keep = set(keys)
-        for key in [k for k in self._idle if k not in keep]:
+        for key in [k for k in self._idle if k[:2] not in keep]:
             for conn in self._idle.pop(key):
                 conn.close()
 
@@ -389,5 +435,5 @@ class UpstreamPool:
         return {
             "connects": self.connects,
             "active": len(self._active),
-            "idle": {f"{k[0]}:{k[1]}": len(v) for k, v in self._idle.items() if v},
+            "idle": {":".join(map(str, k)): len(v) for k, v in self._idle.items() if v},
         }

@@ -3,7 +3,8 @@
 Theory of operation. :meth:`XdsClient.run` loops forever over *sessions*. A session
 opens a fresh grpc.aio channel and a ``StreamAggregatedResources`` stream, then:
 
-1. subscribes to CDS and LDS as wildcards (clusters first: make-before-break), the first
+1. subscribes to SDS, CDS and LDS as wildcards (the trust bundle, then clusters, then
+   listeners: make-before-break), the first
    request carrying the ``Node`` (id + metadata as a Struct, docs/xds.md);
 2. subscribes to EDS and RDS by the names the current config needs
    (:func:`~plait.proxy.xds_decode.eds_names`, :func:`~plait.proxy.xds_decode.rds_names`)
@@ -40,12 +41,13 @@ from google.rpc import status_pb2
 from plait import __version__
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
 from plait.proxy.xds_decode import apply_response, eds_names, rds_names
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short_name
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, short_name
 
 log = logging.getLogger("plait.proxy.xds")
 
 INVALID_ARGUMENT = 3  # google.rpc.Code
-WILDCARD_TYPES = (CLUSTER, LISTENER)  # subscription order: clusters before listeners
+# subscription order: the trust bundle, clusters, then listeners (docs/mtls.md)
+WILDCARD_TYPES = (SECRET, CLUSTER, LISTENER)
 _NAMED_TYPES: dict[str, Callable[[ProxyConfig], list[str]]] = {
     ENDPOINT: eds_names,
     ROUTE: rds_names,

@@ -23,14 +23,23 @@ Proto = Any  # a generated protobuf message (the envoy protos ship no type stubs
 
 _MAX_DURATION_SECONDS = 315_576_000_000
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3"
+_TLS = "envoy.extensions.transport_sockets.tls.v3"
+_RBAC = "envoy.config.rbac.v3"
 
 # The supported subset: per message, the fields that may be set. Anything else is refused.
 ALLOWED: dict[str, frozenset[str]] = {
     name: frozenset(fields.split())
     for name, fields in {
-        "envoy.config.listener.v3.Listener": "name address filter_chains traffic_direction",
-        "envoy.config.listener.v3.FilterChain": "name filters",
+        "envoy.config.listener.v3.Listener": (
+            "name address filter_chains traffic_direction listener_filters"
+        ),
+        "envoy.config.listener.v3.FilterChain": (
+            "name filters filter_chain_match transport_socket"
+        ),
+        "envoy.config.listener.v3.FilterChainMatch": "transport_protocol",
         "envoy.config.listener.v3.Filter": "name typed_config",
+        "envoy.config.listener.v3.ListenerFilter": "name typed_config",
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": "",
         "envoy.config.core.v3.Address": "socket_address",
         "envoy.config.core.v3.SocketAddress": "address port_value",
         f"{_HCM}.HttpConnectionManager": "stat_prefix rds route_config http_filters",
@@ -50,7 +59,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name weight",
         "envoy.config.route.v3.RetryPolicy": "retry_on num_retries per_try_timeout",
         "envoy.config.cluster.v3.Cluster": (
-            "name type eds_cluster_config connect_timeout lb_policy load_assignment"
+            "name type eds_cluster_config connect_timeout lb_policy load_assignment "
+            "transport_socket"
         ),
         "envoy.config.cluster.v3.Cluster.EdsClusterConfig": "eds_config service_name",
         "envoy.config.endpoint.v3.ClusterLoadAssignment": "cluster_name endpoints",
@@ -60,13 +70,58 @@ ALLOWED: dict[str, frozenset[str]] = {
         "envoy.config.core.v3.Locality": "region zone sub_zone",
         "envoy.config.endpoint.v3.LbEndpoint": "endpoint health_status",
         "envoy.config.endpoint.v3.Endpoint": "address",
+        # mutual TLS (docs/mtls.md)
+        "envoy.config.core.v3.TransportSocket": "name typed_config",
+        f"{_TLS}.UpstreamTlsContext": "common_tls_context",
+        f"{_TLS}.DownstreamTlsContext": "common_tls_context require_client_certificate",
+        f"{_TLS}.CommonTlsContext": (
+            "tls_params tls_certificate_sds_secret_configs combined_validation_context"
+        ),
+        f"{_TLS}.TlsParameters": "tls_minimum_protocol_version tls_maximum_protocol_version",
+        f"{_TLS}.SdsSecretConfig": "name sds_config",
+        f"{_TLS}.CommonTlsContext.CombinedCertificateValidationContext": (
+            "default_validation_context validation_context_sds_secret_config"
+        ),
+        # match_typed_subject_alt_names in a TLS context, trusted_ca in a Secret (the
+        # decoder allows each only in its place)
+        f"{_TLS}.CertificateValidationContext": "match_typed_subject_alt_names trusted_ca",
+        f"{_TLS}.SubjectAltNameMatcher": "san_type matcher",
+        f"{_TLS}.Secret": "name validation_context",
+        "envoy.config.core.v3.DataSource": "inline_bytes",
+        # RBAC
+        "envoy.extensions.filters.http.rbac.v3.RBAC": "rules shadow_rules",
+        f"{_RBAC}.RBAC": "action policies",
+        f"{_RBAC}.Policy": "permissions principals",
+        f"{_RBAC}.Permission": "any",
+        f"{_RBAC}.Principal": "authenticated",
+        f"{_RBAC}.Principal.Authenticated": "principal_name",
     }.items()
 }
 
+_NO_STATS = "RBAC stat prefixes are not supported"
+
 # What to say about a refused field, when there is more to say than "not supported".
 _HINTS: dict[str, str] = {
-    "transport_socket": "TLS is not configured over xDS: plait proxies set up mTLS themselves",
-    "transport_socket_matches": "TLS is not configured over xDS",
+    "transport_socket_matches": "give one transport_socket (docs/mtls.md)",
+    "tls_certificates": (
+        "inline certificates and private keys are not accepted: identities are made on "
+        "the proxy's host (name one with tls_certificate_sds_secret_configs)"
+    ),
+    "tls_certificate": (
+        "plait sends only trust bundles over SDS: identities are made on the proxy's host"
+    ),
+    "validation_context": "use combined_validation_context (docs/mtls.md)",
+    "validation_context_sds_secret_config": "use combined_validation_context (docs/mtls.md)",
+    "match_subject_alt_names": "deprecated: use match_typed_subject_alt_names",
+    "cipher_suites": "TLS 1.3 only: its cipher suites are not configurable",
+    "filename": "files are not read: send the PEM as inline_bytes",
+    "inline_string": "send the PEM as inline_bytes",
+    "server_names": "filter chains match on transport_protocol only",
+    "rules_stat_prefix": _NO_STATS,
+    "shadow_rules_stat_prefix": _NO_STATS,
+    "matcher": "the RBAC matcher API is not supported: use rules or shadow_rules",
+    "shadow_matcher": "the RBAC matcher API is not supported: use rules or shadow_rules",
+    "condition": "RBAC conditions are not supported",
     "safe_regex": "regular expressions are not supported (use prefix or path)",
     "safe_regex_match": "regular expressions are not supported (use string_match.exact/prefix)",
     "exact_match": "deprecated: use string_match.exact",

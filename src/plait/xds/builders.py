@@ -18,11 +18,15 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
@@ -37,9 +41,17 @@ RetryPolicy = Any
 Cluster = Any
 ClusterLoadAssignment = Any
 HttpConnectionManager = Any
+HttpFilter = Any
+TransportSocket = Any
+Secret = Any
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+RBAC_FILTER = "envoy.filters.http.rbac"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+
+TlsMode = Literal["plaintext", "permissive", "strict"]
 
 LbPolicy = Literal["round_robin", "least_request"]
 _LB_POLICIES: dict[str, int] = {
@@ -108,14 +120,19 @@ def make_load_assignment(
 
 
 def make_eds_cluster(
-    name: str, *, connect_timeout: float, lb_policy: LbPolicy = "round_robin"
+    name: str,
+    *,
+    connect_timeout: float,
+    lb_policy: LbPolicy = "round_robin",
+    transport_socket: TransportSocket | None = None,
 ) -> Cluster:
     """An EDS cluster whose endpoints come over ADS under the cluster's own name.
 
     ``least_request`` is Envoy's power-of-two-choices (its default ``choice_count`` is 2,
     so ``least_request_lb_config`` is left unset: it is outside the supported subset).
+    ``transport_socket`` (from :func:`make_upstream_tls`): connect with mTLS.
     """
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
@@ -124,6 +141,9 @@ def make_eds_cluster(
         connect_timeout=make_duration(connect_timeout),
         lb_policy=_LB_POLICIES[lb_policy],
     )
+    if transport_socket is not None:
+        cluster.transport_socket.CopyFrom(transport_socket)
+    return cluster
 
 
 def make_static_cluster(
@@ -255,12 +275,16 @@ def make_http_connection_manager(
     *,
     rds_name: str | None = None,
     route_config: RouteConfiguration | None = None,
+    http_filters: Sequence[HttpFilter] = (),
 ) -> HttpConnectionManager:
-    """An HCM whose routes come over ADS as ``rds_name``, or inline as ``route_config``."""
+    """An HCM whose routes come over ADS as ``rds_name``, or inline as ``route_config``.
+
+    ``http_filters`` (e.g. RBAC) run in order before the router, which is always last.
+    """
     if (rds_name is None) == (route_config is None):
         raise ValueError("give exactly one of rds_name or route_config")
     manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=stat_prefix, http_filters=[make_router_filter()]
+        stat_prefix=stat_prefix, http_filters=[*http_filters, make_router_filter()]
     )
     if rds_name is not None:
         manager.rds.CopyFrom(
@@ -279,21 +303,170 @@ def make_http_listener(
     direction: Direction,
     rds_name: str | None = None,
     route_config: RouteConfiguration | None = None,
+    http_filters: Sequence[HttpFilter] = (),
+    tls_mode: TlsMode = "plaintext",
+    downstream_tls: TransportSocket | None = None,
 ) -> Listener:
-    """A listening socket with one filter chain: the HTTP connection manager."""
-    manager = make_http_connection_manager(name, rds_name=rds_name, route_config=route_config)
-    return listener_pb2.Listener(
+    """A listening socket whose filter chains run the HTTP connection manager.
+
+    ``tls_mode`` (docs/mtls.md): ``plaintext`` one chain, no transport socket; ``strict``
+    one chain matching ``transport_protocol: tls`` with ``downstream_tls``; ``permissive``
+    the TLS chain plus a ``raw_buffer`` chain, and the TLS inspector listener filter.
+    """
+    manager = make_http_connection_manager(
+        name, rds_name=rds_name, route_config=route_config, http_filters=http_filters
+    )
+    hcm_filter = listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))
+    listener = listener_pb2.Listener(
         name=name,
         address=make_socket_address(address, port),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))
-                ]
-            )
-        ],
         traffic_direction=_DIRECTIONS[direction],
     )
+    if tls_mode == "plaintext":
+        listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[hcm_filter]))
+        return listener
+    if downstream_tls is None:
+        raise ValueError(f"a {tls_mode} listener needs downstream_tls")
+    listener.filter_chains.append(
+        listener_components_pb2.FilterChain(
+            filter_chain_match=listener_components_pb2.FilterChainMatch(transport_protocol="tls"),
+            filters=[hcm_filter],
+            transport_socket=downstream_tls,
+        )
+    )
+    if tls_mode == "permissive":
+        listener.filter_chains.append(
+            listener_components_pb2.FilterChain(
+                filter_chain_match=listener_components_pb2.FilterChainMatch(
+                    transport_protocol="raw_buffer"
+                ),
+                filters=[hcm_filter],
+            )
+        )
+        listener.listener_filters.append(
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+            )
+        )
+    return listener
+
+
+# --- mutual TLS and RBAC (docs/mtls.md) -------------------------------------------------
+
+
+def make_sds_config(name: str) -> Any:
+    """An SDS reference: the secret ``name``, over ADS."""
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=make_ads_config_source())
+
+
+def _tls13() -> Any:
+    return common_pb2.TlsParameters(
+        tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+        tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+    )
+
+
+def _common_tls_context(certificate: str, validation: str, san: Any) -> Any:
+    return tls_pb2.CommonTlsContext(
+        tls_params=_tls13(),
+        tls_certificate_sds_secret_configs=[make_sds_config(certificate)],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=san
+                    )
+                ]
+            ),
+            validation_context_sds_secret_config=make_sds_config(validation),
+        ),
+    )
+
+
+def make_upstream_tls(certificate: str, validation: str, server_san: str) -> TransportSocket:
+    """A cluster's ``transport_socket``: mTLS, TLS 1.3, the server must present
+    ``server_san`` (a URI SAN) and chain to the ``validation`` secret."""
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=_common_tls_context(
+            certificate, validation, string_pb2.StringMatcher(exact=server_san)
+        )
+    )
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def make_downstream_tls(certificate: str, validation: str, peer_san_prefix: str) -> TransportSocket:
+    """An inbound filter chain's ``transport_socket``: mTLS, TLS 1.3, a client certificate
+    is required, chains to ``validation`` and has a URI SAN starting ``peer_san_prefix``."""
+    context = tls_pb2.DownstreamTlsContext(
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+        common_tls_context=_common_tls_context(
+            certificate, validation, string_pb2.StringMatcher(prefix=peer_san_prefix)
+        ),
+    )
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def make_trust_bundle_secret(name: str, pem: bytes) -> Secret:
+    """An SDS Secret holding trusted roots (PEM) as ``validation_context.trusted_ca``."""
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=pem)
+        ),
+    )
+
+
+RbacAction = Literal["ALLOW", "DENY"]
+
+
+def make_rbac_filter(
+    policy_name: str,
+    action: RbacAction,
+    principals: Sequence[str] = (),
+    *,
+    shadow: bool = False,
+) -> HttpFilter:
+    """``envoy.filters.http.rbac`` with one policy: any permission, peers whose
+    authenticated principal is one of ``principals`` (none: any authenticated peer).
+    ``shadow``: audit only (``shadow_rules``)."""
+    if principals:
+        ids = [
+            rbac_pb2.Principal(
+                authenticated=rbac_pb2.Principal.Authenticated(
+                    principal_name=string_pb2.StringMatcher(exact=p)
+                )
+            )
+            for p in principals
+        ]
+    else:
+        ids = [rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated())]
+    rules = rbac_pb2.RBAC(
+        action=rbac_pb2.RBAC.DENY if action == "DENY" else rbac_pb2.RBAC.ALLOW,
+        policies={
+            policy_name: rbac_pb2.Policy(
+                permissions=[rbac_pb2.Permission(any=True)], principals=ids
+            )
+        },
+    )
+    config = http_rbac_pb2.RBAC(shadow_rules=rules) if shadow else http_rbac_pb2.RBAC(rules=rules)
+    return hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(config))
+
+
+def transport_socket_secrets(socket: TransportSocket) -> list[str]:
+    """The SDS names a TLS ``transport_socket`` refers to (empty for anything else)."""
+    for cls in (tls_pb2.UpstreamTlsContext, tls_pb2.DownstreamTlsContext):
+        if socket.typed_config.Is(cls.DESCRIPTOR):
+            context = cls()
+            socket.typed_config.Unpack(context)
+            common = context.common_tls_context
+            names = [c.name for c in common.tls_certificate_sds_secret_configs]
+            if common.HasField("validation_context_sds_secret_config"):
+                names.append(common.validation_context_sds_secret_config.name)
+            combined = common.combined_validation_context
+            if combined.HasField("validation_context_sds_secret_config"):
+                names.append(combined.validation_context_sds_secret_config.name)
+            return names
+    return []
 
 
 def make_api_listener(name: str, rds_name: str) -> Listener:

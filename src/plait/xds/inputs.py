@@ -27,13 +27,19 @@ class Instance:
 
 @dataclass(frozen=True)
 class InboundPort:
-    """A local service a plait proxy fronts: its inbound listener and the app behind it."""
+    """A local service a plait proxy fronts: its inbound listener and the app behind it.
+
+    ``outbound_port`` > 0: the proxy also has an outbound listener ``outbound|<svc>`` at
+    ``outbound_address:outbound_port`` for requests the app makes (docs/mtls.md).
+    """
 
     service: str
     address: str
     port: int
     app_port: int
     app_address: str = "127.0.0.1"
+    outbound_port: int = 0
+    outbound_address: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,24 @@ def outbound_cluster(service: str, subset: str = "") -> str:
     return f"outbound|{service}|{subset}" if subset else f"outbound|{service}"
 
 
+TRUST_BUNDLE: Final = "trust-bundle"
+"""SDS name of the Secret holding the trust bundle (every active root, PEM)."""
+DEFAULT_IDENTITY: Final = "default"
+"""SDS name an outbound cluster's certificate uses: the identity of the local service
+whose outbound listener the request came in on (made on the host, never sent)."""
+DEFAULT_TRUST_DOMAIN: Final = "plait.local"
+
+
+def spiffe_id(trust_domain: str, service: str) -> str:
+    """``spiffe://<td>/svc/<svc>``: a service's identity, and its certificate's SDS name."""
+    return f"spiffe://{trust_domain}/svc/{service}"
+
+
+def outbound_listener(service: str) -> str:
+    """``outbound|<svc>``: the outbound Listener requests from local service ``<svc>`` use."""
+    return f"{OUTBOUND}|{service}"
+
+
 def inbound_name(service: str) -> str:
     """``inbound|<svc>``: the inbound Listener, its inline routes and its STATIC cluster."""
     return f"inbound|{service}"

@@ -8,7 +8,10 @@ Modelled on go-control-plane's ``pkg/cache/v3/snapshot.go``:
   its version, so it is not re-sent.
 - A snapshot is *consistent* when every name one resource uses is served by another:
   routes name clusters that exist, EDS clusters have endpoints, listeners name route
-  configurations that exist, and nothing is left over. Translation only ever produces
+  configurations that exist, TLS contexts name SDS secrets that exist (except the local
+  identities ``default`` and ``spiffe://...``, made on the proxy's host, never sent), and
+  nothing is left over (a Secret nobody names is fine: the trust bundle goes to every
+  proxy). Translation only ever produces
   consistent snapshots; the server can refuse to serve one that is not.
 
 Messages are shared between snapshots (translation reuses what does not depend on the
@@ -24,8 +27,9 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from plait.xds.builders import http_connection_manager_of
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, short_name
+from plait.xds.builders import http_connection_manager_of, transport_socket_secrets
+from plait.xds.names import DEFAULT_IDENTITY
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET, short_name
 
 Message = Any  # google.protobuf.message.Message; the protobuf package ships no stubs
 
@@ -181,7 +185,34 @@ def _consistency_errors(snapshot: Snapshot) -> list[str]:
         for name in sorted(assignments)
         if name not in eds_names
     )
+    errors.extend(_secret_errors(snapshot))
     return errors
+
+
+def _is_local_secret(name: str) -> bool:
+    """Identities are made on the proxy's host: ``default`` and ``spiffe://...``."""
+    return name == DEFAULT_IDENTITY or name.startswith("spiffe://")
+
+
+def _secret_errors(snapshot: Snapshot) -> list[str]:
+    secrets = snapshot.items(SECRET)
+    named: list[tuple[str, str]] = []  # (who names it, secret)
+    clusters = snapshot.items(CLUSTER)
+    for name in sorted(clusters):
+        if clusters[name].HasField("transport_socket"):
+            socket = clusters[name].transport_socket
+            named.extend((f"Cluster '{name}'", s) for s in transport_socket_secrets(socket))
+    listeners = snapshot.items(LISTENER)
+    for name in sorted(listeners):
+        for index, chain in enumerate(listeners[name].filter_chains):
+            if chain.HasField("transport_socket"):
+                who = f"Listener '{name}' filter_chains[{index}]"
+                named.extend((who, s) for s in transport_socket_secrets(chain.transport_socket))
+    return [
+        f"{who}: secret '{secret}' is not in SDS"
+        for who, secret in named
+        if not _is_local_secret(secret) and secret not in secrets
+    ]
 
 
 def describe(snapshot: Snapshot) -> str:

@@ -9,7 +9,8 @@ Theory of operation. Almost everything a node receives does not depend on the no
 
 :class:`Translator` builds those shared parts once per (config, instances) and caches
 them; :meth:`Translator.for_node` only adds what is the node's own: a plait proxy's
-``outbound`` listener and its ``inbound|<svc>`` listeners and STATIC clusters. A
+``outbound`` listener, its ``inbound|<svc>`` listeners and STATIC clusters and its
+``outbound|<svc>`` listeners. A
 non-plait node's snapshot does not depend on the node at all and is built once.
 
 Two kinds of node get different cluster sets:
@@ -18,6 +19,23 @@ Two kinds of node get different cluster sets:
   endpoints, no routes yet), ``lb_policy`` from the Service;
 - any other xDS client: clusters for http and grpc services only, ``ROUND_ROBIN``
   (gRPC's default policy).
+
+Mutual TLS and authorization (docs/mtls.md), for plait proxies only:
+
+- the Secret ``trust-bundle`` (the CA's roots) — only when the control plane has a
+  non-empty bundle; with none, TLS contexts are still built (a ``strict`` service is never
+  quietly downgraded to plaintext) and the proxy, lacking the bundle, fails those
+  connections; :meth:`Snapshot.consistency_errors` then names the missing secret;
+- an ``UpstreamTlsContext`` on every cluster of a ``strict`` or ``permissive`` service;
+- ``inbound|<svc>`` filter chains per the local service's mode, and RBAC filters from its
+  Policy (deny filter, then allow filter; ``audit`` puts them in ``shadow_rules``);
+- ``outbound|<svc>`` listeners for inbound entries that report an ``outbound_port``.
+
+Proxyless gRPC clients cannot use plait's SDS-based TLS (gRPC only takes certificate
+providers from its own bootstrap, and a TLS context it refuses would NACK the whole CDS
+response): they get plaintext clusters for ``plaintext`` and ``permissive`` services and
+nothing at all for ``strict`` ones (no listener, route or cluster: the client fails
+with "resource does not exist" rather than a handshake error).
 
 Route rules apply to http and grpc services; each rule becomes one route, in order,
 followed by a catch-all (prefix ``/``) to ``outbound|<svc>`` with the default timeout.
@@ -32,19 +50,24 @@ from functools import cached_property
 from typing import Any
 
 from plait.model.config import ConfigSet
-from plait.model.resources import RouteRule, RouteSpec, Service, subset_key
+from plait.model.resources import NAME_RE, Policy, RouteRule, RouteSpec, Service, subset_key
 from plait.xds import builders as b
-from plait.xds.inputs import Instance, NodeInfo
+from plait.xds.inputs import InboundPort, Instance, NodeInfo
 from plait.xds.names import (
+    DEFAULT_IDENTITY,
+    DEFAULT_TRUST_DOMAIN,
     OUTBOUND,
+    TRUST_BUNDLE,
     api_listener_names,
     grpc_route_config,
     inbound_name,
     outbound_cluster,
+    outbound_listener,
     service_domains,
+    spiffe_id,
 )
 from plait.xds.snapshot import Message, Snapshot, resource_digest
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 DEFAULT_TIMEOUT = 15.0
 """Timeout of the catch-all route: the same as a RouteRule's default."""
@@ -65,53 +88,142 @@ RETRY_ON: Mapping[str, str] = {
 Resources = dict[str, Message]
 
 
-def translate(config: ConfigSet, instances: Sequence[Instance], node: NodeInfo) -> Snapshot:
+def translate(
+    config: ConfigSet,
+    instances: Sequence[Instance],
+    node: NodeInfo,
+    *,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    trust_bundle: bytes = b"",
+) -> Snapshot:
     """The snapshot for one node. To serve many nodes, reuse one :class:`Translator`."""
-    return Translator(config, instances).for_node(node)
+    return Translator(
+        config, instances, trust_domain=trust_domain, trust_bundle=trust_bundle
+    ).for_node(node)
 
 
 class Translator:
-    """Builds per-node snapshots for one (config, instances) pair, sharing common parts."""
+    """Builds per-node snapshots for one (config, instances) pair, sharing common parts.
 
-    def __init__(self, config: ConfigSet, instances: Sequence[Instance]) -> None:
+    ``trust_domain`` names identities (``spiffe://<td>/svc/<svc>``); ``trust_bundle`` is
+    the PEM of every active root, sent to plait proxies as the Secret ``trust-bundle``
+    (nothing is sent while it is empty; see the module docstring).
+    """
+
+    def __init__(
+        self,
+        config: ConfigSet,
+        instances: Sequence[Instance],
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        trust_bundle: bytes = b"",
+    ) -> None:
         self._services = [config.services[name] for name in sorted(config.services)]
+        self._by_name = {s.name: s for s in self._services}
         self._rules = _rules_by_service(config)
+        self._policies = _policies_by_service(config)
         self._endpoints = _healthy_endpoints(instances, set(config.services))
+        self._trust_domain = trust_domain
+        self._trust_bundle = bytes(trust_bundle)
+        self._inbound: dict[InboundPort, Any] = {}  # the same port on many nodes: one build
 
     def for_node(self, node: NodeInfo) -> Snapshot:
         if not node.plait_proxy:
             return self._client_snapshot
         shared = self._proxy_shared
         listeners: Resources = {
-            OUTBOUND: b.make_http_listener(
-                OUTBOUND,
-                node.outbound_address,
-                node.outbound_port,
-                direction="outbound",
-                rds_name=OUTBOUND,
-            )
+            OUTBOUND: _outbound_listener(OUTBOUND, node.outbound_address, node.outbound_port)
         }
         clusters: Resources = dict(shared.resources[CLUSTER])
+        seen: set[str] = set()
         for port in node.inbound:
-            name = inbound_name(port.service)
-            if name in listeners:  # the same service listed twice: the first one wins
+            if port.service in seen:  # the same service listed twice: the first one wins
                 continue
-            listeners[name] = _inbound_listener(name, port.address, port.port)
+            seen.add(port.service)
+            name = inbound_name(port.service)
+            listener = self._inbound.get(port)
+            if listener is None:
+                listener = self._inbound[port] = self._inbound_listener(port)
+            listeners[name] = listener
             clusters[name] = b.make_static_cluster(
                 name,
                 [(port.app_address, port.app_port)],
                 connect_timeout=INBOUND_CONNECT_TIMEOUT,
             )
+            if port.outbound_port > 0:
+                out_name = outbound_listener(port.service)
+                listeners[out_name] = _outbound_listener(
+                    out_name, port.outbound_address, port.outbound_port
+                )
         return shared.replace(
             {CLUSTER: clusters, LISTENER: listeners}, digests={CLUSTER: shared.digests[CLUSTER]}
+        )
+
+    # --- mTLS and RBAC ------------------------------------------------------------------
+
+    def _inbound_listener(self, port: InboundPort) -> Any:
+        """``inbound|<svc>``: everything arriving at ``address:port`` goes to the local app.
+
+        The route's timeout is 0 (off): the caller's outbound route owns the deadline, and
+        an unset timeout would mean Envoy's 15 s, cutting longer outbound timeouts short.
+        Filter chains follow the service's ``mtls`` mode, RBAC filters its Policy; a
+        service unknown to the config is plaintext without RBAC.
+        """
+        name = inbound_name(port.service)
+        route = b.make_route(b.make_route_match(), cluster=name, timeout=INBOUND_ROUTE_TIMEOUT)
+        routes = b.make_route_configuration(name, [b.make_virtual_host(name, ["*"], [route])])
+        service = self._by_name.get(port.service)
+        mode: b.TlsMode = service.spec.mtls if service is not None else "plaintext"
+        tls = None
+        if mode != "plaintext":
+            tls = b.make_downstream_tls(
+                spiffe_id(self._trust_domain, port.service),
+                TRUST_BUNDLE,
+                f"spiffe://{self._trust_domain}/",
+            )
+        return b.make_http_listener(
+            name,
+            port.address,
+            port.port,
+            direction="inbound",
+            route_config=routes,
+            http_filters=self._rbac_filters(port.service),
+            tls_mode=mode,
+            downstream_tls=tls,
+        )
+
+    def _rbac_filters(self, service: str) -> list[Any]:
+        """Deny filter (if the Policy denies anyone), then allow filter; none without one."""
+        policy = self._policies.get(service)
+        if policy is None:
+            return []
+        shadow = policy.spec.mode == "audit"
+        filters = []
+        if policy.spec.deny:
+            deny = self._principals(policy.spec.deny)
+            filters.append(b.make_rbac_filter("deny", "DENY", deny, shadow=shadow))
+        allow = self._principals(policy.spec.allow)
+        filters.append(b.make_rbac_filter("allow", "ALLOW", allow, shadow=shadow))
+        return filters
+
+    def _principals(self, entries: Iterable[str]) -> list[str]:
+        """Service names become ``spiffe://<td>/svc/<name>``; SPIFFE ids stay; once each."""
+        ids = (spiffe_id(self._trust_domain, e) if NAME_RE.match(e) else e for e in entries)
+        return list(dict.fromkeys(ids))
+
+    def _upstream_tls(self, service: Service) -> Any | None:
+        if service.spec.mtls == "plaintext":
+            return None
+        return b.make_upstream_tls(
+            DEFAULT_IDENTITY, TRUST_BUNDLE, spiffe_id(self._trust_domain, service.name)
         )
 
     # --- shared parts, built on first use ----------------------------------------------
 
     @cached_property
     def _proxy_shared(self) -> Snapshot:
-        """Clusters, endpoints and the ``outbound`` routes every plait proxy gets."""
-        clusters, endpoints = self._eds_clusters(self._services, lb_from_service=True)
+        """Secrets, clusters, endpoints and the ``outbound`` routes every plait proxy gets."""
+        clusters, endpoints = self._eds_clusters(self._services, lb_from_service=True, tls=True)
         routed = [s for s in self._services if s.spec.protocol in ROUTED_PROTOCOLS]
         outbound = b.make_route_configuration(
             OUTBOUND,
@@ -122,21 +234,36 @@ class Translator:
                 for s in routed
             ],
         )
-        resources = {CLUSTER: clusters, ENDPOINT: endpoints, ROUTE: {OUTBOUND: outbound}}
+        secrets: Resources = {}
+        if self._trust_bundle:
+            secrets[TRUST_BUNDLE] = b.make_trust_bundle_secret(TRUST_BUNDLE, self._trust_bundle)
+        resources = {
+            SECRET: secrets,
+            CLUSTER: clusters,
+            ENDPOINT: endpoints,
+            ROUTE: {OUTBOUND: outbound},
+        }
         digests = {
             type_url: {name: resource_digest(m) for name, m in items.items()}
             for type_url, items in resources.items()
         }
         shared = Snapshot(resources={**resources, LISTENER: {}}, digests=digests)
-        shared.version(ENDPOINT)  # computed once here, reused by every node's snapshot
+        shared.version(SECRET)  # computed once here, reused by every node's snapshot
+        shared.version(ENDPOINT)
         shared.version(ROUTE)
         return shared
 
     @cached_property
     def _client_snapshot(self) -> Snapshot:
-        """Everything a proxyless gRPC client (or Envoy) gets; the same for every such node."""
-        routed = [s for s in self._services if s.spec.protocol in ROUTED_PROTOCOLS]
-        clusters, endpoints = self._eds_clusters(routed, lb_from_service=False)
+        """Everything a proxyless gRPC client (or Envoy) gets; the same for every such node.
+
+        Plaintext only: ``strict`` services are left out (see the module docstring)."""
+        routed = [
+            s
+            for s in self._services
+            if s.spec.protocol in ROUTED_PROTOCOLS and s.spec.mtls != "strict"
+        ]
+        clusters, endpoints = self._eds_clusters(routed, lb_from_service=False, tls=False)
         listeners: Resources = {}
         route_configs: Resources = {}
         for service in routed:
@@ -156,17 +283,22 @@ class Translator:
         )
 
     def _eds_clusters(
-        self, services: Iterable[Service], *, lb_from_service: bool
+        self, services: Iterable[Service], *, lb_from_service: bool, tls: bool
     ) -> tuple[Resources, Resources]:
-        """EDS clusters of ``services`` and their (shared) ClusterLoadAssignments."""
+        """EDS clusters of ``services`` and their (shared) ClusterLoadAssignments;
+        ``tls``: with an UpstreamTlsContext for strict and permissive services."""
         clusters: Resources = {}
         endpoints: Resources = {}
         for service in services:
             spec = service.spec
             lb_policy: b.LbPolicy = spec.load_balancer if lb_from_service else "round_robin"
+            socket = self._upstream_tls(service) if tls else None
             for name in self._subset_clusters[service.name]:
                 clusters[name] = b.make_eds_cluster(
-                    name, connect_timeout=spec.connect_timeout, lb_policy=lb_policy
+                    name,
+                    connect_timeout=spec.connect_timeout,
+                    lb_policy=lb_policy,
+                    transport_socket=socket,
                 )
                 endpoints[name] = self._assignments[name]
         return clusters, endpoints
@@ -229,6 +361,16 @@ def _rules_by_service(config: ConfigSet) -> dict[str, tuple[RouteRule, ...]]:
     return rules
 
 
+def _policies_by_service(config: ConfigSet) -> dict[str, Policy]:
+    """The Policy of each service (first by name wins; unknown services dropped)."""
+    policies: dict[str, Policy] = {}
+    for name in sorted(config.policies):
+        policy = config.policies[name]
+        if policy.spec.service in config.services:
+            policies.setdefault(policy.spec.service, policy)
+    return policies
+
+
 Endpoint = tuple[str, int, Mapping[str, str]]
 
 
@@ -259,15 +401,10 @@ def _members(endpoints: Iterable[Endpoint], subset: Mapping[str, str]) -> list[t
     return list(dict.fromkeys(members))
 
 
-def _inbound_listener(name: str, address: str, port: int) -> Any:
-    """``inbound|<svc>``: everything arriving at ``address:port`` goes to the local app.
-
-    The route's timeout is 0 (off): the caller's outbound route owns the deadline, and an
-    unset timeout would mean Envoy's 15 s, cutting longer outbound timeouts short.
-    """
-    route = b.make_route(b.make_route_match(), cluster=name, timeout=INBOUND_ROUTE_TIMEOUT)
-    routes = b.make_route_configuration(name, [b.make_virtual_host(name, ["*"], [route])])
-    return b.make_http_listener(name, address, port, direction="inbound", route_config=routes)
+def _outbound_listener(name: str, address: str, port: int) -> Any:
+    """``outbound`` or ``outbound|<svc>``: plaintext from the app, routes from RDS
+    ``outbound``."""
+    return b.make_http_listener(name, address, port, direction="outbound", rds_name=OUTBOUND)
 
 
 def _rule_route(service: str, rule: RouteRule) -> Any:

@@ -1,7 +1,8 @@
 """xDS v3 resource type URLs and the order in which a snapshot's types are pushed.
 
-Clusters and endpoints go before the listeners and routes that name them
-(make-before-break, see docs/xds.md): ``PUSH_ORDER`` is that order.
+Secrets (the trust bundle) go first, then clusters and endpoints, then the listeners and
+routes that name them (make-before-break, see docs/xds.md and docs/mtls.md):
+``PUSH_ORDER`` is that order.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ LISTENER: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+PUSH_ORDER: Final = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 ALL_TYPES: Final = frozenset(PUSH_ORDER)
 
-SHORT_NAMES: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+SHORT_NAMES: Final = {
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    SECRET: "SDS",
+}
 """Type URL -> the discovery service's short name, for logs and metrics."""
 
 

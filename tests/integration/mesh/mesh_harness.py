@@ -12,6 +12,7 @@ mesh in about a second.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -19,7 +20,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +102,9 @@ def stop_and_check(mesh: Mesh) -> None:
     """Stop every process of ``mesh`` by PID; fail if one is still running."""
     pids = [p.pid for p in mesh.processes()]
     outcome = mesh.stop(timeout=5.0)
+    killed = {name: how for name, how in outcome.items() if how not in ("stopped", "not running")}
+    if killed:  # not a test failure, but worth seeing: SIGTERM was not enough
+        print(f"Mesh.stop(): not stopped by SIGTERM within 5s: {killed}")
     left = [pid for pid in pids if pid_alive(pid)]
     assert not left, f"processes still running after Mesh.stop(): {left} ({outcome})"
 
@@ -150,8 +153,17 @@ def log_tails(mesh: Mesh, lines: int = 15) -> str:
 # -- waiting -----------------------------------------------------------------------------
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    The failure message has ``cond``'s last value, and ``describe()`` if given.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -163,7 +175,8 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
             if last:
                 return last
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+            more = f"\n{describe()}" if describe is not None else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}{more}")
         time.sleep(interval)
 
 
@@ -217,7 +230,7 @@ def all_synced(mesh: Mesh) -> dict[str, dict[str, Any]] | None:
         node = nodes.get(name)
         if node is None or not node.get("connected") or node.get("status") != "SYNCED":
             return None
-        if set(node["types"]) != {CDS, EDS, LDS, RDS}:
+        if not {CDS, EDS, LDS, RDS} <= set(node["types"]):  # (and SDS, with mTLS)
             return None
         for entry in node["types"].values():
             if entry.get("status") != "SYNCED" or not entry.get("acked") or entry.get("error"):
@@ -225,6 +238,25 @@ def all_synced(mesh: Mesh) -> dict[str, dict[str, Any]] | None:
             if entry.get("sent") not in (None, entry["acked"]):
                 return None
     return nodes
+
+
+def sync_summary(mesh: Mesh) -> str:
+    """proxy-status in one line per node, for failure messages."""
+    try:
+        nodes = proxy_status(mesh)
+    except (OSError, ValueError) as exc:
+        return f"proxy-status: {exc}"
+    lines = []
+    for node_id, node in sorted(nodes.items()):
+        types = ", ".join(
+            f"{t.rsplit('.', 1)[-1]}={e.get('status')} sent={e.get('sent')} acked={e.get('acked')}"
+            + (f" error={e['error']!r}" if e.get("error") else "")
+            for t, e in sorted(node["types"].items())
+        )
+        lines.append(
+            f"  {node_id}: connected={node.get('connected')} {node.get('status')}: {types}"
+        )
+    return "\n".join(lines)
 
 
 def config_dump(mesh: Mesh, host: str) -> dict[str, Any]:
@@ -367,6 +399,14 @@ class RequestLoop:
                 self.results.append(result)
         if conn is not None:
             conn.close()
+
+
+def summarize(results: Sequence[Result]) -> str:
+    """How many requests got which answer: chains of 200s, status and error of others."""
+    counts: collections.Counter[str] = collections.Counter()
+    for r in results:
+        counts[" -> ".join(r.chain) if r.status == 200 else f"{r.status} {r.error[:200]}"] += 1
+    return "\n".join(f"  {n:5d}  {what}" for what, n in counts.most_common())
 
 
 def describe_failures(results: Sequence[Result], origin: float) -> str:

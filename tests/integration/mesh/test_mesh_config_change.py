@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 from mesh_harness import (
+    DEMO_MESH,
     RDS,
+    RequestLoop,
     all_synced,
     chain_of,
     config_dump,
+    describe_failures,
     outbound_routes,
     proxy_status,
     route_clusters,
+    sync_summary,
     wait_until,
 )
 
@@ -62,7 +66,12 @@ def has_canary_route(dump: dict) -> bool:
 
 
 def test_a_new_route_reaches_every_proxy_and_is_followed(mesh: Mesh, tmp_path: Path) -> None:
-    before = wait_until(lambda: all_synced(mesh), 10.0, "every node SYNCED before the change")
+    before = wait_until(
+        lambda: all_synced(mesh),
+        10.0,
+        "every node SYNCED before the change",
+        describe=lambda: sync_summary(mesh),
+    )
     for host in mesh.hosts:
         assert not has_canary_route(config_dump(mesh, host))
 
@@ -111,7 +120,10 @@ def test_a_new_route_reaches_every_proxy_and_is_followed(mesh: Mesh, tmp_path: P
         return nodes
 
     after = wait_until(
-        synced_at_new_versions, 10.0, "every node SYNCED at a new RouteConfiguration version"
+        synced_at_new_versions,
+        10.0,
+        "every node SYNCED at a new RouteConfiguration version",
+        describe=lambda: sync_summary(mesh),
     )
     for host in mesh.hosts:
         node = after[host]
@@ -121,3 +133,46 @@ def test_a_new_route_reaches_every_proxy_and_is_followed(mesh: Mesh, tmp_path: P
         dump = config_dump(mesh, host)
         assert dump["versions"][RDS] == rds["acked"], (host, dump["versions"], rds)
     assert set(proxy_status(mesh)) >= set(mesh.hosts)
+
+
+ALL_V2 = """\
+apiVersion: plait/v1
+kind: Route
+metadata:
+  name: orders-split
+spec:
+  service: orders
+  rules:
+    - backends: [{subset: {version: v2}, weight: 100}]
+      timeout: 5s
+"""
+
+
+@pytest.mark.xfail(
+    reason="make-before-break is not kept when a route change removes or adds a subset "
+    "cluster: the control plane sends CDS without outbound|orders|version=v1 before the "
+    "RDS that stops naming it (503 'route names cluster ... which is not known'), and, "
+    "going back, RDS naming the re-added cluster before its EDS (503 'no healthy "
+    "endpoint'). Reported; see the mesh test report.",
+    strict=False,
+)
+def test_route_changes_that_remove_and_add_a_subset_drop_no_request(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """Flip orders between 100% v2 (subset v1 unused) and the 90/10 split under load."""
+    configs = [tmp_path / "all-v2.yaml", DEMO_MESH]
+    configs[0].write_text(ALL_V2)
+    entry = mesh.hosts["host-frontend"].outbound
+    with RequestLoop(entry, "http://orders/flip", rate=300.0) as loop:
+        origin = time.monotonic()
+        for i in range(6):
+            mesh.apply(configs[i % 2])
+            time.sleep(0.4)
+        results = loop.stop()
+    # Leave the module's mesh as it found it: the demo split.
+    mesh.apply(DEMO_MESH)
+    failures = [r for r in results if r.status != 200]
+    assert len(results) > 300
+    assert not failures, f"{len(failures)} of {len(results)} requests failed:\n" + (
+        describe_failures(results, origin)
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from mesh_harness import RequestLoop, describe_failures, endpoints, wait_until
+from mesh_harness import RequestLoop, describe_failures, endpoints, summarize, wait_until
 
 from plait.cli.topology import App, Mesh
 
@@ -57,6 +57,7 @@ def test_failing_instance_is_removed_then_restored(mesh: Mesh) -> None:
             lambda: {inventory_of(r.chain) for r in loop.snapshot() if r.status == 200} >= {A, B},
             10.0,
             "both inventory instances to serve requests",
+            describe=lambda: summarize(loop.snapshot()),
         )
 
         failed_at = time.monotonic()
@@ -82,6 +83,7 @@ def test_failing_instance_is_removed_then_restored(mesh: Mesh) -> None:
             lambda: any(inventory_of(r.chain) == B for r in loop.snapshot() if r.t > back_at),
             10.0,
             "B to get requests again",
+            describe=lambda: summarize([r for r in loop.snapshot() if r.t > back_at]),
         )
         results = loop.stop()
 

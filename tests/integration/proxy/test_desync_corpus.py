@@ -19,11 +19,15 @@ host also tells which upstream connection carried which case.
 
 :data:`REJECTED_BY_POLICY` lists the corpus's Compliant cases plait refuses on purpose,
 with the reason; they must be rejected like Severe ones (consistently, never half-way).
+:data:`CODING_LISTS` are the Compliant cases whose Transfer-Encoding is a coding list
+ending in chunked: forwarded with one normalized Transfer-Encoding field and the body
+re-chunked intact.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import socket
 import time
@@ -41,17 +45,26 @@ from plait.proxy.runtime import Cluster, Endpoint, Listener, ProxyConfig, RouteT
 CORPUS = os.environ.get("PLAIT_DESYNC_CORPUS", "/work/shared/conformance/http-desync")
 
 # Compliant in the corpus, refused by plait's documented policy (docs in http1_checks):
-_ONLY_CHUNKED = "Transfer-Encoding must be exactly 'chunked'; other codings are refused"
+_CHUNKED_PARAM = (
+    "'chunked;custom_param;' is not a valid transfer-coding (RFC 9112: a parameter is"
+    " token=value; chunked defines none) and llhttp does not read such a body as chunked"
+)
 REJECTED_BY_POLICY = {
-    "Correct TE OK": _ONLY_CHUNKED,  # gzip, chunked
-    "Transfer-Encoding: identity and chunked OK": _ONLY_CHUNKED,
-    "Multiple transfer encoding headers in a single request OK": _ONLY_CHUNKED,
-    "TE with custom parameters OK": _ONLY_CHUNKED,  # chunked;custom_param
-    "Different Transfer-Encoding headers": _ONLY_CHUNKED,
-    "Different Transfer-Encoding headers combined": _ONLY_CHUNKED,
-    "Transfer-Encoding with a param: chunked;custom_param": _ONLY_CHUNKED,
+    "TE with custom parameters OK": _CHUNKED_PARAM,
+    "Transfer-Encoding with a param: chunked;custom_param": _CHUNKED_PARAM,
     "International in URI": "raw non-ASCII bytes are not valid in a request-target (RFC 3986)",
     "Empty URI": "'GET  HTTP/1.1' has no request-target: the request line is malformed",
+}
+# Compliant cases with a coding list ending in chunked (RFC 9112 6.1): forwarded with one
+# normalized Transfer-Encoding field, the codings in order, the body re-chunked.
+CODING_LISTS = {
+    "Correct TE OK": "gzip, chunked",
+    "Transfer-Encoding: identity and chunked OK": "deflate, identity, chunked",
+    "Multiple transfer encoding headers in a single request OK": (
+        "gzip, deflate, identity, compress, chunked"
+    ),
+    "Different Transfer-Encoding headers": "gzip, deflate, identity, compress, chunked",
+    "Different Transfer-Encoding headers combined": "gzip, deflate, identity, compress, chunked",
 }
 _HOP_BY_HOP = {
     "connection",
@@ -63,6 +76,7 @@ _HOP_BY_HOP = {
     "upgrade",
     "content-length",  # re-emitted normalized
 }
+_FRAMING = ("content-length", "transfer-encoding")
 
 
 def unescape(text: str) -> str:
@@ -173,14 +187,15 @@ class Bench:
 
         return self.lt.call(find)
 
-    def send(self, case: Case) -> Outcome:
+    def send(self, case: Case, body: bytes = b"") -> Outcome:
+        """Send ``case`` (then ``body``, raw) on a new connection; see what happened."""
         self.count += 1
         host = f"case-{self.count}"
         marker = f"\r\nhost: {host}\r\n".encode()
         response = b""
         closed = False
         with socket.create_connection((HOST, self.proxy.port), timeout=3) as s:
-            s.sendall(case.raw(host))
+            s.sendall(case.raw(host) + body)
             deadline = time.monotonic() + 3
             seen_at = None
             while time.monotonic() < deadline:
@@ -278,6 +293,35 @@ def test_desync_case(bench: Bench, case: Case) -> None:
         assert case.tier == "Compliant"
         assert out.forwarded is not None, out.response[:200]
         assert_intact(case, out)
+        if case.name in CODING_LISTS:
+            want = f"transfer-encoding: {CODING_LISTS[case.name]}"
+            framing = [ln for ln in forwarded_head(out)[1:] if ln.split(":")[0] in _FRAMING]
+            assert framing == [want], forwarded_head(out)
+
+
+@pytest.mark.skipif(not CASES, reason=f"no corpus at {CORPUS}")
+@pytest.mark.parametrize("name", sorted(CODING_LISTS))
+def test_coding_lists_are_forwarded_normalized_with_the_body_intact(
+    bench: Bench, name: str
+) -> None:
+    [case] = [c for c in CASES if c.name == name]
+    # Pieces that look like framing themselves, and a bigger one.
+    pieces = [b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", b"x" * 70000, b"5;ext=1\r\n"]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    body += b"0\r\nx-trailer: t\r\n\r\n"
+    out = bench.send(case, body)
+    assert out.response.startswith(b"HTTP/1.1 200 "), out.response[:200]
+    assert_intact(case, out)
+    lines = forwarded_head(out)
+    framing = [ln for ln in lines[1:] if ln.split(":")[0].lower() in _FRAMING]
+    assert framing == [f"transfer-encoding: {CODING_LISTS[name]}"], lines
+    host = f"case-{bench.count}"
+    [got] = bench.lt.call(lambda: [r for r in bench.up.requests if r.header("host") == host])
+    assert got.complete and got.method == "POST"
+    assert got.header_count("transfer-encoding") == 1
+    assert got.body_len == sum(map(len, pieces))
+    assert got.body_sha256 == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert not any(r.target == "/smuggled" for r in bench.lt.call(lambda: list(bench.up.requests)))
 
 
 def test_policy_exceptions_are_corpus_cases() -> None:
@@ -285,5 +329,6 @@ def test_policy_exceptions_are_corpus_cases() -> None:
         pytest.skip("no corpus")
     compliant = {c.name for c in CASES if c.tier == "Compliant"}
     assert set(REJECTED_BY_POLICY) <= compliant
+    assert set(CODING_LISTS) <= compliant - set(REJECTED_BY_POLICY)
     severe = [c for c in CASES if c.tier == "Severe"]
     assert len(severe) == 58  # SOURCE.md: HAProxy 2.6 rejects 46 of these; plait all

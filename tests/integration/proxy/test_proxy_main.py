@@ -134,6 +134,7 @@ def test_without_a_control_plane_it_serves_503_and_stops_cleanly(
     assert [(entry["name"], entry["configured"]) for entry in listeners] == [
         ("outbound", False),
         ("inbound|orders", False),
+        ("outbound|orders", False),  # the service's own outbound listener (docs/mtls.md)
     ]
     assert listeners[0]["address"] == info["outbound"]
     dump = json.loads(http(admin + "/config_dump")[2])

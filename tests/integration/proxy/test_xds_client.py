@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from plait.proxy.runtime import ProxyConfig
 from plait.proxy.xds_client import XdsClient
 from plait.xds import builders as b
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,6 +108,9 @@ def listener() -> Any:
     )
 
 
+PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
 def route_config() -> Any:
     routes = [b.make_route(b.make_route_match(prefix="/"), cluster="outbound|a")]
     return b.make_route_configuration("outbound", [b.make_virtual_host("a", ["a", "a:80"], routes)])
@@ -155,14 +158,16 @@ class Proxy:
 
 
 async def sync(stream: Stream) -> None:
-    """The first conversation: CDS, EDS, LDS, RDS, each ACKed; leaves the client synced."""
+    """The first conversation: subscriptions SDS, CDS, LDS (wildcards), then CDS, EDS, LDS,
+    RDS and SDS answered, each ACKed; leaves the client synced."""
     first = await stream.next_request()
-    expect(first, CLUSTER)
+    expect(first, SECRET)
     assert first.node.id == "node-1"
     assert json_format.MessageToDict(first.node.metadata) == METADATA
     second = await stream.next_request()
-    expect(second, LISTENER)
+    expect(second, CLUSTER)
     assert not second.HasField("node")  # only the first request carries it
+    expect(await stream.next_request(), LISTENER)
 
     static = b.make_static_cluster("inbound|a", [("127.0.0.1", 9001)], connect_timeout=1)
     nonce = stream.respond(CLUSTER, "c1", [eds_cluster("outbound|a"), static])
@@ -179,6 +184,9 @@ async def sync(stream: Stream) -> None:
     nonce = stream.respond(ROUTE, "r1", [route_config()])
     expect(await stream.next_request(), ROUTE, "r1", nonce, ("outbound",))
 
+    nonce = stream.respond(SECRET, "s1", [b.make_trust_bundle_secret("trust-bundle", PEM)])
+    expect(await stream.next_request(), SECRET, "s1", nonce)
+
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())
@@ -193,23 +201,31 @@ def test_client_subscribes_acks_and_delivers_each_config() -> None:
         proxy = Proxy(port)
         try:
             await sync(await ads.next_stream())
-            await eventually(lambda: len(proxy.configs) == 4)
+            await eventually(lambda: len(proxy.configs) == 5)
             cfg = proxy.configs[-1]
             assert sorted(cfg.clusters) == ["inbound|a", "outbound|a"]
             assert cfg.endpoints["outbound|a"][0].port == 15006
             assert cfg.listeners["outbound"].route_config_name == "outbound"
+            assert cfg.secrets["trust-bundle"].trusted_ca == PEM
             assert cfg.route_tables["outbound"].by_domain["a:80"].name == "a"
             assert [sorted(c.versions.values()) for c in proxy.configs] == [
                 ["c1"],
                 ["c1", "e1"],
                 ["c1", "e1", "l1"],
                 ["c1", "e1", "l1", "r1"],
+                ["c1", "e1", "l1", "r1", "s1"],
             ]
             client = proxy.client
             assert client.config is cfg
             assert client.connected
             assert client.last_error is None
-            assert client.acked == {CLUSTER: "c1", ENDPOINT: "e1", LISTENER: "l1", ROUTE: "r1"}
+            assert client.acked == {
+                CLUSTER: "c1",
+                ENDPOINT: "e1",
+                LISTENER: "l1",
+                ROUTE: "r1",
+                SECRET: "s1",
+            }
             assert client.last_nack == {}
         finally:
             await proxy.close()
@@ -226,7 +242,7 @@ def test_unsupported_resource_is_nacked_with_the_field_and_the_config_kept() -> 
         try:
             stream = await ads.next_stream()
             await sync(stream)
-            await eventually(lambda: len(proxy.configs) == 4)
+            await eventually(lambda: len(proxy.configs) == 5)
             before = proxy.client.config
 
             bad = eds_cluster("outbound|b")
@@ -244,7 +260,7 @@ def test_unsupported_resource_is_nacked_with_the_field_and_the_config_kept() -> 
                 "(use ROUND_ROBIN or LEAST_REQUEST)"
             )
             assert proxy.client.config is before
-            assert len(proxy.configs) == 4
+            assert len(proxy.configs) == 5
             assert proxy.client.acked[CLUSTER] == "c1"
             assert "lb_policy" in proxy.client.last_nack[CLUSTER]
 
@@ -271,8 +287,8 @@ def test_a_failing_on_config_is_nacked_too() -> None:
         proxy = Proxy(port, on_config=explode)
         try:
             stream = await ads.next_stream()
-            await stream.next_request()
-            await stream.next_request()
+            for _ in range(3):  # SDS, CDS, LDS subscriptions
+                await stream.next_request()
             nonce = stream.respond(CLUSTER, "c1", [eds_cluster("x")])
             nack = await stream.next_request()
             assert (nack.version_info, nack.response_nonce) == ("", nonce)
@@ -291,7 +307,7 @@ def test_control_plane_restart_keeps_config_and_resubscribes() -> None:
         proxy = Proxy(port)
         try:
             await sync(await ads.next_stream())
-            await eventually(lambda: len(proxy.configs) == 4)
+            await eventually(lambda: len(proxy.configs) == 5)
             kept = proxy.client.config
 
             await server.stop(None)
@@ -299,15 +315,16 @@ def test_control_plane_restart_keeps_config_and_resubscribes() -> None:
             await eventually(lambda: proxy.client.last_error is not None)
             await asyncio.sleep(0.3)  # a few failed reconnects
             assert proxy.client.config is kept
-            assert len(proxy.configs) == 4
+            assert len(proxy.configs) == 5
 
             server, ads, _ = await start_server(port)  # the same port the first one got
             stream = await ads.next_stream()
-            requests = [await stream.next_request() for _ in range(4)]
+            requests = [await stream.next_request() for _ in range(5)]
             assert requests[0].node.id == "node-1"
             for request, (type_url, version, names) in zip(
                 requests,
                 [
+                    (SECRET, "s1", ()),
                     (CLUSTER, "c1", ()),
                     (LISTENER, "l1", ()),
                     (ENDPOINT, "e1", ("outbound|a",)),

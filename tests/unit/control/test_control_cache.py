@@ -20,7 +20,7 @@ from plait.model.config import ConfigSet
 from plait.model.resources import Service
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
 from plait.xds.snapshot import Snapshot
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 World = dict[str, dict[str, Any]]
 
@@ -316,10 +316,47 @@ def test_a_translation_failure_keeps_the_last_snapshot(h: Harness) -> None:
 
 def test_unknown_types_are_ignored(h: Harness) -> None:
     w = h.connect()
-    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-    assert h.request(w, secret, names=["x"]) is False
+    scoped = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+    assert h.request(w, scoped, names=["x"]) is False
     assert h.cache.pending(w) == []
     assert w.types == {}
+
+
+PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_secrets_are_a_wildcard_type_pushed_first_and_follow_the_bundle() -> None:
+    orders = Service.model_validate({"metadata": {"name": "orders"}, "spec": {"mtls": "strict"}})
+    cache = SnapshotCache(
+        ConfigSet(services={"orders": orders}), [], trust_domain="example.org", trust_bundle=PEM
+    )
+    w = cache.open_watch(NodeInfo("host-a", plait_proxy=True), lambda: None)
+    for t in (CLUSTER, LISTENER, SECRET):
+        assert cache.on_request(w, t, "", "", []) is True
+    pushes = cache.pending(w)
+    assert [p.type_url for p in pushes] == [SECRET, CLUSTER, LISTENER]
+    (bundle,) = pushes[0].resources
+    assert bundle.name == "trust-bundle"
+    assert bundle.validation_context.trusted_ca.inline_bytes == PEM
+    (tls_cluster,) = pushes[1].resources
+    assert tls_cluster.HasField("transport_socket")
+    for p in pushes:
+        cache.on_request(w, p.type_url, p.version, p.nonce, [])
+    assert w.status() == SYNCED
+    # a rotated bundle changes SDS only
+    cache.update_inputs(trust_bundle=PEM + PEM)
+    assert cache.recompute() == [w]
+    (sds,) = cache.pending(w)
+    assert sds.type_url == SECRET
+    assert sds.resources[0].validation_context.trusted_ca.inline_bytes == PEM + PEM
+
+
+def test_a_plain_xds_client_gets_no_secrets() -> None:
+    cache = SnapshotCache(ConfigSet(), [], trust_bundle=PEM)
+    w = cache.open_watch(NodeInfo("grpc-1"), lambda: None)
+    cache.on_request(w, SECRET, "", "", [])
+    (sds,) = cache.pending(w)
+    assert sds.resources == []
 
 
 def test_with_the_real_translator() -> None:
@@ -337,12 +374,19 @@ def test_with_the_real_translator() -> None:
     names = {CLUSTER: [], LISTENER: [], ENDPOINT: ["outbound|orders"], ROUTE: ["outbound"]}
     cache.on_request(w, ENDPOINT, "", "", names[ENDPOINT])
     cache.on_request(w, ROUTE, "", "", names[ROUTE])
-    pushes = cache.pending(w)
-    assert [p.type_url for p in pushes] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
-    for p in pushes:
+    # make-before-break: the listeners and routes that name clusters wait for the ACKs
+    # of those clusters and their endpoints (plait.control.sequencing)
+    first = cache.pending(w)
+    assert [p.type_url for p in first] == [CLUSTER, ENDPOINT]
+    assert w.status() == STALE
+    for p in first:
+        cache.on_request(w, p.type_url, p.version, p.nonce, names[p.type_url])
+    then = cache.pending(w)
+    assert [p.type_url for p in then] == [LISTENER, ROUTE]
+    for p in then:
         cache.on_request(w, p.type_url, p.version, p.nonce, names[p.type_url])
     assert w.status() == SYNCED
-    eds_before = pushes[1].version
+    eds_before = first[1].version
     # A new healthy instance changes EDS only.
     inst = Instance("orders", "host-b", "127.0.0.1", 16002)
     assert cache.set_inputs(instances=[inst]) == [w]

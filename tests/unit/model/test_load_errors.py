@@ -95,7 +95,7 @@ def test_document_that_is_a_scalar() -> None:
 def test_missing_kind_lists_known_kinds() -> None:
     error = only_error("apiVersion: plait/v1\nmetadata: {name: orders}\n")
     assert (error.field, error.line, error.kind, error.name) == ("kind", 1, None, "orders")
-    assert error.message == "is required: one of Route, Service"
+    assert error.message == "is required: one of Policy, Route, Service"
 
 
 def test_unknown_kind_lists_known_kinds_and_suggests() -> None:
@@ -289,7 +289,7 @@ def test_config_error_text_has_one_line_per_error() -> None:
         "name": None,
         "field": "kind",
         "line": 3,
-        "message": "unknown kind 'B': expected one of Route, Service",
+        "message": "unknown kind 'B': expected one of Policy, Route, Service",
     }
 
 

@@ -28,6 +28,8 @@ from plait.model.resources import (
     Backend,
     HeaderMatch,
     Metadata,
+    Policy,
+    PolicySpec,
     Resource,
     RetryPolicy,
     Route,
@@ -68,6 +70,7 @@ def service_specs(draw: st.DrawFn) -> ServiceSpec:
         ports=ports,
         load_balancer=draw(st.sampled_from(["least_request", "round_robin"])),
         connect_timeout=draw(durations),
+        mtls=draw(st.sampled_from(["plaintext", "permissive", "strict"])),
     )
 
 
@@ -112,8 +115,25 @@ routes = st.builds(
         RouteSpec, service=names, rules=st.lists(rules, min_size=1, max_size=3).map(tuple)
     ),
 )
+principals = st.one_of(
+    names,
+    st.builds(
+        lambda td, n: f"spiffe://{td}/svc/{n}", st.sampled_from(["plait.local", "a.b"]), names
+    ),
+)
+policies = st.builds(
+    Policy,
+    metadata=st.builds(Metadata, name=names, labels=labels),
+    spec=st.builds(
+        PolicySpec,
+        service=names,
+        mode=st.sampled_from(["enforce", "audit"]),
+        allow=st.lists(principals, unique=True, max_size=3).map(tuple),
+        deny=st.lists(principals, unique=True, max_size=3).map(tuple),
+    ),
+)
 resource_lists = st.lists(
-    st.one_of(services, routes), max_size=5, unique_by=lambda r: (r.kind, r.name)
+    st.one_of(services, routes, policies), max_size=5, unique_by=lambda r: (r.kind, r.name)
 )
 
 
@@ -125,7 +145,7 @@ def test_dump_then_parse_gives_equal_resources(resources: list[Resource]) -> Non
 
 
 @SETTINGS
-@given(st.one_of(services, routes))
+@given(st.one_of(services, routes, policies))
 def test_dict_and_json_round_trip(resource: Resource) -> None:
     data = json.loads(json.dumps(resource_to_dict(resource)))
     assert resource_from_dict(data, "json") == resource
@@ -145,6 +165,7 @@ TOKENS = [
     *("&a ", "*a", "<<: ", "!!int ", "!!timestamp ", "!!binary ", "!!python/name:os.system "),
     *("\n", "  ", "\t", "kind: ", "Service", "Route", "apiVersion: ", "plait/v1", "metadata"),
     *("name: ", "spec:", "rules:", "backends:", "weight: ", "on: ", "2001-13-45", "1e999"),
+    *("Policy", "allow: ", "deny: ", "mode: ", "mtls: ", "spiffe://td/svc/a"),
     *("9" * 5000, "-1", ".nan", "~", "true", "\x00", "\ufeff", "\u2028", "%YAML 1.1\n", "%TAG "),
 ]
 token_soup = st.lists(st.sampled_from(TOKENS), max_size=40).map("".join)
@@ -163,7 +184,7 @@ json_values = st.recursive(
     max_leaves=20,
 )
 shaped = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["Service", "Route", "X"]), "metadata": json_values},
+    {"kind": st.sampled_from(["Service", "Route", "Policy", "X"]), "metadata": json_values},
     optional={"spec": json_values, "apiVersion": json_values, "extra": json_values},
 )
 dumped = st.lists(st.one_of(shaped, json_values), max_size=3).map(

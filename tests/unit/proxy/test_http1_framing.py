@@ -20,12 +20,14 @@ from plait.proxy.http1_checks import (
     field_value_error,
     parse_content_length,
     parse_request_head,
+    parse_request_transfer_encoding,
     parse_response_head,
     path_of,
     render_interim,
     render_last_chunk,
     render_request_head,
     render_response_head,
+    transfer_codings,
 )
 
 H = list[tuple[bytes, bytes]]
@@ -75,7 +77,106 @@ def test_content_length_rejects_anything_else(values: list[bytes]) -> None:
     assert info.value.error == "http_request_error"
 
 
-@pytest.mark.parametrize("values", [[b"chunked"], [b"Chunked"], [b" CHUNKED\t"]])
+@pytest.mark.parametrize(
+    ("values", "forwarded"),
+    [
+        ([b"chunked"], b"chunked"),
+        ([b"\t CHUNKED "], b"chunked"),
+        ([b"gzip, chunked"], b"gzip, chunked"),
+        ([b" deflate, identity, chunked"], b"deflate, identity, chunked"),
+        ([b"gzip", b"deflate", b"identity", b"compress", b"chunked"],
+         b"gzip, deflate, identity, compress, chunked"),
+        ([b"gzip , deflate , \tidentity\t, compress\t, chunked"],
+         b"gzip, deflate, identity, compress, chunked"),
+        ([b"GZip ; Level = 9 ;x=\"a, \\\"chunked\"", b"Chunked"],
+         b'gzip;level=9;x="a, \\"chunked", chunked'),
+        ([b"x-custom;p=v, chunked "], b"x-custom;p=v, chunked"),
+        ([b"gzip\t,\tchunked"], b"gzip, chunked"),
+    ],
+)  # fmt: skip
+def test_request_transfer_encoding_chunked_last_is_accepted(
+    values: list[bytes], forwarded: bytes
+) -> None:
+    assert parse_request_transfer_encoding(values) == forwarded
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ([b"chunked, gzip"], "does not end with chunked"),
+        ([b"chunked", b"gzip"], "does not end with chunked"),
+        ([b"gzip"], "does not end with chunked"),
+        ([b"identity"], "does not end with chunked"),
+        ([b"xchunked"], "does not end with chunked"),
+        ([b"chunked, chunked"], "more than once"),
+        ([b"chunked", b"chunked"], "more than once"),
+        ([b"chunked, gzip, chunked"], "more than once"),
+        ([b"chunked;ext=1"], "chunked takes no parameters"),
+        ([b"gzip, chunked;q=1"], "chunked takes no parameters"),
+        ([b"\t\t\t\tchunked;custom_param;\t\t\t\t"], "malformed"),  # corpus "Compliant"
+        ([b"   gzip   ;   ", b"deflate\t\t;\t\t", b"chunked"], "malformed"),
+        ([b"gzip;a", b"chunked"], "malformed"),
+        ([b"gzip;a=", b"chunked"], "malformed"),
+        ([b'gzip;a="open, chunked'], "malformed"),
+        ([b"gzip;=b, chunked"], "malformed"),
+        ([b""], "malformed"),
+        ([b"gzip", b"", b"chunked"], "malformed"),
+        ([b"gzip,,chunked"], "malformed"),
+        ([b", chunked"], "malformed"),
+        ([b"gzip, chunked,"], "malformed"),
+        ([b"gz ip, chunked"], "malformed"),
+        ([b"gzip\x80, chunked"], "malformed"),
+        ([b"g(z)ip, chunked"], "malformed"),
+        ([b"gzip chunked"], "malformed"),
+        ([b"chunked\x0b"], "malformed"),
+        ([b"chunked\t"], "ends with a tab"),  # llhttp: not chunked
+        ([b"gzip, chunked \t "], "ends with a tab"),
+    ],
+)
+def test_request_transfer_encoding_anything_else_is_refused(values: list[bytes], why: str) -> None:
+    with pytest.raises(HeadRejected, match=why) as info:
+        parse_request_transfer_encoding(values)
+    assert info.value.status == 400 and info.value.error == "http_request_error"
+
+
+def test_request_with_coding_list_is_forwarded_with_one_normalized_field() -> None:
+    head = req(
+        [HOST, (b"Transfer-Encoding", b"GZIP"), (b"X-A", b"1"), (b"Transfer-Encoding", b"chunked")],
+        method=b"POST",
+    )
+    assert head.chunked and head.content_length is None
+    assert head.transfer_encoding == b"gzip, chunked"
+    wire = render_request_head(head, b"1.1 n", None)
+    assert wire == (
+        b"POST /p HTTP/1.1\r\nhost: orders\r\nX-A: 1\r\nvia: 1.1 n\r\n"
+        b"transfer-encoding: gzip, chunked\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "version", "why"),
+    [
+        ([(b"Transfer-Encoding", b"gzip, chunked")], "1.0", "HTTP/1.0"),
+        ([(b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")], "1.0", "HTTP/1.0"),
+        ([(b"Transfer-Encoding", b"gzip, chunked"), (b"Content-Length", b"4")], "1.1", "both"),
+        ([(b"Content-Length", b"4"), (b"Transfer-Encoding", b"gzip, chunked")], "1.1", "both"),
+        ([(b"Transfer-Encoding", b"chunked, gzip")], "1.1", "does not end with chunked"),
+    ],
+)
+def test_coding_lists_keep_the_other_framing_rules(headers: H, version: str, why: str) -> None:
+    err = rejected([HOST, *headers], method=b"POST", version=version)
+    assert why in err.details
+
+
+def test_response_transfer_encoding_stays_exactly_chunked() -> None:
+    # Response bodies are re-framed downstream as plain chunked: a coding would be lost.
+    with pytest.raises(HeadRejected) as info:
+        resp(200, [(b"Transfer-Encoding", b"gzip, chunked")])
+    assert info.value.status == 502
+
+
+# Responses (check_transfer_encoding): exactly chunked.
+@pytest.mark.parametrize("values", [[b"chunked"], [b"Chunked"], [b" CHUNKED "]])
 def test_transfer_encoding_exactly_chunked(values: list[bytes]) -> None:
     check_transfer_encoding(values)
 
@@ -92,6 +193,8 @@ def test_transfer_encoding_exactly_chunked(values: list[bytes]) -> None:
         ([b"chunked;ext"], "not chunked"),
         ([b"identity"], "not chunked"),
         ([b""], "not chunked"),
+        ([b"chunked\t"], "tab"),
+        ([b"\tchunked"], "tab"),
     ],
 )
 def test_transfer_encoding_anything_else_is_refused(values: list[bytes], why: str) -> None:
@@ -475,3 +578,92 @@ def test_rechunked_bodies_parse_back_identically(pieces: list[bytes], bytewise: 
         parser.feed_data(wire)
     assert collect.body == b"".join(pieces)
     assert collect.complete == 1
+
+
+_te_token = st.one_of(
+    st.sampled_from([b"chunked", b"Chunked", b"CHUNKED", b"gzip", b"deflate", b"identity",
+                     b"compress", b"xchunked", b"chunk", b"x-y"]),
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~", min_size=1, max_size=6).map(
+        str.encode
+    ),
+)  # fmt: skip
+_te_ows = st.sampled_from([b"", b" ", b"\t", b" \t "])
+_te_param_value = st.one_of(
+    _te_token,
+    st.sampled_from([b'""', b'"a, chunked"', b'"x\\"y"', b'"\xe9;,"', b'"open', b"a b"]),
+)
+_te_param = st.builds(
+    lambda o1, name, o2, o3, value: o1 + b";" + o2 + name + o3 + b"=" + value,
+    _te_ows, _te_token, _te_ows, _te_ows, _te_param_value,
+)  # fmt: skip
+_te_element = st.one_of(
+    st.builds(
+        lambda o1, tok, params, o2: o1 + tok + b"".join(params) + o2,
+        _te_ows, _te_token, st.lists(_te_param, max_size=2), _te_ows,
+    ),
+    st.sampled_from([b"", b" ", b";", b"chunked;", b"a;b", b"\x80", b"chun ked"]),
+)  # fmt: skip
+_te_field = st.lists(_te_element, min_size=1, max_size=4).map(b",".join)
+
+
+def _chunked_last(elements: list[bytes], last: bytes, split: int) -> list[bytes]:
+    items = [*elements, last]  # mostly well-formed, ending in chunked: often accepted
+    if 0 < split < len(items):
+        return [b",".join(items[:split]), b",".join(items[split:])]
+    return [b",".join(items)]
+
+
+_te_values = st.one_of(
+    st.lists(_te_field, min_size=1, max_size=3),
+    st.builds(
+        _chunked_last,
+        st.lists(_te_element, max_size=4),
+        st.sampled_from([b"chunked", b" Chunked ", b"\tCHUNKED", b"chunked\t", b"chunked;a=b"]),
+        st.integers(0, 4),
+    ),
+)
+
+
+def _llhttp_body(te_lines: list[bytes], body: bytes) -> tuple[bytes, int] | None:
+    """What llhttp makes of a POST with these Transfer-Encoding lines and a chunked body,
+    followed by a GET: (body, messages completed), or None if it refuses the request."""
+    wire = b"POST / HTTP/1.1\r\nhost: h\r\n"
+    wire += b"".join(b"transfer-encoding: " + v + b"\r\n" for v in te_lines)
+    wire += b"\r\n" + chunk_prefix(len(body)) + body + b"\r\n" + LAST_CHUNK
+    wire += b"GET /next HTTP/1.1\r\nhost: h\r\n\r\n"
+    collect = _Collect()
+    try:
+        httptools.HttpRequestParser(collect).feed_data(wire)
+    except httptools.HttpParserError:
+        return None
+    return collect.body, collect.complete
+
+
+@settings(max_examples=600, deadline=None)
+@given(values=_te_values)
+def test_accepted_transfer_encoding_ends_with_one_chunked_and_llhttp_agrees(
+    values: list[bytes],
+) -> None:
+    try:
+        forwarded = parse_request_transfer_encoding(values)
+    except HeadRejected as err:
+        assert err.status == 400
+        return
+    names = [name for name, _ in transfer_codings(values)]
+    assert names[-1] == b"chunked" and names.count(b"chunked") == 1
+    # The normalized value says the same, and normalizing it again changes nothing.
+    assert [n for n, _ in transfer_codings([forwarded])] == names
+    assert parse_request_transfer_encoding([forwarded]) == forwarded
+    # llhttp (downstream, as received) and the upstream (as forwarded) both read the body
+    # as chunked: the proxy and either parser agree on where the request ends.
+    assert _llhttp_body(values, b"hello") == (b"hello", 2)
+    assert _llhttp_body([forwarded], b"hello") == (b"hello", 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=_te_values)
+def test_when_llhttp_does_not_read_chunked_we_refuse(values: list[bytes]) -> None:
+    # The other direction: whatever llhttp does not frame as chunked, we never accept.
+    if _llhttp_body(values, b"hello") != (b"hello", 2):
+        with pytest.raises(HeadRejected):
+            parse_request_transfer_encoding(values)

@@ -176,7 +176,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_yaml_problems() -> None:
-    assert errors_of("node_id: [a\n") [0][1] == 2  # fmt: skip
+    assert errors_of("node_id: [a\n")[0][1] == 1  # fmt: skip
     dup = errors_of(MINIMAL + "node_id: n2\n")
     assert dup == [("node_id", 3, "is written twice here; keep one")]
     assert "one YAML mapping" in errors_of("")[0][2]
@@ -231,3 +231,65 @@ def test_node_metadata_reports_the_bound_ports() -> None:
     assert instance_records(boot, bound, {})[0]["healthy"] is True
     with pytest.raises(ValueError, match="orders"):
         node_metadata(boot, BoundPorts(outbound=("127.0.0.1", 1), inbound={}))
+
+
+# --- mTLS: per-service outbound listeners and join tokens (docs/mtls.md) ------------------
+
+TOKEN = "plait-jt.0123456789abcdef.c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"
+MTLS = (
+    MINIMAL
+    + """\
+services:
+  - name: orders
+    app: {port: 9001}
+    outbound: {address: 127.0.0.1, port: 15101}
+    token: TOKEN
+  - name: web
+    app: {port: 9002}
+    token_file: /etc/plait/web.token
+"""
+)
+
+
+def test_service_outbound_and_tokens_parse() -> None:
+    boot = parse_bootstrap(MTLS.replace("TOKEN", TOKEN))
+    orders, web = boot.services
+    assert (orders.outbound.address, orders.outbound.port) == ("127.0.0.1", 15101)
+    assert (orders.token, orders.token_file) == (TOKEN, None)
+    assert (web.outbound.port, web.token, web.token_file) == (0, None, "/etc/plait/web.token")
+    assert TOKEN not in repr(orders)
+
+
+def test_a_bad_token_is_refused_without_echoing_it() -> None:
+    (error,) = errors_of(MTLS.replace("TOKEN", "hunter2-secret"))
+    assert error[0] == "services[0].token"
+    assert "plait-jt" in error[2] and "hunter2" not in error[2]
+
+
+def test_token_and_token_file_together_are_refused() -> None:
+    text = MTLS.replace("TOKEN", TOKEN).replace(
+        "    token_file: /etc/plait/web.token\n",
+        f"    token_file: /etc/plait/web.token\n    token: {TOKEN}\n",
+    )
+    (error,) = errors_of(text)
+    assert error[0] == "services[1]" and "not both" in error[2]
+
+
+def test_service_outbound_ports_are_cross_checked() -> None:
+    text = MTLS.replace("TOKEN", TOKEN).replace(
+        "port: 15101", "port: 15101}\n    inbound: {port: 15101"
+    )
+    errors = errors_of(text)
+    assert [e[0] for e in errors] == ["services[0].outbound.port"]
+
+
+def test_node_metadata_reports_service_outbound_ports() -> None:
+    boot = parse_bootstrap(MTLS.replace("TOKEN", TOKEN))
+    bound = BoundPorts(
+        outbound=("127.0.0.1", 1),
+        inbound={"orders": ("127.0.0.1", 2), "web": ("127.0.0.1", 3)},
+        service_outbound={"orders": ("127.0.0.1", 15101)},
+    )
+    orders, web = node_metadata(boot, bound)["inbound"]
+    assert (orders["outbound_address"], orders["outbound_port"]) == ("127.0.0.1", 15101)
+    assert "outbound_port" not in web

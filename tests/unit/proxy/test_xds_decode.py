@@ -212,11 +212,11 @@ def _listener_refusals() -> list[tuple[str, Callable[[Any], None], str, str]]:
         lst.ParseFromString(lst.SerializeToString() + b"\xf8\x3f\x05")  # field 1023, varint
 
     return [
-        ("tls", tls, f"{fc}.transport_socket", "plait proxies set up mTLS themselves"),
+        ("tls", tls, f"{fc}.transport_socket", "only inbound listeners terminate mTLS"),
         ("chain match", lambda m: m.filter_chains[0].filter_chain_match.server_names.append("x"),
-         f"{fc}.filter_chain_match", "not supported"),
+         f"{fc}.filter_chain_match.server_names", "transport_protocol only"),
         ("listener filter", lambda m: m.listener_filters.add(name="tls_inspector"),
-         "listener_filters", "not supported"),
+         "listener_filters[0]", "not supported"),
         ("api listener", lambda m: m.api_listener.api_listener.CopyFrom(b.pack(hcm_of(m))),
          "api_listener", "not supported"),
         ("no address", lambda m: m.ClearField("address"), "address.socket_address", "required"),
@@ -230,7 +230,7 @@ def _listener_refusals() -> list[tuple[str, Callable[[Any], None], str, str]]:
         ("no host", lambda m: setattr(m.address.socket_address, "address", ""),
          "address.socket_address.address", "required"),
         ("two chains", lambda m: m.filter_chains.append(m.filter_chains[0]), "filter_chains",
-         "exactly one"),
+         "give one chain (plaintext)"),
         ("no filter", lambda m: m.filter_chains[0].ClearField("filters"), f"{fc}.filters",
          "exactly one"),
         ("tcp proxy", lambda m: m.filter_chains[0].filters[0].typed_config.CopyFrom(
@@ -248,7 +248,7 @@ def _listener_refusals() -> list[tuple[str, Callable[[Any], None], str, str]]:
         ("no router", set_hcm(lambda m: m.ClearField("http_filters")), f"{tc}.http_filters",
          "router filter is required"),
         ("router twice", set_hcm(lambda m: m.http_filters.append(m.http_filters[0])),
-         f"{tc}.http_filters", "give it once"),
+         f"{tc}.http_filters[1]", "must be the last filter"),
         ("router option", set_hcm(router_option),
          f"{tc}.http_filters[0].typed_config.suppress_envoy_headers", "not supported"),
         ("codec", set_hcm(lambda m: setattr(m, "codec_type", 2)), f"{tc}.codec_type",
@@ -555,9 +555,9 @@ def _cluster_refusals() -> list[tuple[str, Callable[[Any], None], str, str]]:
         m.connect_timeout.SetInParent()
 
     return [
-        ("tls", tls, "transport_socket", "plait proxies set up mTLS themselves"),
+        ("tls", tls, "transport_socket.typed_config.common_tls_context", "is required"),
         ("tls matches", lambda m: m.transport_socket_matches.add(name="x"),
-         "transport_socket_matches", "TLS"),
+         "transport_socket_matches", "give one transport_socket"),
         ("dns", lambda m: setattr(m, "type", cluster_pb2.Cluster.STRICT_DNS), "type",
          "STRICT_DNS is not supported (use EDS or STATIC)"),
         ("odd type", lambda m: setattr(m, "type", 42), "type", "42 is not supported"),
@@ -789,9 +789,9 @@ def test_response_level_refusals() -> None:
         lambda: apply_response(cfg, CLUSTER, packed(eds_cluster("a"), eds_cluster("a")))
     )
     assert (twice.resource, twice.field_path) == ("a", "name")
-    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-    unknown = refusal(lambda: apply_response(cfg, secret, []))
-    assert (unknown.type_name, unknown.field_path) == ("Secret", "type_url")
+    scoped = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+    unknown = refusal(lambda: apply_response(cfg, scoped, []))
+    assert (unknown.type_name, unknown.field_path) == ("ScopedRouteConfiguration", "type_url")
 
 
 def test_what_the_translator_serves_a_plait_proxy_decodes() -> None:

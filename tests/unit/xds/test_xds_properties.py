@@ -13,7 +13,14 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 from xds_fixtures import ALLOWED, set_field_paths
-from xds_strategies import PROPERTY_SETTINGS, configs, instances, nodes
+from xds_strategies import (
+    PROPERTY_SETTINGS,
+    TRUST_BUNDLE,
+    configs,
+    instances,
+    nodes,
+    trust_bundles,
+)
 
 from plait.model.config import ConfigSet
 from plait.model.resources import subset_key
@@ -23,12 +30,16 @@ from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 
 
 @PROPERTY_SETTINGS
-@given(config=configs(), registry=instances, node=nodes)
+@given(config=configs(), registry=instances, node=nodes, bundle=trust_bundles)
 def test_translation_is_consistent_and_names_follow_the_contract(
-    config: ConfigSet, registry: list[Instance], node: NodeInfo
+    config: ConfigSet, registry: list[Instance], node: NodeInfo, bundle: bytes
 ) -> None:
-    snapshot = translate(config, registry, node)
-    assert snapshot.consistency_errors() == []
+    snapshot = translate(config, registry, node, trust_bundle=bundle)
+    if bundle:
+        assert snapshot.consistency_errors() == []
+    else:  # no CA bundle yet: TLS contexts stay, and only the missing bundle is reported
+        for error in snapshot.consistency_errors():
+            assert error.endswith("secret 'trust-bundle' is not in SDS")
     routed = {n for n, s in config.services.items() if s.spec.protocol in ("http", "grpc")}
     clusters = set(snapshot.names(CLUSTER))
     if node.plait_proxy:
@@ -38,7 +49,8 @@ def test_translation_is_consistent_and_names_follow_the_contract(
         assert {f"inbound|{p.service}" for p in node.inbound} <= clusters
         vhosts = snapshot.items(ROUTE)["outbound"].virtual_hosts
         assert [v.name for v in vhosts] == sorted(routed)
-    else:
+    else:  # proxyless clients: plaintext only, strict services left out
+        routed = {n for n in routed if config.services[n].spec.mtls != "strict"}
         assert {f"outbound|{n}" for n in routed} <= clusters
         assert snapshot.names(ROUTE) == sorted(f"grpc|{n}" for n in routed)
         expected_listeners = {
@@ -135,7 +147,7 @@ def test_a_shared_translator_matches_translate(
 def test_plait_proxies_only_get_fields_of_the_supported_subset(
     config: ConfigSet, registry: list[Instance], node: NodeInfo
 ) -> None:
-    snapshot = translate(config, registry, node)
+    snapshot = translate(config, registry, node, trust_bundle=TRUST_BUNDLE)
     for type_url in PUSH_ORDER:
         for name, message in snapshot.items(type_url).items():
             unsupported = set(set_field_paths(message)) - ALLOWED[type_url]

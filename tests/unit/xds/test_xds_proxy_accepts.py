@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from xds_strategies import PROPERTY_SETTINGS, configs, inbound_ports, instances
+from xds_strategies import PROPERTY_SETTINGS, configs, inbound_ports, instances, trust_bundles
 
 from plait.model.config import ConfigSet
 from plait.xds.builders import pack
@@ -26,12 +26,32 @@ proxies = st.builds(
 
 
 @PROPERTY_SETTINGS
-@given(config=configs(), registry=instances, node=proxies)
+@given(
+    config=configs(),
+    registry=instances,
+    node=proxies,
+    bundle=trust_bundles,
+    trust_domain=st.sampled_from(["plait.local", "example.org"]),
+)
 def test_a_plait_proxy_decodes_every_translated_resource(
-    config: ConfigSet, registry: list[Instance], node: NodeInfo
+    config: ConfigSet, registry: list[Instance], node: NodeInfo, bundle: bytes, trust_domain: str
 ) -> None:
-    snapshot = translate(config, registry, node)
+    """Every resource, mTLS and RBAC included (docs/mtls.md): no NACK, and the decoded
+    TLS settings are what the config asked for."""
+    snapshot = translate(config, registry, node, trust_domain=trust_domain, trust_bundle=bundle)
+    cfg = xds_decode.ProxyConfig()
     for type_url in PUSH_ORDER:
         resources = [pack(m) for m in snapshot.items(type_url).values()]
         decoded = xds_decode.decode_resources(type_url, resources)
         assert set(decoded) == set(snapshot.names(type_url))
+        cfg = xds_decode.apply_response(cfg, type_url, resources)
+    assert set(cfg.secrets) == ({"trust-bundle"} if bundle else set())
+    for name, cluster in cfg.clusters.items():
+        service = config.services.get(name.split("|")[1])
+        wants_tls = name.startswith("outbound|") and service is not None
+        wants_tls = wants_tls and service is not None and service.spec.mtls != "plaintext"
+        assert (cluster.tls is not None) == wants_tls, name
+    for listener in cfg.listeners.values():
+        if listener.direction == "inbound" and listener.service in config.services:
+            assert listener.tls_mode == config.services[listener.service].spec.mtls
+            assert bool(listener.rbac) == (config.policy_for(listener.service) is not None)

@@ -8,7 +8,7 @@ import pytest
 
 from plait.xds import builders as b
 from plait.xds.snapshot import Snapshot, describe, resource_digest
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SHORT_NAMES
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET, SHORT_NAMES
 
 
 def eds(name: str) -> Any:
@@ -31,7 +31,13 @@ def rds_listener(name: str, rds: str) -> Any:
 
 
 def snapshot(**by_type: dict[str, Any]) -> Snapshot:
-    keys = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
+    keys = {
+        "secrets": SECRET,
+        "clusters": CLUSTER,
+        "endpoints": ENDPOINT,
+        "listeners": LISTENER,
+        "routes": ROUTE,
+    }
     return Snapshot(resources={keys[k]: v for k, v in by_type.items()})
 
 
@@ -44,10 +50,11 @@ def consistent() -> Snapshot:
     )
 
 
-def test_types_push_clusters_and_endpoints_first() -> None:
-    assert PUSH_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+def test_types_push_secrets_then_clusters_and_endpoints_first() -> None:
+    assert PUSH_ORDER == (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
     assert LISTENER == "type.googleapis.com/envoy.config.listener.v3.Listener"
-    assert [SHORT_NAMES[t] for t in PUSH_ORDER] == ["CDS", "EDS", "LDS", "RDS"]
+    assert SECRET == "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+    assert [SHORT_NAMES[t] for t in PUSH_ORDER] == ["SDS", "CDS", "EDS", "LDS", "RDS"]
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -76,15 +83,15 @@ def test_version_depends_on_content_and_names_not_insertion_order() -> None:
 def test_versions_cover_every_type_in_push_order() -> None:
     versions = consistent().versions()
     assert list(versions) == list(PUSH_ORDER)
-    assert len(set(versions.values())) == 4
+    assert len(set(versions.values())) == 5
 
 
 def test_missing_and_unknown_types_are_empty() -> None:
     empty = Snapshot(resources={})
     assert empty.names(CLUSTER) == []
     assert empty.version(CLUSTER) == snapshot(clusters={}).version(CLUSTER)
-    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-    assert empty.subset(secret, None) == {}
+    scoped = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+    assert empty.subset(scoped, None) == {}
     assert empty.consistency_errors() == []
 
 
@@ -100,7 +107,8 @@ def test_digest_hints_give_the_same_versions() -> None:
 
 def test_describe_names_every_type() -> None:
     text = describe(consistent())
-    assert text.startswith("CDS 1 ")
+    assert text.startswith("SDS 0 ")
+    assert "CDS 1 " in text
     assert "EDS 1" in text and "LDS 2" in text and "RDS 1" in text
 
 
@@ -213,3 +221,43 @@ def test_replace_drops_digest_hints_of_replaced_types() -> None:
 def test_subset_takes_any_iterable_of_names() -> None:
     assert list(consistent().subset(LISTENER, iter(["l"]))) == ["l"]
     assert consistent().subset(LISTENER, iter([])).keys() == {"l", "api"}
+
+
+# --- secrets (docs/mtls.md) ----------------------------------------------------------------
+
+PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def tls_world(**secrets: Any) -> Snapshot:
+    tls = b.make_upstream_tls("default", "trust-bundle", "spiffe://td/svc/c")
+    downstream = b.make_downstream_tls("spiffe://td/svc/web", "trust-bundle", "spiffe://td/")
+    inbound = b.make_http_listener(
+        "inbound|web",
+        "127.0.0.1",
+        2,
+        direction="inbound",
+        route_config=routes_to("inbound|web", "c"),
+        tls_mode="permissive",
+        downstream_tls=downstream,
+    )
+    return snapshot(
+        secrets=secrets,
+        clusters={"c": b.make_eds_cluster("c", connect_timeout=1, transport_socket=tls)},
+        endpoints={"c": cla("c", ("10.0.0.1", 80))},
+        listeners={"l": rds_listener("l", "r"), "inbound|web": inbound},
+        routes={"r": routes_to("r", "c")},
+    )
+
+
+def test_tls_contexts_name_secrets_that_exist_or_are_local_identities() -> None:
+    bundle = b.make_trust_bundle_secret("trust-bundle", PEM)
+    assert tls_world(**{"trust-bundle": bundle}).consistency_errors() == []
+    assert tls_world().consistency_errors() == [
+        "Cluster 'c': secret 'trust-bundle' is not in SDS",
+        "Listener 'inbound|web' filter_chains[0]: secret 'trust-bundle' is not in SDS",
+    ]
+
+
+def test_an_unused_secret_is_fine() -> None:
+    bundle = b.make_trust_bundle_secret("other", PEM)
+    assert consistent().replace({SECRET: {"other": bundle}}).consistency_errors() == []

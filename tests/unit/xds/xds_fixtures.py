@@ -14,7 +14,7 @@ from plait.xds.builders import http_connection_manager_of
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
 from plait.xds.snapshot import Snapshot
 from plait.xds.translate import translate
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 
 def service(name: str, **spec: Any) -> Service:
@@ -119,12 +119,23 @@ def hcm_of(listener: Any) -> Any:
 
 def set_field_paths(message: Any, prefix: str = "") -> Iterator[str]:
     """Dotted paths of every set leaf field; ``Any`` fields continue into the packed type
-    as ``field<TypeName>`` (repeated fields have no index: the path is per field)."""
+    as ``field<TypeName>`` (repeated fields have no index: the path is per field; a map
+    gives ``field.key`` and ``field.value.<...>``)."""
     fields = message.ListFields()
     if not fields and prefix:
         yield prefix.rstrip(".")
     for descriptor, value in fields:
         path = prefix + descriptor.name
+        entry = descriptor.message_type
+        if entry is not None and entry.GetOptions().map_entry:  # map<k, v>: key and value
+            for key in value:
+                yield f"{path}.key"
+                item = value[key]
+                if hasattr(item, "ListFields"):
+                    yield from set_field_paths(item, f"{path}.value.")
+                else:
+                    yield f"{path}.value"
+            continue
         values = value if descriptor.is_repeated else [value]
         for item in values:
             if isinstance(item, any_pb2.Any):
@@ -172,12 +183,25 @@ _ROUTE_CONFIG = {
     *(f"virtual_hosts.routes.route.retry_policy.per_try_timeout.{f}" for f in _DURATION),
 }
 
+_RBAC_RULES = {
+    "action",
+    "policies.key",
+    "policies.value.permissions.any",
+    "policies.value.principals.authenticated",
+    "policies.value.principals.authenticated.principal_name.exact",
+}
+
 _HCM = {
     "stat_prefix",
     "rds.route_config_name",
     "rds.config_source.ads",
     "http_filters.name",
     "http_filters.typed_config<Router>",
+    *(
+        f"http_filters.typed_config<RBAC>.{kind}.{p}"
+        for kind in ("rules", "shadow_rules")
+        for p in _RBAC_RULES
+    ),
     *(f"route_config.{path}" for path in _ROUTE_CONFIG),
 }
 
@@ -191,6 +215,20 @@ _LOAD_ASSIGNMENT = {
 
 _HCM_FILTER = "filter_chains.filters.typed_config<HttpConnectionManager>"
 
+_SDS = ("name", "sds_config.ads")
+_COMMON_TLS = {
+    "tls_params.tls_minimum_protocol_version",
+    "tls_params.tls_maximum_protocol_version",
+    *(f"tls_certificate_sds_secret_configs.{p}" for p in _SDS),
+    *(f"combined_validation_context.validation_context_sds_secret_config.{p}" for p in _SDS),
+    "combined_validation_context.default_validation_context.match_typed_subject_alt_names.san_type",
+}
+_SAN_MATCHER = (
+    "combined_validation_context.default_validation_context.match_typed_subject_alt_names.matcher"
+)
+_UPSTREAM_TLS = "transport_socket.typed_config<UpstreamTlsContext>.common_tls_context"
+_DOWNSTREAM_TLS = "filter_chains.transport_socket.typed_config<DownstreamTlsContext>"
+
 ALLOWED: dict[str, set[str]] = {
     LISTENER: {
         "name",
@@ -198,6 +236,14 @@ ALLOWED: dict[str, set[str]] = {
         "filter_chains.filters.name",
         *(f"{_HCM_FILTER}.{path}" for path in _HCM),
         "traffic_direction",
+        # mTLS (docs/mtls.md)
+        "listener_filters.name",
+        "listener_filters.typed_config<TlsInspector>",
+        "filter_chains.filter_chain_match.transport_protocol",
+        "filter_chains.transport_socket.name",
+        f"{_DOWNSTREAM_TLS}.require_client_certificate.value",
+        *(f"{_DOWNSTREAM_TLS}.common_tls_context.{path}" for path in _COMMON_TLS),
+        f"{_DOWNSTREAM_TLS}.common_tls_context.{_SAN_MATCHER}.prefix",
     },
     ROUTE: _ROUTE_CONFIG,
     CLUSTER: {
@@ -207,6 +253,10 @@ ALLOWED: dict[str, set[str]] = {
         *(f"connect_timeout.{f}" for f in _DURATION),
         "lb_policy",
         *(f"load_assignment.{path}" for path in _LOAD_ASSIGNMENT),
+        "transport_socket.name",
+        *(f"{_UPSTREAM_TLS}.{path}" for path in _COMMON_TLS),
+        f"{_UPSTREAM_TLS}.{_SAN_MATCHER}.exact",
     },
     ENDPOINT: _LOAD_ASSIGNMENT,
+    SECRET: {"name", "validation_context.trusted_ca.inline_bytes"},
 }

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from plait.model.config import ConfigSet
-from plait.model.resources import Route, Service
+from plait.model.resources import Policy, Route, Service
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
 
 SERVICE_NAMES = ["a", "orders", "web", "db", "x-1", "inventory"]
@@ -32,6 +32,7 @@ def service_docs(draw: st.DrawFn, name: str) -> Service:
         ],
         "loadBalancer": draw(st.sampled_from(["least_request", "round_robin"])),
         "connectTimeout": draw(seconds),
+        "mtls": draw(st.sampled_from(["plaintext", "permissive", "strict"])),
     }
     return Service.model_validate({"metadata": {"name": name}, "spec": spec})
 
@@ -90,7 +91,27 @@ def configs(draw: st.DrawFn) -> ConfigSet:
         )
         for name in routed
     }
-    return ConfigSet(services=services, routes=routes)
+    protected = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    callers = st.lists(
+        st.sampled_from([*SERVICE_NAMES, "spiffe://other.example/svc/batch"]),
+        unique=True,
+        max_size=3,
+    )
+    policies = {
+        f"policy-{name}": Policy.model_validate(
+            {
+                "metadata": {"name": f"policy-{name}"},
+                "spec": {
+                    "service": name,
+                    "mode": draw(st.sampled_from(["enforce", "audit"])),
+                    "allow": draw(callers),
+                    "deny": draw(callers),
+                },
+            }
+        )
+        for name in protected
+    }
+    return ConfigSet(services=services, routes=routes, policies=policies)
 
 
 instances = st.lists(
@@ -112,6 +133,7 @@ inbound_ports = st.builds(
     address=st.sampled_from(["127.0.0.1", "10.0.0.1"]),
     port=st.integers(1, 65535),
     app_port=st.integers(1, 65535),
+    outbound_port=st.integers(0, 65535),
 )
 
 nodes = st.one_of(
@@ -124,6 +146,9 @@ nodes = st.one_of(
     ),
     st.builds(NodeInfo, node_id=st.sampled_from(["grpc-1", "envoy-1"])),
 )
+
+TRUST_BUNDLE = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+trust_bundles = st.sampled_from([b"", TRUST_BUNDLE])
 
 PROPERTY_SETTINGS = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,0 +1,182 @@
+"""The CA's files: PEM parsing helpers and the on-disk layout of a plait-managed CA.
+
+``<data-dir>/ca/`` (mode 0700)::
+
+    state.json                 trust domain, rotation state, issuer, bundle, last notAfter
+    gen-<N>/root.crt           0644
+    gen-<N>/root.key           0600 (PKCS#8, unencrypted: protect the directory)
+    gen-<N>/intermediate.crt   0644
+    gen-<N>/intermediate.key   0600
+
+Every file is written atomically: a new file is created with its final mode (``os.open``
+with the mode, then ``fchmod`` so the umask cannot widen or narrow it), written, fsynced
+and renamed over the old one. Generations that are no longer part of the CA (a retired
+root) are deleted when the CA is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+DIR_MODE = 0o700
+SHA256 = hashes.SHA256()
+
+# (id, root cert, root key or None, intermediate cert, intermediate key)
+GenerationFiles = tuple[
+    int,
+    x509.Certificate,
+    ec.EllipticCurvePrivateKey | None,
+    x509.Certificate,
+    ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+]
+
+
+class PkiFileError(ValueError):
+    """A PEM file that is not what it should be; the message names the file."""
+
+
+def public_der(obj: Any) -> bytes:
+    """DER SubjectPublicKeyInfo of a certificate's or a private key's public key."""
+    key = obj.public_key()
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def one_cert(data: bytes, what: str) -> x509.Certificate:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PkiFileError(f"{what}: not a PEM certificate ({exc})") from None
+    if len(certs) != 1:
+        raise PkiFileError(f"{what}: expected exactly one certificate, found {len(certs)}")
+    return certs[0]
+
+
+def issuer_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiFileError(f"{what}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise PkiFileError(f"{what}: the key must be EC or RSA, not {type(key).__name__}")
+    return key
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_file(path: str, data: bytes, mode: int) -> None:
+    """Atomically replace ``path`` with ``data``; the file has exactly ``mode``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def write(
+    directory: str, trust_domain: str, gens: list[GenerationFiles], state: dict[str, Any]
+) -> None:
+    """Write every generation's missing files, then state.json; delete stale generations.
+
+    Key and certificate files of a generation never change, so existing ones are kept."""
+    _private_dir(directory)
+    keep = set()
+    for gen_id, root, root_key, inter, inter_key in gens:
+        gen_dir = os.path.join(directory, f"gen-{gen_id}")
+        keep.add(f"gen-{gen_id}")
+        _private_dir(gen_dir)
+        files: list[tuple[str, bytes, int]] = [
+            ("root.crt", cert_pem(root), CERT_MODE),
+            ("intermediate.crt", cert_pem(inter), CERT_MODE),
+            ("intermediate.key", key_pem(inter_key), KEY_MODE),
+        ]
+        if root_key is not None:
+            files.append(("root.key", key_pem(root_key), KEY_MODE))
+        for name, data, mode in files:
+            path = os.path.join(gen_dir, name)
+            if not os.path.exists(path):
+                write_file(path, data, mode)
+    payload = {"format": STATE_FORMAT, "trust_domain": trust_domain, **state}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_file(os.path.join(directory, STATE_FILE), text.encode(), CERT_MODE)
+    for entry in os.listdir(directory):
+        if entry.startswith("gen-") and entry not in keep:
+            shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read(directory: str) -> tuple[str, list[GenerationFiles], dict[str, Any]]:
+    """The trust domain, the generations and the raw state of a saved CA."""
+    raw = json.loads(_read(os.path.join(directory, STATE_FILE)))
+    if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
+        raise PkiFileError(f"{directory}/{STATE_FILE}: unknown format")
+    ids = sorted({int(raw["issuer"]), *(int(i) for i in raw["bundle"])})
+    gens: list[GenerationFiles] = []
+    for gen_id in ids:
+        base = os.path.join(directory, f"gen-{gen_id}")
+        root_key_path = os.path.join(base, "root.key")
+        root_key = None
+        if os.path.exists(root_key_path):
+            loaded = issuer_key(_read(root_key_path), root_key_path)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise PkiFileError(f"{root_key_path}: a plait root key is ECDSA")
+            root_key = loaded
+        gens.append(
+            (
+                gen_id,
+                one_cert(_read(os.path.join(base, "root.crt")), f"{base}/root.crt"),
+                root_key,
+                one_cert(_read(os.path.join(base, "intermediate.crt")), f"{base}/intermediate.crt"),
+                issuer_key(
+                    _read(os.path.join(base, "intermediate.key")), f"{base}/intermediate.key"
+                ),
+            )
+        )
+    return str(raw["trust_domain"]), gens, raw
