@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         case.stop()
     finally:
         procs.stop_all()
+        for path in (work / "plait").glob("access-*.log"):
+            path.unlink()  # a line per request: hundreds of MB, of no use here
 
     raw_path, res, cpu = results[0]
     stacks = parse_collapsed(raw_path.read_text().splitlines())

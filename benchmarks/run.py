@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="niceness of the harness and all it "
         "starts (e.g. -10 on a machine of your own; it starves other work)",
     )
+    p.add_argument(
+        "--report-only",
+        type=Path,
+        default=None,
+        metavar="RAW_JSON",
+        help="only (re)write the report from a raw run file (benchmarks/out/run-*.json)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.reps, a.duration = 1, 3.0
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    cases = report.all_cases()
+    cases = report.all_cases(plait_mtls=None)  # plait mTLS exists: every case runs
     wanted = [w for w in a.cases.split(",") if w]
     if wanted:
         cases = [
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     plait_cases: list[PlaitCase] = []
     endpoints: dict[str, Endpoint] = {}
     setup_errors: dict[str, str] = {}
+    checks: dict[str, dict[str, Any]] = {}  # pre-load checks (plait mTLS: who the peer was)
     reps: list[dict[str, Any]] = []
     shown = os.path.relpath(python, REPO) if python.startswith(f"{REPO}/") else python
     args = argv if argv is not None else sys.argv[1:]
@@ -297,9 +305,17 @@ def main(argv: list[str] | None = None) -> int:
                         proxy_cpu=PROXY_CPU,
                         side_cpu=SIDE_CPU,
                         python=python,
+                        mtls=case.mtls,
                     )
                     plait_cases.append(pc)
                     endpoints[case.name] = pc.start()
+                    if pc.check:
+                        checks[case.name] = pc.check
+                        print(
+                            f"{case.name}: mTLS check: {pc.check['curl']} -> "
+                            f"{pc.check['status']}, inbound peer {pc.check['inbound_peer']}",
+                            flush=True,
+                        )
                 else:
                     endpoints[case.name] = side.chain(case.kind, case.hops, case.mtls)
                 print(f"started {case.name} on port {endpoints[case.name].port}", flush=True)
@@ -310,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, ep in endpoints.items():
             for proc in ep.procs:
                 commands.append(f"# {name}: {shlex.join(proc.argv)}")
+        for name, chk in checks.items():
+            commands.append(
+                f"# {name} (check before load): {chk['curl']}  # -> {chk['status']}, "
+                f"bench-in access log peer={chk['inbound_peer']}"
+            )
 
         t_start = time.monotonic()
         raw = {
@@ -318,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "cases": [vars(c) for c in cases],
             "setup_errors": setup_errors,
+            "checks": checks,
             "reps": reps,
         }
         for rep in range(a.reps):
@@ -379,7 +401,7 @@ def write_report(a: argparse.Namespace, raw: dict[str, Any], raw_file: Path) -> 
     reps = raw["reps"]
     st = raw["settings"]
     rows = report.summarize(cases, reps)
-    notes = build_notes(st.get("nice", 0), reps, raw.get("setup_errors", {}))
+    notes = build_notes(st.get("nice", 0), reps, raw.get("setup_errors", {}), cases)
     keys = ("reps", "duration", "latency_duration", "connections", "rate", "clients")
     started = dt.datetime.fromisoformat(raw["started"])
     text = report.render(
@@ -397,7 +419,12 @@ def write_report(a: argparse.Namespace, raw: dict[str, Any], raw_file: Path) -> 
     print(report.throughput_table(rows) + "\n\n" + report.latency_table(rows))
 
 
-def build_notes(nice: int, reps: list[dict[str, Any]], setup: dict[str, str]) -> list[str]:
+def build_notes(
+    nice: int,
+    reps: list[dict[str, Any]],
+    setup: dict[str, str],
+    cases: list[report.Case] | None = None,
+) -> list[str]:
     loads = [r["loadavg_before"] for rep in reps for r in rep.values() if "loadavg_before" in r]
     notes = [
         f"CPU layout: the proxies of the case under test on CPU {PROXY_CPU} (`taskset -c "
@@ -415,8 +442,23 @@ def build_notes(nice: int, reps: list[dict[str, Any]], setup: dict[str, str]) ->
         "Production defaults on every proxy: Host routing (`bench`, else 404), request id, "
         "one access log line per request to a file; plait also its metrics and health "
         "checks. nginx peak RSS is the sum of master and worker.",
-        f"plait mTLS between proxies does not exist yet: `plait-2hop-mtls` is '{report.NOT_YET}'.",
     ]
+    plait_mtls = next((c for c in cases or [] if c.kind == "plait" and c.mtls), None)
+    if plait_mtls is not None and plait_mtls.unavailable:  # a run from before plait had mTLS
+        notes.append(
+            f"plait mTLS between proxies did not exist yet: `{plait_mtls.name}` is "
+            f"'{plait_mtls.unavailable}'."
+        )
+    elif plait_mtls is not None:
+        notes.append(
+            "mTLS cases: TLS 1.3 with ECDSA P-256 certificates between the two proxies. "
+            "HAProxy and nginx use certificates made with openssl; plait's come from its "
+            "control plane's CA (join tokens made with `POST /v1/tokens`, keys made by the "
+            "proxies), with Service `bench` at `mtls: strict`; its outbound proxy fronts a "
+            "dummy local service `loadgen` (never called) for its identity, and the load "
+            "enters through `outbound|loadgen`. Before the load, one request's line in the "
+            "inbound proxy's access log must have `peer` = loadgen's SPIFFE id."
+        )
     if nice:
         notes.append(f"Run with `--nice {nice}` (every benchmark process).")
     if loads:

@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if pc is not None:
             pc._stop.set()
         procs.stop_all()
+        for path in [*work.glob("access-*.log"), *(work / "plait").glob("access-*.log")]:
+            path.unlink()  # a line per request: hundreds of MB, of no use here
     return 0
 
 

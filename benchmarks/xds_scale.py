@@ -232,6 +232,14 @@ def ask_all(clients: list[Client], obj: dict[str, Any], timeout: float) -> list[
     return rows
 
 
+def errors_of(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Why streams last failed, merged over the client processes."""
+    out: Counter[str] = Counter()
+    for r in rows:
+        out.update(r.get("errors") or {})
+    return dict(out)
+
+
 def stop_pid(popen: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, by PID."""
     if popen.poll() is not None:
@@ -319,6 +327,31 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def code_info() -> dict[str, Any]:
+    """The commit under test, the uncommitted changes to src/ and a digest of the control
+    plane's sources (others edit this tree concurrently: say exactly what was measured)."""
+    import hashlib
+
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=10
+            )
+            return out.stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    h = hashlib.sha256()
+    for sub in ("src/plait/control", "src/plait/xds"):
+        for path in sorted((REPO / sub).glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "dirty_src": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()],
+        "control_xds_sha256": h.hexdigest()[:12],
+    }
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -336,6 +369,7 @@ class Run:
             "command": shlex.join([".venv/bin/python", "benchmarks/xds_scale.py", *sys.argv[1:]]),
             "params": vars(args),
             "machine": machine_info(),
+            "code": code_info(),
         }
         self.sampler = Sampler({})
         self._stop_keepalive = threading.Event()
@@ -513,10 +547,7 @@ class Run:
         while True:
             rows = ask_all(self.clients, {"cmd": "status"}, self.left(60))
             synced = sum(r["synced"] for r in rows)
-            errors = sum(r["errors"] for r in rows)
-            if errors:
-                first = next(r["first_error"] for r in rows if r["first_error"])
-                raise RuntimeError(f"{errors} stream(s) failed, e.g. {first}")
+            failed = sum(r["failed_streams"] for r in rows)
             if synced == self.args.proxies:
                 break
             if time.monotonic() - t0 > self.args.sync_timeout:
@@ -527,6 +558,11 @@ class Run:
             if time.monotonic() - last_log > 10:
                 self.log(
                     f"initial sync: {synced}/{self.args.proxies} streams have ACKed all four types"
+                    + (
+                        f"; {failed} stream(s) failed and reconnected: {errors_of(rows)}"
+                        if failed
+                        else ""
+                    )
                 )
                 last_log = time.monotonic()
             time.sleep(0.2)
@@ -538,9 +574,19 @@ class Run:
             "cp_rss_kib_before": before.get("VmRSS"),
             "cp_rss_kib_after": after.get("VmRSS"),
             "responses": sum(r["responses"] for r in rows),
+            "failed_streams": sum(r["failed_streams"] for r in rows),
+            "failures": sum(r["failures"] for r in rows),
+            "errors": errors_of(rows),
         }
         self.log(
-            f"all {self.args.proxies} streams synced {all_synced - t0:.1f}s after start; "
+            f"all {self.args.proxies} streams synced {all_synced - t0:.1f}s after start"
+            + (
+                f" ({self.result['connect']['failed_streams']} stream(s) had to reconnect: "
+                f"{errors_of(rows)})"
+                if self.result["connect"]["failed_streams"]
+                else ""
+            )
+            + "; "
             f"control plane CPU {after['cpu'] - before['cpu']:.1f}s, "
             f"RSS {after.get('VmRSS', 0) / 1024:.0f} MiB"
         )
@@ -590,7 +636,8 @@ class Run:
 
     def changes(self) -> None:
         a = self.args
-        out = []
+        out: list[dict[str, Any]] = []
+        self.result["changes"] = out  # filled as the changes are made (kept if the run fails)
         profiler = self._start_profiler() if a.profile else None
         try:
             for k in range(a.changes):
@@ -623,6 +670,7 @@ class Run:
                 ack = [x for r in rows for x in r["ack"]]
                 missing = sum(r["missing"] for r in rows)
                 checks = [r["check"] for r in rows if r["check"] is not None]
+                failures = sum(r["failures"] for r in rows)
                 row = {
                     "k": k,
                     "kind": kind,
@@ -640,6 +688,7 @@ class Run:
                     "window_s": after["t"] - t0,
                     "clients_cpu_s": clients_cpu,
                     "cp_rss_kib": after.get("VmRSS"),
+                    "stream_failures_so_far": failures,
                 }
                 out.append(row)
                 idle = self.wait_idle(t0)
@@ -663,7 +712,6 @@ class Run:
         finally:
             if profiler is not None:
                 self._stop_profiler(profiler)
-        self.result["changes"] = out
 
     def wait_idle(
         self, t0: float, window: float = 0.5, busy: float = 0.1, cap: float = 60.0
@@ -903,8 +951,19 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
         f"{p['endpoints']:,} endpoints | {setup.get('apply_s', 0):.1f} s; "
         f"{setup.get('register_s', 0):.1f} s |",
         f"| initial sync of all {p['proxies']:,} proxies (start of the clients → last first ACK) | "
-        f"{conn.get('sync_s', nan):.1f} s, control-plane CPU {conn.get('cp_cpu_s', nan):.1f} s |",
+        f"{conn.get('sync_s', nan):.1f} s, control-plane CPU {conn.get('cp_cpu_s', nan):.1f} s"
+        + (
+            f"; **{conn['failed_streams']:,} stream(s) failed and reconnected** "
+            f"({', '.join(f'{n:,}× `{e}`' for e, n in conn['errors'].items())})"
+            if conn.get("failed_streams")
+            else "; no stream failed"
+        )
+        + " |",
     ]
+    changes = result.get("changes") or []
+    if changes and conn:
+        during = (changes[-1].get("stream_failures_so_far") or 0) - conn.get("failures", 0)
+        lines.append(f"| stream failures (reconnects) during the changes | {during:,} |")
     if ps:
         if "error" in ps:
             lines.append(f"| `GET /v1/proxy-status` after the changes | failed: {ps['error']} |")
@@ -954,6 +1013,20 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
             b = prof["total"][i] if i < len(prof["total"]) else ("", 0.0)
             lines.append(f"| {a[1]:.0%} | `{a[0]}` | | {b[1]:.0%} | `{b[0]}` |")
         lines += ["", "</details>", ""]
+    code = result.get("code")
+    if code:
+        dirty = code["dirty_src"]
+        lines += [
+            f"Code measured: commit `{code['commit']}`"
+            + (
+                f" plus uncommitted changes to {len(dirty)} file(s) under src/ "
+                f"({', '.join(f'`{d}`' for d in dirty[:6])}{', …' if len(dirty) > 6 else ''})"
+                if dirty
+                else ""
+            )
+            + f"; sha256 of src/plait/control + src/plait/xds: `{code['control_xds_sha256']}`.",
+            "",
+        ]
     la0 = " ".join(m.get("loadavg", []))
     la1 = " ".join(m.get("loadavg_end", []))
     pin = []

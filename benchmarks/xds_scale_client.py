@@ -8,7 +8,9 @@ and behaves like :mod:`plait.proxy.xds_client` on the wire, without decoding res
   an outbound port and one inbound service), then LDS wildcard;
 - after a CDS response: ACK it, then subscribe EDS by the names of the EDS clusters in it;
   after an LDS response: ACK it, then subscribe RDS ``outbound``;
-- every response is ACKed at once (its version and nonce, the names subscribed).
+- every response is ACKed at once (its version and nonce, the names subscribed);
+- a stream that fails is reopened on a fresh channel after a jittered backoff, as
+  ``plait proxy`` does, resubscribing with the versions it holds.
 
 For each stream and type it records ``(receive time, ACK-written time, version, bytes)``
 with ``time.monotonic()`` (CLOCK_MONOTONIC: the same clock in every process on the
@@ -16,7 +18,7 @@ machine, so the orchestrator's change time can be compared with it).
 
 Control: JSON lines on stdin, one JSON line answered on stdout per command.
 
-- ``{"cmd": "status"}`` -> streams open, streams with all four types ACKed, errors;
+- ``{"cmd": "status"}`` -> streams open, streams with all four types ACKed, failures;
 - ``{"cmd": "wait", "type": URL, "t0": T, "timeout": S, "check": {...}}`` -> for every
   stream, the first response of ``type`` received at or after ``t0`` whose version differs
   from the one the stream held at ``t0``; waits until every stream has one or ``timeout``;
@@ -33,9 +35,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import grpc
@@ -114,7 +117,8 @@ class Stream:
         self.acked: dict[str, str] = {}
         self.nonces: dict[str, str] = {}
         self.names: dict[str, list[str]] = {}
-        self.error: str | None = None
+        self.error: str | None = None  # why the last session ended
+        self.failures = 0  # sessions that ended (each one reconnected)
         self.open = False
         self.responses = 0
         self.channel: Any = None
@@ -134,54 +138,75 @@ class Stream:
         return req
 
     async def run(self) -> None:
+        """Sessions until cancelled: like ``plait proxy``, a failed stream is reopened on a
+        fresh channel after a jittered exponential backoff (0.25 s doubling to 5 s; reset
+        by a session that got a response), resubscribing with the versions it holds."""
+        attempt = 0
+        while True:
+            got = self.responses
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.open = False
+                if self.channel is not None:
+                    with contextlib.suppress(Exception):
+                        await self.channel.close(grace=None)
+                    self.channel = None
+            self.failures += 1
+            attempt = 0 if self.responses > got else attempt + 1
+            base = min(5.0, 0.25 * 2.0 ** min(attempt, 8))
+            await asyncio.sleep(base / 2 + random.uniform(0, base / 2))
+
+    async def _session(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        try:
-            method = self.channel.stream_stream(
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                response_deserializer=_deserialize,
-            )
-            call = self.call = method()
-            first = self._request(CLUSTER)
-            first.node.CopyFrom(self.node)
-            await call.write(first)
-            await call.write(self._request(LISTENER))
-            self.open = True
-            while True:
-                item = await call.read()
-                if item is grpc.aio.EOF:
-                    raise ConnectionError("the control plane closed the stream")
-                t_recv = time.monotonic()
-                size, resp = item
-                type_url = resp.type_url
-                version = resp.version_info
-                self.nonces[type_url] = resp.nonce
-                self.acked[type_url] = version
-                follow: list[str] = []
-                if type_url == CLUSTER:
-                    names = _eds_names(resp.resources)
-                    if names != self.names.get(ENDPOINT):
-                        self.names[ENDPOINT] = names
-                        follow.append(ENDPOINT)
-                elif type_url == LISTENER and ROUTE not in self.names:
-                    self.names[ROUTE] = ["outbound"]
-                    follow.append(ROUTE)
-                await call.write(self._request(type_url))  # the ACK
-                t_ack = time.monotonic()
-                self.responses += 1
-                self.history[type_url].append((t_recv, t_ack, version, size))
-                if self.keep_first:
-                    self.kept[type_url].append((t_recv, resp))
-                for other in follow:
-                    await call.write(self._request(other))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as exc:
-            self.error = f"{exc.code().name}: {exc.details()}"
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.open = False
+        method = self.channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=_deserialize,
+        )
+        call = self.call = method()
+        self.nonces = {}
+        first = self._request(CLUSTER)
+        first.node.CopyFrom(self.node)
+        await call.write(first)
+        await call.write(self._request(LISTENER))
+        for named in (ENDPOINT, ROUTE):  # a reconnect: the names the config needs
+            if self.names.get(named):
+                await call.write(self._request(named))
+        self.open = True
+        while True:
+            item = await call.read()
+            if item is grpc.aio.EOF:
+                raise ConnectionError("the control plane closed the stream")
+            t_recv = time.monotonic()
+            size, resp = item
+            type_url = resp.type_url
+            version = resp.version_info
+            self.nonces[type_url] = resp.nonce
+            self.acked[type_url] = version
+            follow: list[str] = []
+            if type_url == CLUSTER:
+                names = _eds_names(resp.resources)
+                if names != self.names.get(ENDPOINT):
+                    self.names[ENDPOINT] = names
+                    follow.append(ENDPOINT)
+            elif type_url == LISTENER and ROUTE not in self.names:
+                self.names[ROUTE] = ["outbound"]
+                follow.append(ROUTE)
+            await call.write(self._request(type_url))  # the ACK
+            t_ack = time.monotonic()
+            self.responses += 1
+            self.history[type_url].append((t_recv, t_ack, version, size))
+            if self.keep_first:
+                self.kept[type_url].append((t_recv, resp))
+            for other in follow:
+                await call.write(self._request(other))
 
     def first_change(self, type_url: str, t0: float) -> tuple[float, float, str, int] | None:
         """The first response of ``type_url`` at/after ``t0`` with a version other than the
@@ -256,19 +281,20 @@ async def _wait(streams: list[Stream], cmd: dict[str, Any]) -> dict[str, Any]:
         "versions": sorted({found[i][2] for i in found}),
         "missing": len(streams) - len(found),
         "check": checked,
-        "errors": sum(1 for s in streams if s.error),
+        "failures": sum(s.failures for s in streams),
     }
 
 
 def _status(streams: list[Stream]) -> dict[str, Any]:
-    errors = [s.error for s in streams if s.error]
+    errors = Counter(s.error for s in streams if s.error)
     return {
         "streams": len(streams),
         "open": sum(1 for s in streams if s.open),
         "synced": sum(1 for s in streams if s.synced()),
         "responses": sum(s.responses for s in streams),
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
+        "failed_streams": sum(1 for s in streams if s.failures),
+        "failures": sum(s.failures for s in streams),
+        "errors": dict(errors),
         "last_first_ack": max(
             (max(s.history[t][0][1] for t in TYPES) if s.synced() else 0.0) for s in streams
         )

@@ -10,6 +10,8 @@ Pure cores (no sockets, no clock, no globals; time and randomness are arguments)
 - ``authority`` — :class:`CertificateAuthority`: sign a CSR for a service with the leaf
   profile (nothing from the CSR but its key), the trust bundle, the root rotation state
   machine, verifying a client's certificate for renewals.
+- ``checks`` — what is verified: CSRs (signature, P-256 key, nothing else taken),
+  root + intermediate pairs, the SPIFFE id of a client certificate.
 - ``tokens`` — join tokens: created for one service with a ttl, stored as a hash,
   verified, revoked.
 

@@ -36,11 +36,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from plait.ca import pki_files
+from plait.ca.checks import (
+    MAX_CSR_BYTES,
+    CaError,
+    CsrRefused,
+    PeerRejected,
+    check_ca_pair,
+    csr_public_key,
+    iso,
+    issued_by,
+    spiffe_id_of,
+)
 from plait.ca.profile import (
     INTERMEDIATE_LIFETIME,
     ROOT_LIFETIME,
@@ -54,9 +64,6 @@ from plait.ca.profile import (
 )
 from plait.ca.spiffe import InvalidSpiffeId, SpiffeId, check_trust_domain
 
-MAX_CSR_BYTES = 16 * 1024
-CSR_BEGIN = b"-----BEGIN CERTIFICATE REQUEST-----"
-
 STABLE, DISTRIBUTING, RETIRING = "stable", "distributing", "retiring"
 # (state, operation) -> next state; any other pair is refused with a CaError.
 TRANSITIONS = {
@@ -64,22 +71,6 @@ TRANSITIONS = {
     (DISTRIBUTING, "switch_issuer"): RETIRING,
     (RETIRING, "retire_old"): STABLE,
 }
-
-
-class CaError(Exception):
-    """The CA cannot do what was asked (bad PKI files, a rotation step out of order)."""
-
-
-class CsrRefused(Exception):
-    """A CSR the CA will not sign; ``reason`` says why (it goes to the audit log)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PeerRejected(Exception):
-    """A client certificate that is not a valid, current identity of this CA."""
 
 
 @dataclass(frozen=True)
@@ -129,73 +120,8 @@ class _State:
     last_not_after: dict[int, datetime] = field(default_factory=dict)
 
 
-def iso(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
-    """The SPIFFE id of a leaf: its one and only SAN, a URI. Raises PeerRejected."""
-    try:
-        sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        raise PeerRejected("the certificate has no SAN") from None
-    if len(sans) != 1 or not isinstance(sans[0], x509.UniformResourceIdentifier):
-        raise PeerRejected("the certificate must have exactly one SAN, a SPIFFE URI")
-    try:
-        return SpiffeId.parse(sans[0].value)
-    except InvalidSpiffeId as exc:
-        raise PeerRejected(str(exc)) from None
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def check_generation(gen: Generation, now: datetime) -> None:
-    """Raise CaError unless ``gen`` is a usable root + intermediate pair at ``now``."""
-    for role, cert, path_min in (("root", gen.root, 1), ("intermediate", gen.intermediate, 0)):
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            raise CaError(f"the {role} certificate has no BasicConstraints: not a CA") from None
-        if not bc.ca:
-            raise CaError(f"the {role} certificate is not a CA (BasicConstraints CA=false)")
-        if bc.path_length is not None and bc.path_length < path_min:
-            raise CaError(f"the {role} certificate's pathLen {bc.path_length} is too small")
-        try:
-            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            ku = None
-        if ku is not None and not ku.key_cert_sign:
-            raise CaError(f"the {role} certificate's KeyUsage lacks keyCertSign")
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise CaError(
-                f"the {role} certificate is not valid now (valid "
-                f"{iso(cert.not_valid_before_utc)} to {iso(cert.not_valid_after_utc)})"
-            )
-    if not _issued_by(gen.root, gen.root):
-        raise CaError("the root certificate is not self-signed")
-    if not _issued_by(gen.intermediate, gen.root):
-        raise CaError("the intermediate certificate is not signed by the root")
-    key = gen.intermediate_key
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
-        raise CaError("the intermediate's RSA key is shorter than 2048 bits")
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise CaError("the intermediate's key must be EC or RSA")
-    if pki_files.public_der(key) != pki_files.public_der(gen.intermediate):
-        raise CaError("the intermediate key does not match the intermediate certificate")
-    if gen.root_key is not None and pki_files.public_der(gen.root_key) != pki_files.public_der(
-        gen.root
-    ):
-        raise CaError("the root key does not match the root certificate")
 
 
 def new_generation(trust_domain: str, gen_id: int, now: datetime, rng: Rng) -> Generation:
@@ -214,6 +140,25 @@ def new_generation(trust_domain: str, gen_id: int, now: datetime, rng: Rng) -> G
         issuer_key=root_key,
     )
     return Generation(gen_id, root, root_key, inter, inter_key)
+
+
+def _pair(
+    gen: Generation,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey | None, x509.Certificate, IssuerKey]:
+    return gen.root, gen.root_key, gen.intermediate, gen.intermediate_key
+
+
+__all__ = [
+    "MAX_CSR_BYTES",
+    "CaError",
+    "CertificateAuthority",
+    "CsrRefused",
+    "Generation",
+    "IssuedCert",
+    "PeerRejected",
+    "iso",
+    "spiffe_id_of",
+]
 
 
 class CertificateAuthority:
@@ -263,7 +208,7 @@ class CertificateAuthority:
             )
         except pki_files.PkiFileError as exc:
             raise CaError(str(exc)) from None
-        check_generation(gen, now)
+        check_ca_pair(*_pair(gen), now)
         return cls(trust_domain, [gen], rng, external=True)
 
     @classmethod
@@ -275,7 +220,7 @@ class CertificateAuthority:
             raise CaError(f"the CA in {directory} cannot be loaded: {exc}") from None
         gens = [Generation(*f) for f in files]
         for gen in gens:
-            check_generation(gen, now)
+            check_ca_pair(*_pair(gen), now)
         state = _State(
             rotation=raw["rotation"],
             issuer=int(raw["issuer"]),
@@ -324,7 +269,7 @@ class CertificateAuthority:
             spiffe = SpiffeId.for_service(self.trust_domain, service)
         except InvalidSpiffeId as exc:
             raise CsrRefused(str(exc)) from None
-        key = _csr_public_key(csr_pem)
+        key = csr_public_key(csr_pem)
         gen = self.issuer
         if now >= gen.intermediate.not_valid_after_utc:
             raise CsrRefused("the issuing CA has expired: rotate the CA (`plait ca rotate`)")
@@ -360,7 +305,7 @@ class CertificateAuthority:
             raise PeerRejected("the client certificate cannot be parsed") from None
         for gen_id in self._state.bundle:
             inter = self._gens[gen_id].intermediate
-            if cert.issuer == inter.subject and _issued_by(cert, inter):
+            if cert.issuer == inter.subject and issued_by(cert, inter):
                 break
         else:
             raise PeerRejected("the client certificate was not issued by this CA")
@@ -459,33 +404,3 @@ class CertificateAuthority:
     @property
     def old_generation(self) -> int | None:
         return self._state.old
-
-
-def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
-    """The CSR's public key if the CSR is well-formed, self-signed and P-256."""
-    if len(csr_pem) > MAX_CSR_BYTES:
-        raise CsrRefused(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
-    if csr_pem.count(CSR_BEGIN) != 1:
-        raise CsrRefused("expected exactly one PEM 'CERTIFICATE REQUEST' block")
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
-        raise CsrRefused(f"the CSR cannot be parsed: {exc}") from None
-    try:
-        valid = csr.is_signature_valid
-    except Exception:  # unsupported signature algorithms raise from the backend
-        valid = False
-    if not valid:
-        raise CsrRefused("the CSR's signature does not verify")
-    try:
-        key = csr.public_key()
-    except Exception as exc:
-        raise CsrRefused(f"the CSR's public key is unsupported: {exc}") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        raise CsrRefused(f"the key must be ECDSA P-256, not RSA-{key.key_size}")
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        kind = type(key).__name__.removeprefix("_").replace("PublicKey", "")
-        raise CsrRefused(f"the key must be ECDSA P-256, not {kind}")
-    if not isinstance(key.curve, ec.SECP256R1):
-        raise CsrRefused(f"the key must be ECDSA P-256, not curve {key.curve.name}")
-    return key

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from plait.cli import ca_cmds, config_cmds, identity_cmd, status_cmds, up
+from plait.cli import ca_cmds, config_cmds, guard_cmds, identity_cmd, status_cmds, up
 from plait.cli.api import CliError
 from plait.cli.output import print_error
 
@@ -64,6 +64,7 @@ app.add_typer(ca_cmds.token_app)
 app.add_typer(ca_cmds.ca_app)
 app.command()(ca_cmds.certs)
 app.command()(identity_cmd.identity)
+app.add_typer(guard_cmds.guard_app)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from plait.cli.api import ApiClient, ApiOption, CliError, StateDirOption, load_state
+from plait.cli.guard_cmds import held_notice
 from plait.cli.output import console, print_error
 from plait.cli.supervisor import Process
 
@@ -152,6 +153,9 @@ def status(api: ApiOption = None, state_dir: StateDirOption = Path(".plait")) ->
             raise
         print_error(str(exc))
         raise typer.Exit(1) from None
+    held_notice((summary.get("guard") or {}).get("holds") or [])
+    if summary.get("syncing"):
+        console.print("[yellow]control plane syncing: no xDS served until proxies report[/yellow]")
     console.print(service_table(summary))
     console.print(instance_table(instances))
     console.print(proxy_table(nodes))

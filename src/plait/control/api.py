@@ -20,6 +20,7 @@ from typing import Any
 from plait.ca.authority import CaError, iso
 from plait.ca.profile import renew_at
 from plait.control.ca_plane import CaPlane, SignRefused, TokenNotFound
+from plait.control.guard import HoldNotFound
 from plait.control.plane import ControlPlane, NotFound, lookup
 from plait.jsonhttp import HttpError, Request, Response
 from plait.model.errors import ConfigError, ResourceNotFoundError
@@ -31,6 +32,38 @@ HISTORY_LIMIT = 50
 DEFAULT_TOKEN_TTL = "1h"
 
 Route = tuple[str, re.Pattern[str], Callable[..., Awaitable[Response]]]
+
+
+class TextResponse(Response):
+    """A plain-text answer (``GET /metrics``): ``body_obj`` is the text."""
+
+    def encode(self, keep_alive: bool) -> bytes:
+        body = str(self.body_obj or "").encode()
+        head = [
+            f"HTTP/1.1 {self.status} OK",
+            "Content-Type: text/plain; version=0.0.4; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+            "Cache-Control: no-store",
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def metrics_text(plane: ControlPlane) -> str:
+    """The control plane's Prometheus metrics (text exposition format)."""
+    guard = plane.guard
+    lines = [
+        "# HELP plait_guard_held_total Registry changes the push guard has held back.",
+        "# TYPE plait_guard_held_total counter",
+        f"plait_guard_held_total {guard.held_total}",
+        "# HELP plait_guard_holds Changes held back now, waiting for approval or recovery.",
+        "# TYPE plait_guard_holds gauge",
+        f"plait_guard_holds {len(guard.holds())}",
+        "# HELP plait_control_syncing 1 while xDS waits for the registry to sync.",
+        "# TYPE plait_control_syncing gauge",
+        f"plait_control_syncing {1 if plane.syncing else 0}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -104,6 +137,10 @@ class ControlApi:
             ("GET", re.compile(r"/v1/registry"), self.registry),
             ("GET", re.compile(r"/v1/proxy-status"), self.proxy_status),
             ("GET", re.compile(r"/v1/status"), self.status),
+            ("GET", re.compile(r"/metrics"), self.metrics),
+            ("GET", re.compile(r"/v1/guard"), self.guard),
+            ("POST", re.compile(r"/v1/guard/(?P<hold_id>[^/]+)/approve"), self.guard_approve),
+            ("POST", re.compile(r"/v1/guard/(?P<hold_id>[^/]+)/discard"), self.guard_discard),
             ("POST", re.compile(r"/v1/tokens"), self.create_token),
             ("GET", re.compile(r"/v1/tokens"), self.list_tokens),
             ("DELETE", re.compile(r"/v1/tokens/(?P<token_id>[^/]+)"), self.revoke_token),
@@ -196,6 +233,28 @@ class ControlApi:
 
     async def status(self, request: Request) -> Response:
         return Response(200, self.plane.status())
+
+    async def metrics(self, request: Request) -> Response:
+        return TextResponse(200, metrics_text(self.plane))
+
+    # -- the push guard (docs/resilience.md) -------------------------------------------
+
+    async def guard(self, request: Request) -> Response:
+        return Response(200, self.plane.guard_status())
+
+    async def guard_approve(self, request: Request, hold_id: str) -> Response:
+        try:
+            self.plane.approve_hold(hold_id)
+        except HoldNotFound as exc:
+            raise HttpError(404, str(exc)) from None
+        return Response(200, {"approved": hold_id, **self.plane.guard_status()})
+
+    async def guard_discard(self, request: Request, hold_id: str) -> Response:
+        try:
+            self.plane.discard_hold(hold_id)
+        except HoldNotFound as exc:
+            raise HttpError(404, str(exc)) from None
+        return Response(200, {"discarded": hold_id, **self.plane.guard_status()})
 
     # -- service CA (docs/security.md) -----------------------------------------------
 

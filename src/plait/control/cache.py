@@ -113,6 +113,7 @@ class TypeState:
     # for sequencing: the resources the client has applied (None: unknown), those sent
     # and not yet answered (oldest first), and recent versions sent, to resolve an ACK
     acked_resources: dict[str, Message] | None = None
+    acked_exact: bool = True  # False: the client may hold only part of acked_resources
     unanswered: list[dict[str, Message]] = field(default_factory=list)
     history: dict[str, dict[str, Message]] = field(default_factory=dict)
 
@@ -162,6 +163,7 @@ class Watch:
                     names=state.names,
                     acked=state.acked_resources,
                     unanswered=tuple(state.unanswered),
+                    acked_exact=state.acked_exact,
                 )
                 for type_url, state in self.types.items()
             }
@@ -219,13 +221,30 @@ class Watch:
         desired, _ = self.desired_version(type_url)
         if desired is None:
             return None
-        if state.acked_version == desired:
+        if self.holds(type_url, desired):
             return SYNCED
         if state.nacked_version is not None:
             staged = self.staged(type_url)
             if state.nacked_version in (desired, staged[0] if staged else None):
                 return NACKED
         return STALE
+
+    def holds(self, type_url: str, version: str, names: Iterable[str] | None = None) -> bool:
+        """Whether the client has ``version`` of ``type_url`` (and, when known, each of
+        the resources of it that it now subscribes to: a client keeps only the names it
+        subscribes to, so an ACKed version may lack a name it subscribes to later)."""
+        state = self.types[type_url]
+        if state.acked_version != version:
+            return False
+        if state.names is None:
+            return True
+        if not state.acked_exact:
+            return False  # send it again, to know
+        if state.acked_resources is None:
+            return True
+        if names is None:
+            names = self.desired_version(type_url)[1]
+        return all(name in state.acked_resources for name in names)
 
     def status(self) -> str:
         statuses = {self.type_status(t) for t in self.types}
@@ -257,6 +276,9 @@ class SnapshotCache:
         self._ids = itertools.count(1)
         self._live: dict[int, Watch] = {}
         self._latest: dict[str, Watch] = {}  # node id -> its most recent stream
+        # sync-before-serve (docs/resilience.md): while False, no stream gets a response
+        # (the control plane sets it once its registry has synced after a restart)
+        self.serving = True
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -359,10 +381,12 @@ class SnapshotCache:
             if version_info:
                 state.acked_version = version_info
                 old = watch.inherited.get(type_url)
-                if old is not None:
+                if old is not None and old.acked_version == version_info:
+                    state.acked_resources = old.acked_resources
+                    state.acked_exact = old.acked_exact
+                elif old is not None:
                     state.acked_resources = old.history.get(version_info)
-                    if old.acked_version == version_info:
-                        state.acked_resources = old.acked_resources
+                    state.acked_exact = False
         elif not nonce:
             pass  # a subscription change sent before our response reached the client
         elif nonce != state.sent_nonce:
@@ -383,16 +407,39 @@ class SnapshotCache:
             desired, resources = watch.desired_version(type_url)
             if desired == state.acked_version:  # e.g. a reconnect after a restart
                 state.acked_resources = resources
+                state.acked_exact = False
+        if state.names is None:
+            state.acked_exact = True  # a wildcard client keeps all of a version
+        elif state.acked_resources is not None:
+            # a client keeps only what it subscribes to (a plait proxy drops the endpoints
+            # of clusters it no longer has, even from a response it ACKs); a version it
+            # reports is only known to be whole when it ACKed it here, with these names
+            state.acked_resources = sequencing.only(state.acked_resources, state.names)
+        eds = watch.types.get(ENDPOINT)
+        if (
+            type_url == CLUSTER
+            and state.acked_resources is not None
+            and eds is not None
+            and eds.acked_resources is not None
+        ):  # and when CDS drops a cluster, its endpoints go with it
+            eds.acked_resources = sequencing.only(
+                eds.acked_resources,
+                sequencing.load_assignment_names(state.acked_resources.values()),
+            )
         watch.invalidate()
         return True
 
     @staticmethod
     def _applied(state: TypeState, version_info: str) -> None:
-        """The client answered our latest response: it now has ``version_info``."""
-        if version_info != state.acked_version:
+        """An ACK or NACK with our latest nonce: the client now has ``version_info``."""
+        if state.unanswered and version_info and version_info == state.sent_version:
+            state.acked_resources = state.unanswered[-1]  # the answer to our latest
+            state.acked_exact = True
+        elif version_info != state.acked_version:
             state.acked_resources = state.history.get(version_info) if version_info else None
-        state.acked_version = version_info or None
+            state.acked_exact = False
         state.unanswered.clear()
+        state.acked_version = version_info or None
 
     def _has_pending(self, watch: Watch) -> bool:
         return any(self._wanted(watch, t) is not None for t in PUSH_ORDER)
@@ -405,11 +452,11 @@ class SnapshotCache:
         if staged is None:
             return None
         desired, resources = staged
-        if desired in (
-            state.sent_version,
-            state.acked_version,
-            state.nacked_version,
-        ):
+        if watch.holds(type_url, desired, resources):
+            return None
+        if desired == state.sent_version and state.unanswered:
+            return None  # on its way
+        if desired == state.nacked_version:
             return None
         return desired, resources
 
@@ -418,6 +465,8 @@ class SnapshotCache:
 
         Sequencing is planned once, from the state before this batch: a type it holds
         back goes out on a later call, after the ACKs it waits for."""
+        if not self.serving:
+            return []  # syncing: the client keeps what it has
         out: list[PushResponse] = []
         watch.invalidate()
         wanted_now = {t: self._wanted(watch, t) for t in PUSH_ORDER}

@@ -25,8 +25,9 @@ from typing import Any
 
 from plait.control.ca_plane import CaPlane, CaSetup
 from plait.control.cache import NACKED, STALE, SYNCED, SnapshotCache
-from plait.control.registry import Registry
-from plait.control.store import Store
+from plait.control.guard import Guard, GuardSettings
+from plait.control.registry import LeaseRow, Registry
+from plait.control.store import Store, StoreConflict
 from plait.model.config import ConfigSet
 from plait.model.load import apply_text, delete_resource
 from plait.xds.inputs import Instance
@@ -34,6 +35,9 @@ from plait.xds.inputs import Instance
 log = logging.getLogger("plait.control")
 
 KINDS = ("Service", "Route", "Policy")
+# a shared (etcd) store: how often a change is recomputed on a newer version that
+# another replica committed first before giving up (docs/resilience.md)
+CONFLICT_RETRIES = 20
 
 
 class NotFound(LookupError):
@@ -78,6 +82,8 @@ class ControlPlane:
         ca: CaSetup | None = None,
         trust_domain: str | None = None,
         trust_bundle_source: Callable[[], bytes] | None = None,
+        guard: GuardSettings | None = None,
+        sync_timeout: float | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -88,6 +94,24 @@ class ControlPlane:
             self.registry.load(store.load_leases(), now=clock(), grace=restart_grace)
         _, cfg = store.current()
         self.cache = cache if cache is not None else SnapshotCache(cfg, self.registry.instances())
+        # the push guard (docs/resilience.md): the registry keeps the truth of the leases,
+        # the guard decides which instances are served; what it starts from is trusted
+        self.guard = Guard(
+            guard, clock, wall, served=self.registry.instances(), services=cfg.services
+        )
+        # sync-before-serve: no xDS response until the reloaded nodes have heartbeated
+        # (or sync_timeout passed); a store with config but no leases waits the timeout
+        self._sync_waiting: set[str] = set()
+        self._sync_deadline = float("-inf")
+        self._sync_blind = False
+        self.syncing = False
+        if sync_timeout is not None and sync_timeout > 0:
+            self._sync_waiting = set(self.registry.node_ids())
+            self._sync_blind = not self._sync_waiting
+            if self._sync_waiting or cfg.services:
+                self._sync_deadline = clock() + sync_timeout
+                self.syncing = True
+                self.cache.serving = False
         self._push_handle: asyncio.Handle | None = None
         self._last_push = float("-inf")
         self._dirty = False
@@ -116,6 +140,14 @@ class ControlPlane:
 
     def apply(self, filename: str, text: str) -> tuple[int, list[str]]:
         """Upsert the YAML documents of ``text``. Raises ConfigError; nothing changes then."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._apply_once(filename, text)
+            except StoreConflict as exc:
+                log.info("config: %s; recomputing the apply on it", exc)
+        return self._apply_once(filename, text)
+
+    def _apply_once(self, filename: str, text: str) -> tuple[int, list[str]]:
         version, current = self.store.current()
         cfg, changed = apply_text(current, text, filename)
         if not changed:
@@ -129,6 +161,14 @@ class ControlPlane:
 
     def delete(self, kind: str, name: str) -> int:
         """Delete ``kind/name``. Raises NotFound, or ConfigError if others still use it."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._delete_once(kind, name)
+            except StoreConflict as exc:
+                log.info("config: %s; recomputing the delete on it", exc)
+        return self._delete_once(kind, name)
+
+    def _delete_once(self, kind: str, name: str) -> int:
         _, current = self.store.current()
         resource = lookup(current, kind, name)
         cfg = delete_resource(current, resource.kind, name)
@@ -146,6 +186,11 @@ class ControlPlane:
         after = self.registry.lease_row(node_id)
         if after is not None and after != before:
             self.store.save_lease(after, self.wall())
+        if self.syncing:
+            self._sync_waiting.discard(node_id)
+            self.check_sync()
+        elif after is not None and hasattr(self.store, "renew_lease"):
+            self.store.renew_lease(after, self.wall())  # etcd: keep its lease alive
         if changed:
             log.info("registry: node %s now has %d instance(s)", node_id, len(instances))
             self._schedule(instances=True)
@@ -153,6 +198,9 @@ class ControlPlane:
 
     def sweep(self) -> list[str]:
         """Drop expired leases (and their rows in the store); push if instances went away."""
+        self.check_sync()
+        if getattr(self.store, "expires_leases", False):
+            return []  # etcd expires leases itself; store_changed() hears of it
         before = len(self.registry.instances())
         expired = self.registry.expire(self.clock())
         if expired:
@@ -161,6 +209,63 @@ class ControlPlane:
             if len(self.registry.instances()) != before:
                 self._schedule(instances=True)
         return expired
+
+    def store_changed(
+        self, config: bool, leases: Sequence[LeaseRow] = (), gone: Sequence[str] = ()
+    ) -> None:
+        """A shared store (etcd) changed under us: another replica committed a config
+        version, or a node's lease was written or expired there. Adopt it and push."""
+        now = self.clock()
+        moved = False
+        for row in leases:
+            if self.registry.lease_row(row.node_id) != row:
+                moved = (
+                    self.registry.heartbeat(row.node_id, list(row.instances), row.ttl, now) or moved
+                )
+        for node_id in gone:
+            moved = self.registry.remove(node_id) or moved
+        if moved:
+            log.info("registry: changed in the store (%d put, %d gone)", len(leases), len(gone))
+        if config:
+            log.info("config version %d: committed by another replica", self.config_version)
+        if config or moved:
+            self._schedule(config=config, instances=moved)
+
+    # -- sync-before-serve and the push guard (docs/resilience.md) ----------------------
+
+    def check_sync(self) -> bool:
+        """Start serving xDS once every reloaded node has heartbeated or the sync timeout
+        has passed. True while still syncing."""
+        if not self.syncing:
+            return False
+        # nothing reloaded but a config (a wiped lease table?): wait the whole timeout
+        if (self._sync_waiting or self._sync_blind) and self.clock() < self._sync_deadline:
+            return True
+        late = sorted(self._sync_waiting)
+        self.syncing = False
+        self._sync_waiting.clear()
+        self.cache.serving = True
+        if late:
+            log.warning("sync timeout: serving xDS without a heartbeat from %s", ", ".join(late))
+        else:
+            log.info("registry synced: serving xDS")
+        self._schedule(instances=True)
+        return False
+
+    def approve_hold(self, hold_id: str) -> None:
+        """Apply a held change (raises HoldNotFound)."""
+        self.guard.approve(hold_id)
+        log.warning("guard: held change %s approved", hold_id)
+        self._schedule(instances=True)
+
+    def discard_hold(self, hold_id: str) -> None:
+        """Refuse a held change: keep serving what it would remove (raises HoldNotFound)."""
+        self.guard.discard(hold_id)
+        log.warning("guard: held change %s discarded; its instances stay served", hold_id)
+        self._schedule(instances=True)
+
+    def guard_status(self) -> dict[str, Any]:
+        return {"syncing": self.syncing, **self.guard.to_dict()}
 
     # -- trust bundle ------------------------------------------------------------------
 
@@ -183,10 +288,16 @@ class ControlPlane:
     def _schedule(self, config: bool = False, instances: bool = False) -> None:
         """Hand the new inputs to the cache now (streams opened from now on see them) and
         schedule the recompute of the open streams (coalesced, see module docstring)."""
-        self.cache.update_inputs(
-            config=self.config if config else None,
-            instances=self.registry.instances() if instances else None,
-        )
+        served = None
+        if instances or config:
+            holds = {h.id for h in self.guard.holds()}
+            served = self.guard.propose(
+                self.registry.instances(), services=self.config.services if config else None
+            )
+            for hold in self.guard.holds():
+                if hold.id not in holds:
+                    log.warning("guard: held change %s: %s", hold.id, hold.reason)
+        self.cache.update_inputs(config=self.config if config else None, instances=served)
         self._dirty = True
         if self._push_handle is not None:
             return
@@ -216,6 +327,7 @@ class ControlPlane:
     def status(self) -> dict[str, Any]:
         cfg = self.config
         instances = self.registry.instances()
+        served = self.guard.served()
         nodes = self.cache.status_rows()
         services = []
         for name in sorted(cfg.services):
@@ -228,6 +340,7 @@ class ControlPlane:
                     "protocol": cfg.services[name].spec.protocol,
                     "instances": len(mine),
                     "healthy": sum(1 for i in mine if i.healthy),
+                    "served_healthy": sum(1 for i in served if i.service == name and i.healthy),
                     "route": route.name if route is not None else None,
                     "mtls": cfg.services[name].spec.mtls,
                     "policy": policy.name if policy is not None else None,
@@ -244,5 +357,10 @@ class ControlPlane:
                 "total": len(nodes),
                 "connected": sum(1 for n in nodes if n["connected"]),
                 **{s: sum(1 for n in nodes if n["status"] == s) for s in (SYNCED, STALE, NACKED)},
+            },
+            "syncing": self.syncing,
+            "guard": {
+                "held": len(self.guard.holds()),
+                "holds": [h.to_dict(self.clock()) for h in self.guard.holds()],
             },
         }

@@ -53,13 +53,20 @@ class TypeView:
     ``names``: the subscription; None = wildcard.
     ``acked``: what the node has applied (the resources of its ACKed version); None if
     unknown or nothing. ``unanswered``: responses sent and not yet ACKed or NACKed, oldest
-    first (the node may be applying any of them right now).
+    first (the node may be applying any of them right now). ``acked_exact`` False: the
+    node may hold only part of ``acked`` (a named subscription whose version it reported
+    without ACKing it on this stream).
     """
 
     target: Resources
     names: tuple[str, ...] | None = None
     acked: Resources | None = None
     unanswered: tuple[Resources, ...] = ()
+    acked_exact: bool = True
+
+    def surely_has(self) -> Resources:
+        """What the node is known to hold (``acked`` may overstate it when not exact)."""
+        return (self.acked or {}) if self.acked_exact else {}
 
     def known(self) -> dict[str, Any]:
         """Every resource the node has or is being sent, the newest copy of each name."""
@@ -131,6 +138,18 @@ def load_assignment_name(cluster: Any) -> str | None:
     return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
+def load_assignment_names(clusters: Iterable[Any]) -> set[str]:
+    """The ClusterLoadAssignments the given clusters need."""
+    return {n for n in map(load_assignment_name, clusters) if n is not None}
+
+
+def only(resources: Resources, names: Iterable[str]) -> dict[str, Any]:
+    """``resources`` restricted to ``names`` (what a client that subscribes to just those
+    names keeps of a response)."""
+    keep = set(names)
+    return {name: message for name, message in resources.items() if name in keep}
+
+
 def _applied_lists(view: TypeView | None) -> list[Iterable[Any]]:
     """The resource lists of a view that the node may have applied: acked + in flight."""
     if view is None:
@@ -196,8 +215,8 @@ def plan(views: Mapping[str, TypeView], available_endpoints: Iterable[str] = ())
 
     # gate: listeners and routes wait for the clusters and endpoints they name
     endpoints_exist = set(available_endpoints)
-    cluster_states = [cds.acked or {}, *cds.unanswered]
-    cla_states = [eds.acked or {}, *eds.unanswered] if eds is not None else [{}]
+    cluster_states = [cds.surely_has(), *cds.unanswered]
+    cla_states = [eds.surely_has(), *eds.unanswered] if eds is not None else [{}]
     held: set[str] = set()
     waiting: dict[str, tuple[str, ...]] = {}
     for type_url in (LISTENER, ROUTE):
@@ -218,9 +237,12 @@ def plan(views: Mapping[str, TypeView], available_endpoints: Iterable[str] = ())
                 missing.append(name)
                 continue
             cla = load_assignment_name(cluster)
-            if cla is not None and cla in endpoints_exist:
-                if any(cla not in state for state in cla_states):
-                    missing.append(name)
+            if (
+                cla is not None
+                and cla in endpoints_exist
+                and any(cla not in state for state in cla_states)
+            ):
+                missing.append(name)
         if missing:
             held.add(type_url)
             waiting[type_url] = tuple(missing)

@@ -38,8 +38,11 @@ from plait.ca.spiffe import CONTROL_SERVICE
 from plait.control.ads import add_to_server
 from plait.control.api import CaTlsApi, ControlApi
 from plait.control.ca_plane import CaPlane, CaSetup
+from plait.control.etcd import EtcdError, parse_endpoints
+from plait.control.guard import GuardSettings
 from plait.control.plane import ControlPlane
 from plait.control.store import Store
+from plait.control.store_etcd import EtcdStore, parse_store_url
 from plait.jsonhttp import serve_json, server_port
 from plait.model.resources import parse_duration
 
@@ -52,6 +55,7 @@ DEFAULT_TRUST_DOMAIN = "plait.local"
 CA_DIR = "ca"
 AUDIT_FILE = "audit.jsonl"
 MAX_CERT_TTL = timedelta(days=90)
+DEFAULT_SYNC_TIMEOUT = 10.0  # the default proxy lease ttl (docs/resilience.md)
 
 GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second control plane on the same port must fail to bind
@@ -222,15 +226,35 @@ async def run_control(
     ca_key: str | None = None,
     cert_ttl: timedelta = DEFAULT_LEAF_LIFETIME,
     ca_port: int = 0,
+    store_url: str | None = None,
+    guard: GuardSettings | None = None,
+    sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
 ) -> None:
     """Run the control plane until cancelled."""
-    store = Store(data_dir)
+    store: Store | EtcdStore
+    if store_url:  # HA: replicas share config and leases in etcd (docs/resilience.md)
+        endpoints, prefix = parse_store_url(store_url)
+        store = EtcdStore(endpoints, prefix)
+    else:
+        store = Store(data_dir)
     try:
         ca_setup = open_ca(data_dir, trust_domain, ca_root, ca_cert, ca_key, cert_ttl)
     except BaseException:
         store.close()
         raise
-    plane = ControlPlane(store, ca=ca_setup)
+    plane = ControlPlane(
+        store,  # type: ignore[arg-type]
+        ca=ca_setup,
+        guard=guard,
+        sync_timeout=sync_timeout,
+    )
+    if isinstance(store, EtcdStore):
+        loop = asyncio.get_running_loop()
+        store.start_watch(
+            lambda config, puts, gone: loop.call_soon_threadsafe(
+                plane.store_changed, config, puts, gone
+            )
+        )
     assert plane.ca is not None
     version, _ = store.current()
     log.info(
@@ -290,6 +314,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="plait control", description="Run the plait control plane (xDS server + HTTP API)."
     )
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where plait.db lives")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]: keep config and leases in etcd so "
+        "several replicas serve one config (default: SQLite in --data-dir)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind both servers on")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT, help="gRPC ADS port (0=any)")
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="HTTP API port (0=any)")
@@ -303,6 +333,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-ttl", default="24h", help="lifetime of issued certificates")
     p.add_argument("--ca-port", type=int, default=0, help="HTTPS port for CSRs (0=any)")
     p.add_argument("--lease-sweep-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    guard = p.add_argument_group("push guard (docs/resilience.md)")
+    guard.add_argument(
+        "--guard-max-endpoint-loss",
+        type=float,
+        default=0.5,
+        help="hold a change that removes more than this fraction of a service's healthy "
+        "endpoints within the window (default 0.5)",
+    )
+    guard.add_argument(
+        "--guard-max-registry-loss",
+        type=float,
+        default=0.3,
+        help="hold a change that removes more than this fraction of all healthy endpoints "
+        "within the window (default 0.3)",
+    )
+    guard.add_argument("--guard-window", default="60s", help="loss accounting window (60s)")
+    guard.add_argument("--no-guard", action="store_true", help="push every registry change")
+    p.add_argument(
+        "--sync-timeout",
+        default=f"{DEFAULT_SYNC_TIMEOUT:g}s",
+        help="after a start, serve no xDS until every reloaded node has heartbeated or this "
+        "long has passed (default 10s; 0 = serve at once)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -322,8 +375,26 @@ def main(argv: list[str] | None = None) -> int:
         cert_ttl = timedelta(seconds=parse_duration(args.cert_ttl))
     except ValueError as exc:
         parser.error(f"--cert-ttl: {exc}")
+    if args.store:
+        try:
+            parse_endpoints(parse_store_url(args.store)[0])
+        except ValueError as exc:
+            parser.error(f"--store: {exc}")
     if cert_ttl > MAX_CERT_TTL:
         parser.error(f"--cert-ttl: at most {MAX_CERT_TTL.days} days; short-lived is the point")
+    try:
+        guard = GuardSettings(
+            max_endpoint_loss=args.guard_max_endpoint_loss,
+            max_registry_loss=args.guard_max_registry_loss,
+            window=parse_duration(args.guard_window),
+            enabled=not args.no_guard,
+        )
+    except ValueError as exc:
+        parser.error(f"guard: {exc}")
+    try:
+        sync_timeout = parse_duration(args.sync_timeout)
+    except ValueError as exc:
+        parser.error(f"--sync-timeout: {exc}")
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, args.log_level),
@@ -350,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             ca_key=args.ca_key,
             cert_ttl=cert_ttl,
             ca_port=args.ca_port,
+            store_url=args.store,
+            guard=guard,
+            sync_timeout=sync_timeout,
         )
 
     with asyncio.Runner(loop_factory=_new_event_loop) as runner:
@@ -357,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(run())
         except asyncio.CancelledError:
             pass
-        except (OSError, CaError) as exc:
+        except (OSError, CaError, EtcdError) as exc:
             log.error("%s", exc)
             return 1
     return 0

@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS issued_certs (
 """
 
 
+class StoreConflict(Exception):
+    """Another writer committed the next version first (only the etcd store, where several
+    replicas share one store, raises it): re-read :meth:`Store.current` and retry."""
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     version: int

@@ -159,6 +159,9 @@ class IdentityManager:
         if ca_url is not None:
             https.split_base(ca_url)  # fails early on a bad URL
         self.ca_url = ca_url.rstrip("/") if ca_url else ""
+        # A CA URL learnt from the API is looked up again after a failure: the control
+        # plane may have restarted on another CA port.
+        self._ca_url_discovered = False
         self.api_url = api_url
         self._bundle_url = bundle_url.rstrip("/") if bundle_url else None
         self.service = service
@@ -264,6 +267,9 @@ class IdentityManager:
         except (IdentityError, https.HttpsError, ValueError) as exc:
             if count:
                 self.failures += 1
+            if self._ca_url_discovered:
+                self.ca_url = ""
+                self._ca_url_discovered = False
             self.last_error = str(exc)
             if not count or self.failures % 10 == 1:
                 log.warning("identity %s: %s", self.service, exc)
@@ -322,6 +328,7 @@ class IdentityManager:
         ca_url = str(answer.get("ca_url") or "")
         https.split_base(ca_url)
         self.ca_url = ca_url.rstrip("/")
+        self._ca_url_discovered = True
         host = urlsplit(self.api_url).hostname or ""
         if self.trust_domain is None and answer.get("trust_domain"):
             self.trust_domain = str(answer["trust_domain"])

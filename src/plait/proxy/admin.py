@@ -57,8 +57,10 @@ class AdminServer:
         metrics: Any = None,
         extra: Callable[[], dict[str, Any]] | None = None,
         identities: Any = None,
+        source: Any = None,
     ) -> None:
         self.dp = dp
+        self.source = source  # a ConfigSource (plait.proxy.main): live or last-known-good
         self.xds = xds
         self.metrics = metrics
         self.extra = extra
@@ -90,9 +92,15 @@ class AdminServer:
         return 200, TEXT, ("\n".join(p for p in self._routes if p != "/") + "\n").encode()
 
     def _ready(self) -> Answer:
+        source = self.source
         if self.dp.ready:
+            if source is not None:
+                return 200, TEXT, f"ready: {source.describe()}\n".encode()
             return 200, TEXT, b"ready\n"
-        return 503, TEXT, b"not ready: no config with listeners from the control plane yet\n"
+        reason = "not ready: no config with listeners from the control plane yet"
+        if source is not None and source.lkg_error:
+            reason += f"; the last-known-good config was not loaded: {source.lkg_error}"
+        return 503, TEXT, (reason + "\n").encode()
 
     def _config_dump(self) -> Answer:
         snap = self.dp.snapshot
@@ -100,16 +108,20 @@ class AdminServer:
             "node_id": self.dp.node_id,
             "ready": self.dp.ready,
             "versions": dict(snap.config.versions) if snap is not None else {},
+            "source": self.source.name if self.source is not None else None,
             "config": self.dp.config_dump(),
         }
         xds = self.xds
         if xds is not None:
             out["xds"] = {
                 "connected": xds.connected,
+                "target": getattr(xds, "target", None),
                 "acked": xds.acked,
                 "last_nack": xds.last_nack,
                 "last_error": getattr(xds, "last_error", None),
             }
+        if self.source is not None:
+            out["last_known_good"] = self.source.view()
         if self.identities is not None:
             out["identities"] = self.identities.view()["identities"]
         if self.extra is not None:

@@ -65,25 +65,63 @@ class AppAddress(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+def _one_or_many(value: str | tuple[str, ...], check: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return str(check(value))
+    if not value:
+        raise ValueError("give at least one address")
+    for i, item in enumerate(value):
+        try:
+            check(item)
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    return value
+
+
+def _check_host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:18000, got {value!r}")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError(f"expected a URL such as http://127.0.0.1:18001, got {value!r}")
+    return value
+
+
 class ControlPlane(_Strict):
-    xds: str  # host:port of the ADS server
-    api: str  # http://host:port of the HTTP API
+    """One control plane, or several replicas: each field is a string or a list of them."""
+
+    xds: str | tuple[str, ...]  # host:port of the ADS server(s)
+    api: str | tuple[str, ...]  # http://host:port of the HTTP API(s)
 
     @field_validator("xds")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"expected host:port such as 127.0.0.1:18000, got {value!r}")
-        return value
+    def _host_port(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        return _one_or_many(value, _check_host_port)
 
     @field_validator("api")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = urlsplit(value)
-        if url.scheme != "http" or not url.hostname:
-            raise ValueError(f"expected a URL such as http://127.0.0.1:18001, got {value!r}")
-        return value
+    def _http_url(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        return _one_or_many(value, _check_http_url)
+
+    @property
+    def xds_addresses(self) -> tuple[str, ...]:
+        return (self.xds,) if isinstance(self.xds, str) else self.xds
+
+    @property
+    def api_urls(self) -> tuple[str, ...]:
+        return (self.api,) if isinstance(self.api, str) else self.api
+
+
+class Guard(_Strict):
+    """The proxy-side push guard and panic threshold (docs/resilience.md)."""
+
+    confirm_after: Duration = 30.0  # an emptying EDS update must arrive again after this
+    panic_threshold: float = Field(default=50.0, ge=0.0, le=100.0)  # percent healthy
 
 
 class HealthCheck(_Strict):
@@ -169,6 +207,7 @@ class Bootstrap(_Strict):
     heartbeat_interval: Duration = 1.0
     lease_ttl: Duration = 10.0
     data_dir: str = ""  # "" = .plait/proxy-<node_id>
+    guard: Guard = Guard()
     access_log: str = "-"  # "-" = stdout
     ready_file: str | None = None
 

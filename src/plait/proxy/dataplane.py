@@ -32,7 +32,7 @@ from plait.proxy.accesslog import AccessLog, request_prefix, request_suffix
 from plait.proxy.deadlines import Deadlines
 from plait.proxy.http1 import Http1Server
 from plait.proxy.inbound import InboundAcceptor
-from plait.proxy.lb import Balancer, make_balancer
+from plait.proxy.lb import DEFAULT_PANIC_THRESHOLD, Balancer, make_balancer
 from plait.proxy.peer_identity import trust_domain_of
 from plait.proxy.proxy_status import hop_name
 from plait.proxy.router import Router
@@ -133,8 +133,10 @@ class DataPlane:
         upstream_idle_timeout: float = 60.0,
         downstream_idle_timeout: float = 300.0,
         request_head_timeout: float = 30.0,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     ) -> None:
         self.node_id = node_id
+        self.panic_threshold = panic_threshold  # percent healthy (plait.proxy.lb)
         self.local_services = tuple(local_services)
         self.metrics = metrics
         self.access_log = access_log
@@ -262,12 +264,18 @@ class DataPlane:
                     clock=self.clock,
                     on_connect=self._count_connect,
                 )
-                balancer = make_balancer(cluster.lb_policy, endpoints, self.rng)
+                balancer = make_balancer(
+                    cluster.lb_policy, endpoints, self.rng, panic_threshold=self.panic_threshold
+                )
                 state = ClusterState(cluster, balancer, pool)
             else:
                 if state.config.lb_policy != cluster.lb_policy:
                     state.balancer = make_balancer(
-                        cluster.lb_policy, endpoints, self.rng, previous=state.balancer
+                        cluster.lb_policy,
+                        endpoints,
+                        self.rng,
+                        previous=state.balancer,
+                        panic_threshold=self.panic_threshold,
                     )
                 else:
                     state.balancer.update(endpoints)
@@ -332,7 +340,20 @@ class DataPlane:
         duration = self.clock() - ex.started_at
         slot = ex.server.listener
         cluster = ex.cluster
-        destination = cluster.service if cluster is not None else slot.service or "unknown"
+        head = ex.head
+        # a rejected head: what identify_rejected() could tell of it (else None)
+        rejected = ex.rejection if head is None else None
+        destination = (
+            cluster.service
+            if cluster is not None
+            else slot.service or (rejected and rejected.destination) or "unknown"
+        )
+        if head is not None:
+            method: str | None = head.method.decode("latin-1")
+            path: str | None = head.path
+        else:
+            method = rejected.method.decode("latin-1") if rejected and rejected.method else None
+            path = rejected.path if rejected is not None else None
         error = ex.error
         if self.metrics is not None:
             self.metrics.request(
@@ -341,7 +362,6 @@ class DataPlane:
         access_log = self.access_log
         if access_log is None:
             return
-        head = ex.head
         upstream = ex.upstream_addr
         if not isinstance(access_log, AccessLog):  # a custom logger: the record as a dict
             access_log.log(
@@ -351,8 +371,8 @@ class DataPlane:
                     "direction": slot.direction,
                     "source": slot.source,
                     "destination": destination,
-                    "method": head.method.decode("latin-1") if head is not None else None,
-                    "path": head.path if head is not None else None,
+                    "method": method,
+                    "path": path,
                     "upstream": f"{upstream[0]}:{upstream[1]}" if upstream else None,
                     "status": ex.status,
                     "duration_ms": round(duration * 1000.0, 3),
@@ -380,8 +400,8 @@ class DataPlane:
             round(self.wall_clock(), 3),
             ex.request_id.decode("latin-1"),
             prefix,
-            head.method.decode("latin-1") if head is not None else None,
-            head.path if head is not None else None,
+            method,
+            path,
             self._upstream_text(upstream) if upstream else None,
             ex.status,
             round(duration * 1000.0, 3),
@@ -408,6 +428,7 @@ class DataPlane:
                 "lb_policy": state.config.lb_policy,
                 "discovery": state.config.discovery,
                 "connect_timeout": state.config.connect_timeout,
+                "panic": state.balancer.panic,
                 "endpoints": state.balancer.snapshot(),
                 "pool": state.pool.snapshot(),
             }

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from plait.proxy.http1_checks import MAX_HEAD_BYTES, HeadRejected, parse_request_head
+from plait.proxy.http1_checks import (
+    MAX_HEAD_BYTES,
+    HeadRejected,
+    identify_rejected,
+    parse_request_head,
+)
 from plait.proxy.http1_exchange import P_QUEUE, P_UPGRADE, Exchange, HeaderView
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
 
@@ -72,6 +77,7 @@ class Http1Server(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
+        self._head_pending = False  # a head is being read or checked: no Exchange yet
         self._head_bytes = 0
         self._stall = 0
         self._messages = 0
@@ -235,6 +241,7 @@ class Http1Server(asyncio.Protocol):
         if self.closing:  # answered and closing: parse nothing more
             raise HeadRejected("connection is closing")
         self._in_head = True
+        self._head_pending = True
         self._messages += 1
         self._url = b""
         self._headers = []
@@ -265,6 +272,7 @@ class Http1Server(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive(),
         )
+        self._head_pending = False
         ex = Exchange(self, head)
         self.current = ex
         self.queue.append(ex)
@@ -317,10 +325,28 @@ class Http1Server(asyncio.Protocol):
     def reject(self, err: HeadRejected) -> None:
         """Answer ``err`` (after responses already owed) and close; stop parsing."""
         self.closing = True  # no more parsing; the transport closes after the answer
+        if self._head_pending:  # keep the rejected request's identity (sane parts only)
+            self._head_pending = False
+            self._identify(err)
         ex = Exchange(self, None, err)
+        if err.request_id is not None:
+            ex.request_id, ex.new_request_id = err.request_id, None
         self.queue.append(ex)
         if len(self.queue) == 1:
             ex.start()
+
+    def _identify(self, err: HeadRejected) -> None:
+        try:
+            method = self.parser.get_method() if self._url else None
+        except Exception:  # the request line itself did not parse
+            method = None
+        identify_rejected(err, method, self._url, self._headers)
+        snap = self.dp.snapshot
+        router = snap.routers.get(self.listener.name) if snap is not None else None
+        if err.host is not None and router is not None:
+            vhost = router.virtual_host(err.host)
+            if vhost is not None and "*" not in vhost.domains:
+                err.destination = vhost.name  # a service name: bounded, like routed ones
 
     def exchange_finished(self, ex: Exchange) -> None:
         queue = self.queue

@@ -130,11 +130,57 @@ class HeadRejected(Exception):
     response), ``error`` the RFC 9209 error type, ``details`` a human-readable reason.
     """
 
+    # What is known of a rejected request, for its answer and access log line (set by
+    # identify_rejected(); None when unknown or not safe to repeat).
+    method: bytes | None = None
+    path: str | None = None
+    host: str | None = None
+    request_id: bytes | None = None
+    destination: str | None = None  # the service its Host names (set by the server)
+
     def __init__(self, details: str, status: int = 400, error: str = HTTP_REQUEST_ERROR) -> None:
         super().__init__(details)
         self.details = details
         self.status = status
         self.error = error
+
+
+_SANE_TOKEN: Final = re.compile(rb"[!-~]{1,200}")  # visible ASCII, no space
+_SANE_TARGET: Final = re.compile(rb"[!-~]{1,8192}")
+_SANE_HOST: Final = re.compile(
+    rb"[A-Za-z0-9._\-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
+)
+
+
+def identify_rejected(
+    err: HeadRejected, method: bytes | None, url: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Record on ``err`` the method, path, Host and x-request-id of the request it
+    rejects, from what was parsed of its head, each only if syntactically sane (so the
+    answer can echo the request id and the access log can name the request)."""
+    if method and method.translate(None, _TCHAR) == b"":
+        err.method = method
+    host: bytes | None = None
+    if url and _SANE_TARGET.fullmatch(url):
+        origin, authority = url, None
+        if url[:1] != b"/":
+            scheme, sep, rest = url.partition(b"://")
+            if sep and scheme.lower() in (b"http", b"https"):
+                authority, slash, tail = rest.partition(b"/")
+                origin = slash + tail or b"/"
+                authority = authority.rpartition(b"@")[2]
+        if origin[:1] == b"/":
+            err.path = origin.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii")
+        host = authority
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"x-request-id" and err.request_id is None:
+            if _SANE_TOKEN.fullmatch(value):
+                err.request_id = value
+        elif lname == b"host" and host is None:
+            host = value.strip(b" \t")
+    if host and _SANE_HOST.fullmatch(host):
+        err.host = host.decode("ascii").lower()
 
 
 def _upstream_fault(details: str) -> HeadRejected:

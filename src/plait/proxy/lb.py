@@ -2,9 +2,14 @@
 
 Rules:
 
-* Only healthy endpoints are picked; with none, ``pick()`` returns ``None`` and the
-  caller answers ``destination_unavailable`` (no panic mode: an unhealthy endpoint is
-  never tried).
+* Only healthy endpoints are picked -- unless the cluster is in *panic*: fewer than
+  ``panic_threshold`` percent (default 50) of its endpoints are healthy. Then, as in
+  Envoy, load is spread over all of them, healthy or not: a mass health failure is more
+  often a wrong signal than a dead fleet, and piling every request onto the few
+  survivors takes them down too. ``panic_threshold=0`` switches panic off. With no
+  endpoints at all, ``pick()`` returns ``None`` and the caller answers
+  ``destination_unavailable``. Endpoints kept by the proxy-side guard (``stale``) count
+  with the health they had.
 * Each endpoint has one :class:`EndpointState` holding its load counters. ``update()``
   (an EDS push) keeps the state of every endpoint that stays, keyed by address and
   port, so a config change never resets in-flight counts; an endpoint that leaves and
@@ -16,7 +21,8 @@ Rules:
   that many proxies do not all start on the same endpoint) and ``least_request``
   (power of two choices: two distinct random healthy endpoints, the one with fewer
   in-flight requests wins; a tie goes to the first draw, itself random).
-* ``pick()`` is the hot path: the healthy list is rebuilt on ``update()``, never per pick.
+* ``pick()`` is the hot path: the list it picks from (healthy, or all in panic) is
+  rebuilt on ``update()``, never per pick.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from typing import Protocol
 
 from plait.proxy.runtime import Endpoint, LbPolicy
 
+DEFAULT_PANIC_THRESHOLD = 50.0  # percent, Envoy's default
+
 __all__ = [
+    "DEFAULT_PANIC_THRESHOLD",
     "Balancer",
     "EndpointState",
     "LeastRequest",
@@ -68,6 +77,7 @@ class EndpointState:
             "address": self.endpoint.address,
             "port": self.endpoint.port,
             "healthy": self.endpoint.healthy,
+            "stale": self.endpoint.stale,
             "active": self.active,
             "total": self.total,
             "failures": self.failures,
@@ -97,25 +107,47 @@ class Balancer(Protocol):
         """Replace the endpoint set, keeping the state of endpoints that stay."""
         ...
 
+    @property
+    def panic(self) -> bool:
+        """True while too few endpoints are healthy and every endpoint is picked."""
+        ...
+
     def snapshot(self) -> list[dict[str, object]]:
         """For the admin ``/clusters`` page: one dict per endpoint."""
         ...
 
 
-class _Pool:
-    """The endpoint states of one cluster and the healthy subset (shared by policies)."""
+def in_panic(healthy: int, total: int, threshold: float) -> bool:
+    """Envoy's rule: panic when the healthy share is below ``threshold`` percent."""
+    return total > 0 and healthy * 100.0 < threshold * total
 
-    __slots__ = ("_by_key", "_healthy", "_states")
+
+class _Pool:
+    """The endpoint states of one cluster and the subset picks come from (shared by policies).
+
+    ``_healthy`` is that subset: the healthy endpoints, or all of them in panic.
+    """
+
+    __slots__ = ("_by_key", "_healthy", "_panic", "_states", "_threshold")
 
     def __init__(
-        self, endpoints: Sequence[Endpoint], previous: Sequence[EndpointState] = ()
+        self,
+        endpoints: Sequence[Endpoint],
+        previous: Sequence[EndpointState] = (),
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     ) -> None:
         self._by_key: dict[tuple[str, int], EndpointState] = {
             (s.endpoint.address, s.endpoint.port): s for s in previous
         }
         self._states: tuple[EndpointState, ...] = ()
         self._healthy: list[EndpointState] = []
+        self._panic = False
+        self._threshold = panic_threshold
         self.update(endpoints)
+
+    @property
+    def panic(self) -> bool:
+        return self._panic
 
     @property
     def states(self) -> Sequence[EndpointState]:
@@ -136,7 +168,9 @@ class _Pool:
             by_key[key] = state
         self._by_key = by_key
         self._states = tuple(by_key.values())
-        self._healthy = [s for s in self._states if s.endpoint.healthy]
+        healthy = [s for s in self._states if s.endpoint.healthy]
+        self._panic = in_panic(len(healthy), len(self._states), self._threshold)
+        self._healthy = list(self._states) if self._panic else healthy
         self._rebalanced()
 
     def _rebalanced(self) -> None:
@@ -156,9 +190,10 @@ class RoundRobin(_Pool):
         endpoints: Sequence[Endpoint],
         rng: random.Random,
         previous: Sequence[EndpointState] = (),
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     ) -> None:
         self._next = 0
-        super().__init__(endpoints, previous)
+        super().__init__(endpoints, previous, panic_threshold)
         if self._healthy:
             self._next = int(rng.random() * len(self._healthy))
 
@@ -186,9 +221,10 @@ class LeastRequest(_Pool):
         endpoints: Sequence[Endpoint],
         rng: random.Random,
         previous: Sequence[EndpointState] = (),
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     ) -> None:
         self._random = rng.random
-        super().__init__(endpoints, previous)
+        super().__init__(endpoints, previous, panic_threshold)
 
     def pick(self) -> EndpointState | None:
         healthy = self._healthy
@@ -222,13 +258,14 @@ def make_balancer(
     endpoints: Sequence[Endpoint],
     rng: random.Random,
     previous: Balancer | None = None,
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
 ) -> Balancer:
     """A balancer for ``policy``; with ``previous`` (a cluster whose policy changed), the
-    endpoint states and their counters carry over."""
+    endpoint states and their counters carry over. ``panic_threshold``: percent, see above."""
     cls = _POLICIES.get(policy)
     if cls is None:
         raise ValueError(
             f"unknown load-balancing policy {policy!r}; use one of {sorted(_POLICIES)}"
         )
     carried = previous.states if previous is not None else ()
-    return cls(endpoints, rng, carried)
+    return cls(endpoints, rng, carried, panic_threshold)

@@ -15,7 +15,12 @@ The stack, one step per line in :func:`run_proxy`:
 4. a HealthChecker per local service that has a health check;
 5. the Registrar: heartbeats each local service at its inbound address with its labels
    and current health, at once when a health check flips;
-6. the XdsClient, whose every accepted config goes to ``DataPlane.apply``;
+5b. the last-known-good config (:mod:`plait.proxy.lkg`, ``<data_dir>/lkg.dat``), if
+   there is one: applied at once and served until the control plane answers (a corrupt
+   file is reported and nothing of it is applied);
+6. the XdsClient (round-robin over the control plane addresses), whose every accepted
+   config goes through the proxy-side guard (:mod:`plait.proxy.guard`) to
+   ``DataPlane.apply``; every ACK rewrites the last-known-good file, off the loop;
 7. the ready file (atomically: temp file + rename), with the ports actually bound;
 8. run until SIGTERM/SIGINT; then stop accepting, let requests in flight finish (up to
    ``--grace`` seconds), flush the access log.
@@ -35,7 +40,9 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,16 +57,82 @@ from plait.proxy.bootstrap import (
 )
 from plait.proxy.bootstrap import node_metadata as make_node_metadata
 from plait.proxy.dataplane import DataPlane
+from plait.proxy.guard import EndpointGuard
 from plait.proxy.health import HealthChecker
 from plait.proxy.identities import ProxyIdentities
+from plait.proxy.lkg import LkgError, LkgMeta, LkgWriter, iso_time, lkg_path, load_lkg
 from plait.proxy.metrics import Metrics
 from plait.proxy.registration import Registrar, instance_records, kick_on_change
+from plait.proxy.runtime import ProxyConfig
 from plait.proxy.xds_client import XdsClient
 
 log = logging.getLogger("plait.proxy")
 
 FLUSH_INTERVAL = 1.0
 GC_THRESHOLD = 20_000  # gen0 allocations between collections (CPython's default: 700)
+
+
+@dataclass
+class ConfigSource:
+    """Where the served config came from: ``live`` (the control plane), ``last-known-good``
+    (the file, while the control plane has not answered) or None (nothing yet)."""
+
+    name: str | None = None
+    lkg: LkgMeta | None = None
+    lkg_error: str | None = None
+    lkg_written_at: float | None = None
+
+    def describe(self) -> str:
+        if self.name == "last-known-good" and self.lkg is not None:
+            return (
+                f"serving last-known-good config version {self.lkg.version} "
+                f"from {self.lkg.saved_at_iso}"
+            )
+        return "serving live config from the control plane"
+
+    def view(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.name, "load_error": self.lkg_error}
+        if self.lkg is not None:
+            out.update(path=self.lkg.path, version=self.lkg.version, saved_at=self.lkg.saved_at_iso)
+        if self.lkg_written_at is not None:
+            out["last_written"] = iso_time(self.lkg_written_at)
+        return out
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat's ``config_source`` field."""
+        out: dict[str, Any] = {"source": self.name}
+        if self.name == "last-known-good" and self.lkg is not None:
+            out.update(version=self.lkg.version, saved_at=self.lkg.saved_at_iso)
+        return {"config_source": out}
+
+
+def boot_from_lkg(path: Path, node_id: str, metrics: Metrics, source: ConfigSource) -> Any:
+    """The last-known-good config and its raw resources, or None (no file, or a bad one:
+    logged, counted, kept in ``source.lkg_error`` for ``/ready``)."""
+    try:
+        config, meta = load_lkg(path)
+        if meta.node_id and meta.node_id != node_id:
+            raise LkgError(f"{path}: written by node {meta.node_id!r}, not {node_id!r}")
+    except FileNotFoundError:
+        return None
+    except LkgError as exc:
+        source.lkg_error = str(exc)
+        log.error("last-known-good config not loaded: %s", exc)
+        metrics.inc(
+            "plait_lkg_load_errors_total",
+            {},
+            help="Last-known-good files found unusable at start (corrupt, truncated, ...).",
+        )
+        return None
+    source.lkg = meta
+    log.warning(
+        "loaded the last-known-good config %s (version %s from %s); serving it until the "
+        "control plane answers",
+        path,
+        meta.version,
+        meta.saved_at_iso,
+    )
+    return config, meta
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
@@ -117,7 +190,11 @@ async def run_proxy(
         local_services=[svc.name for svc in boot.services],
         metrics=metrics,
         access_log=AccessLog(writer.write),
+        panic_threshold=boot.guard.panic_threshold,
     )
+    source = ConfigSource()
+    guard = EndpointGuard(time.monotonic, boot.guard.confirm_after)
+    lkg_file = lkg_path(boot.data_dir)
     tasks: list[asyncio.Task[Any]] = []
     admin: AdminServer | None = None
     xds: XdsClient | None = None
@@ -126,12 +203,13 @@ async def run_proxy(
         identities = make_identities(dp, boot, metrics, ca, ca_bundle, tokens or {})
         checkers: dict[str, HealthChecker] = {}
         registrar = Registrar(
-            boot.control_plane.api,
+            boot.control_plane.api_urls,
             boot.node_id,
             lambda: instance_records(boot, bound, {n: c.healthy for n, c in checkers.items()}),
             boot.heartbeat_interval,
             boot.lease_ttl,
             identities=identities.heartbeat if identities is not None else None,
+            extra=source.heartbeat,
         )
         for svc in boot.services:
             if svc.health_check is not None:
@@ -141,13 +219,33 @@ async def run_proxy(
                     svc.app.port,
                     on_change=kick_on_change(registrar),
                 )
+        lkg_writer = LkgWriter(
+            lkg_file,
+            boot.node_id,
+            clock=time.time,
+            on_written=lambda t: setattr(source, "lkg_written_at", t),
+        )
+        stored = boot_from_lkg(lkg_file, boot.node_id, metrics, source)
+        if stored is not None:
+            dp.apply(guard.filter(stored[0]))
+            source.name = "last-known-good"
+
+        def on_config(config: ProxyConfig) -> None:
+            dp.apply(guard.filter(config))
+            if source.name != "live":
+                log.info("serving live config from the control plane")
+            source.name = "live"
+
         xds = XdsClient(
-            boot.control_plane.xds,
+            boot.control_plane.xds_addresses,
             boot.node_id,
             make_node_metadata(boot, bound),
-            on_config=dp.apply,
+            on_config=on_config,
+            initial_config=stored[0] if stored is not None else None,
+            initial_resources=stored[1].resources if stored is not None else None,
+            on_ack=lkg_writer.submit,
         )
-        admin = AdminServer(dp, xds=xds, metrics=metrics, identities=identities)
+        admin = AdminServer(dp, xds=xds, metrics=metrics, identities=identities, source=source)
         admin_address = await admin.start(boot.admin.address, boot.admin.port)
 
         def spawn(coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -248,7 +346,7 @@ def make_identities(
         boot.data_dir,
         bundle_file=ca_bundle,
         metrics=metrics,
-        api_url=boot.control_plane.api,
+        api_url=boot.control_plane.api_urls[0],
     )
 
 

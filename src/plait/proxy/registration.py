@@ -7,6 +7,10 @@ its labels and current health — every ``interval`` seconds, and at once when
 node's instances on the control plane and renews their lease, so a missed one costs
 nothing as long as a later one arrives within the ttl. Failures are logged and retried
 at the next beat; :meth:`Registrar.run` never raises for them.
+
+With several control plane APIs (replicas), a heartbeat goes to the one that answered
+last; when it fails, the next ones are tried in turn within the same beat.
+``extra`` adds fields to every heartbeat (the proxy's ``config_source``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from plait.jsonhttp import request_json
@@ -51,7 +55,7 @@ def instance_records(
 class Registrar:
     def __init__(
         self,
-        api_url: str,
+        api_url: str | Sequence[str],
         node_id: str,
         instances: Callable[[], list[dict[str, Any]]],
         interval: float,
@@ -60,8 +64,11 @@ class Registrar:
         timeout: float = 5.0,
         request: RequestJson | None = None,
         identities: Callable[[], list[dict[str, Any]]] | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.api_url = api_url
+        self.api_urls = [api_url] if isinstance(api_url, str) else list(api_url)
+        self.api_url = self.api_urls[0]
+        self._extra = extra
         self.node_id = node_id
         self.interval = interval
         self.ttl = ttl
@@ -97,10 +104,9 @@ class Registrar:
                 versions = {i["bundle_version"] for i in ids if i.get("bundle_version")}
                 if len(versions) == 1:
                     body["bundle_version"] = versions.pop()
-            status, answer = await self._send(body)
-            if status != 200:
-                error = answer.get("error") if isinstance(answer, dict) else answer
-                raise RuntimeError(f"HTTP {status}: {error}")
+            if self._extra is not None:
+                body.update(self._extra())
+            await self._send_to_first_answering(body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -122,8 +128,30 @@ class Registrar:
         self.sent += 1
         return True
 
-    async def _send(self, body: dict[str, Any]) -> tuple[int, Any]:
-        return await self._request(self.api_url, "POST", HEARTBEAT_PATH, body, self._timeout)
+    async def _send_to_first_answering(self, body: dict[str, Any]) -> None:
+        """The current API first, then the others in order; raises the last failure."""
+        start = self.api_urls.index(self.api_url)
+        failure: Exception | None = None
+        for i in range(len(self.api_urls)):
+            url = self.api_urls[(start + i) % len(self.api_urls)]
+            try:
+                status, answer = await self._request(
+                    url, "POST", HEARTBEAT_PATH, body, self._timeout
+                )
+                if status != 200:
+                    error = answer.get("error") if isinstance(answer, dict) else answer
+                    raise RuntimeError(f"HTTP {status}: {error}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = exc
+                continue
+            if url != self.api_url:
+                log.info("heartbeats now go to %s", url)
+                self.api_url = url
+            return
+        assert failure is not None
+        raise failure
 
 
 def kick_on_change(registrar: Registrar) -> Callable[[bool], None]:

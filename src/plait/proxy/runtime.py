@@ -90,6 +90,9 @@ class Endpoint:
     address: str
     port: int
     healthy: bool = True
+    # kept by the proxy-side guard after an update that would have emptied its cluster,
+    # until the control plane confirms the removal (docs/resilience.md)
+    stale: bool = False
 
 
 @dataclass(frozen=True)

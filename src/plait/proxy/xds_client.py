@@ -22,6 +22,14 @@ When the stream fails or ends, the config is kept (the data plane keeps serving 
 the next session starts after an exponential backoff with jitter
 (:func:`backoff_delay`); a session that got at least one response resets the backoff.
 ``connected`` is true while the current stream has delivered a response.
+
+Several control planes (a list of targets): each reconnect goes to the next address,
+round-robin, after the same backoff (docs/resilience.md). The SDS subscription of every
+stream is sent without a version, so the control plane always answers it: a stream that
+works delivers at least one response even when every other type is unchanged (how a proxy
+booted from its last-known-good config learns that the control plane is back).
+``on_ack`` gets the config and the raw resources (``Any``) of every type after each ACK,
+for the last-known-good file (:mod:`plait.proxy.lkg`).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -77,7 +85,7 @@ class XdsClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         node_id: str,
         metadata: dict[str, Any],
         on_config: Callable[[ProxyConfig], None],
@@ -86,8 +94,18 @@ class XdsClient:
         backoff_max: float = 5.0,
         rng: random.Random | None = None,
         initial_config: ProxyConfig | None = None,
+        initial_resources: Mapping[str, Sequence[Any]] | None = None,
+        on_ack: Callable[[ProxyConfig, dict[str, list[Any]]], None] | None = None,
     ) -> None:
-        self._target = target
+        self._targets = [target] if isinstance(target, str) else list(target)
+        if not self._targets:
+            raise ValueError("XdsClient needs at least one control plane address")
+        self._target_index = 0
+        self._target = self._targets[0]
+        self._on_ack = on_ack
+        self._resources: dict[str, list[Any]] = {
+            t: list(r) for t, r in (initial_resources or {}).items()
+        }
         self._node = make_node(node_id, metadata)
         self._on_config = on_config
         self._backoff_initial = backoff_initial
@@ -112,6 +130,11 @@ class XdsClient:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def target(self) -> str:
+        """The control plane address of the current (or next) stream."""
+        return self._target
 
     @property
     def config(self) -> ProxyConfig:
@@ -152,11 +175,15 @@ class XdsClient:
             if self._stopping:
                 break
             attempt = 0 if self._got_response else attempt + 1
+            previous = self._target
+            self._target_index = (self._target_index + 1) % len(self._targets)
+            self._target = self._targets[self._target_index]
             delay = backoff_delay(attempt, self._backoff_initial, self._backoff_max, self._rng)
             log.warning(
-                "xDS stream to %s ended (%s); reconnecting in %.2fs",
-                self._target,
+                "xDS stream to %s ended (%s); reconnecting to %s in %.2fs",
+                previous,
                 self._last_error,
+                self._target,
                 delay,
             )
             with contextlib.suppress(TimeoutError):
@@ -215,9 +242,15 @@ class XdsClient:
             return
         self._config = config
         self._acked[type_url] = version
+        self._resources[type_url] = list(response.resources)
         self._last_nack.pop(type_url, None)
         log.info("%s version %s accepted", short_name(type_url), version)
         await self._send(call, type_url)
+        if self._on_ack is not None:
+            try:
+                self._on_ack(config, dict(self._resources))
+            except Exception:
+                log.exception("on_ack failed for %s version %s", short_name(type_url), version)
         await self._resubscribe(call)
 
     async def _nack(self, call: Any, type_url: str, version: str, error: str) -> None:
@@ -236,9 +269,12 @@ class XdsClient:
     async def _send(self, call: Any, type_url: str, *, error: str | None = None) -> None:
         names_of = _NAMED_TYPES.get(type_url)
         names = names_of(self._config) if names_of is not None else []
+        version = self._acked.get(type_url, "")
+        if type_url == SECRET and type_url not in self._nonces:
+            version = ""  # the stream's first SDS request: always answered (see above)
         request = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
-            version_info=self._acked.get(type_url, ""),
+            version_info=version,
             resource_names=names,
             response_nonce=self._nonces.get(type_url, ""),
         )

@@ -261,27 +261,31 @@ async def wait_status(control: Control, node_id: str, status: str) -> dict[str, 
 
 
 async def connect_and_sync(control: Control, node_id: str) -> AdsClient:
-    """Wildcard CDS+LDS, then EDS/RDS by name, all ACKed."""
+    """Wildcard CDS+LDS, then EDS/RDS by name, all ACKed. Make-before-break across ACKs
+    (plait.control.sequencing): the listeners (whose inline route names inbound|orders)
+    wait for the CDS ACK, the routes for the EDS ACK."""
     client = AdsClient(control.xds, proxy_node(node_id))
     client.send(CLUSTER)
     client.send(LISTENER)
     cds = await client.recv()
-    lds = await client.recv()
-    assert (cds.type_url, lds.type_url) == (CLUSTER, LISTENER)  # clusters first
+    assert cds.type_url == CLUSTER  # clusters first, and alone
     clusters = names_of(cds)
     assert clusters == ["inbound|orders", "outbound|orders", "outbound|orders|version=v2"]
-    assert names_of(lds) == ["inbound|orders", "outbound"]
     client.ack(cds)
+    lds = await client.recv()
+    assert lds.type_url == LISTENER
+    assert names_of(lds) == ["inbound|orders", "outbound"]
     client.ack(lds)
     eds_names = [c for c in clusters if c.startswith("outbound|")]
     client.send(ENDPOINT, eds_names)
     client.send(ROUTE, ["outbound"])
     eds = await client.recv()
-    rds = await client.recv()
-    assert (eds.type_url, rds.type_url) == (ENDPOINT, ROUTE)
+    assert eds.type_url == ENDPOINT
     assert names_of(eds) == eds_names
-    assert names_of(rds) == ["outbound"]
     client.ack(eds, eds_names)
+    rds = await client.recv()
+    assert rds.type_url == ROUTE
+    assert names_of(rds) == ["outbound"]
     client.ack(rds, ["outbound"])
     return client
 
@@ -362,19 +366,31 @@ def test_a_new_cluster_goes_out_before_the_route_naming_it(control: Control) -> 
         try:
             canary = CONFIG.replace("version: v2", "version: v3")
             await api(control, "POST", "/v1/apply", {"filename": "c.yaml", "yaml": canary})
-            got = [await client.recv() for _ in range(3)]
-            # CDS (the new subset cluster) before RDS (the route naming it). EDS in
-            # between: the subscribed v2 assignment is gone; v3's endpoints come when the
-            # client asks for them.
-            assert [r.type_url for r in got] == [CLUSTER, ENDPOINT, ROUTE]
-            assert "outbound|orders|version=v3" in names_of(got[0])
-            assert names_of(got[1]) == ["outbound|orders"]
-            client.ack(got[0])  # CDS stays a wildcard subscription
-            client.ack(got[1], names_of(got[1]))
-            client.ack(got[2], ["outbound"])
-            client.send(ENDPOINT, ["outbound|orders", "outbound|orders|version=v3"])
+            v2, v3 = "outbound|orders|version=v2", "outbound|orders|version=v3"
+            # make: CDS with v3 added and v2 kept (the applied route still names it); the
+            # route naming v3 waits until v3 and its endpoints are ACKed
+            cds = await client.recv()
+            assert cds.type_url == CLUSTER
+            assert {v2, v3} <= set(names_of(cds))
+            await client.expect_silence()
+            client.ack(cds)  # CDS stays a wildcard subscription
+            names = ["outbound|orders", v2, v3]
+            client.send(ENDPOINT, names)
             eds = await client.recv()
-            assert names_of(eds) == ["outbound|orders", "outbound|orders|version=v3"]
+            assert eds.type_url == ENDPOINT and names_of(eds) == names
+            await client.expect_silence()
+            client.ack(eds, names)
+            rds = await client.recv()
+            assert rds.type_url == ROUTE
+            client.ack(rds, ["outbound"])
+            # break: with the new route ACKed, v2 goes, then its endpoints
+            cds2 = await client.recv()
+            assert cds2.type_url == CLUSTER
+            assert v3 in names_of(cds2) and v2 not in names_of(cds2)
+            client.ack(cds2)
+            client.send(ENDPOINT, ["outbound|orders", v3], eds.version_info, eds.nonce)
+            eds2 = await client.recv()
+            assert names_of(eds2) == ["outbound|orders", v3]
         finally:
             await client.close()
 

@@ -142,8 +142,8 @@ def test_malformed_request_gets_400_and_never_reaches_the_app(
     assert closed, "the proxy did not close the connection"
     assert raw.count(b"HTTP/1.1") == 1, raw  # nothing after the 400
 
-    # The proxy logs its 400 with the same error type (found by count: a head rejected
-    # outright is logged without method and path) ...
+    # The proxy logs its 400 with the same error type, and the request's method, path
+    # and destination (even for a head rejected outright) ...
     wait_until(
         lambda: len(rejections(mesh, listener)) == len(rejected_before) + 1,
         10.0,
@@ -153,9 +153,10 @@ def test_malformed_request_gets_400_and_never_reaches_the_app(
     (line,) = [x for x in rejections(mesh, listener) if x not in rejected_before]
     assert line["status"] == 400 and line["node"] == HOST, line
     assert line["details"] and line["details"] in proxy_status, (line, proxy_status)
+    assert (line["method"], line["path"], line["destination"]) == ("POST", path, "frontend")
     # ... and the app never handled it: it would have called orders with the same path.
     time.sleep(0.3)
-    seen = lines_for(mesh, path)
+    seen = [x for x in lines_for(mesh, path) if x != line]
     assert not [line for line in seen if line["destination"] != "frontend"], seen
     assert not [line for line in seen if line["status"] == 200], seen
     if case == "cl-te":  # ambiguous framing: not even the head goes upstream
@@ -165,6 +166,46 @@ def test_malformed_request_gets_400_and_never_reaches_the_app(
     # The mesh still serves well-formed requests.
     status2, _, answer = mesh.request(HOST, "http://frontend/after-malformed")
     assert status2 == 200 and chain_of(answer)[0] == "frontend/v1", answer
+
+
+@pytest.mark.parametrize("listener", ["outbound", "inbound"])
+def test_a_rejected_request_keeps_its_identity(mesh: Mesh, listener: str) -> None:
+    """Content-Length + Transfer-Encoding is refused mid-head, yet the 400 keeps the
+    client's x-request-id and the access log line its method, path and destination."""
+    host = mesh.hosts[HOST]
+    path = f"/clte-{uuid.uuid4().hex[:8]}"
+    request_id = f"my-id-{uuid.uuid4().hex[:8]}"
+    if listener == "outbound":
+        address, target = host.outbound, f"http://frontend{path}?q=1"
+    else:
+        address, target = host.inbound("frontend"), f"{path}?q=1"
+    data = (
+        f"POST {target} HTTP/1.1\r\nHost: frontend\r\nx-request-id: {request_id}\r\n"
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ).encode()
+
+    raw, closed = send_raw(address, data)
+
+    status, headers, _ = parse_head(raw)
+    assert status == 400 and closed, raw
+    assert headers.get("x-request-id") == request_id, headers
+    assert "error=http_request_error" in headers.get("proxy-status", ""), headers
+
+    def logged() -> list[dict[str, Any]]:
+        return [x for x in access_lines(mesh, HOST) if x["request_id"] == request_id]
+
+    wait_until(lambda: logged(), 10.0, f"the 400 for {request_id} in {HOST}'s access log")
+    (line,) = logged()
+    assert line["direction"] == listener and line["status"] == 400, line
+    assert (line["method"], line["path"]) == ("POST", path), line
+    assert line["destination"] == "frontend", line
+    assert line["error"] == "http_request_error", line
+
+    # An x-request-id that is not sane to repeat is replaced, not echoed.
+    bad = data.replace(request_id.encode(), b"two words")
+    raw, _ = send_raw(address, bad)
+    status, headers, _ = parse_head(raw)
+    assert status == 400 and headers.get("x-request-id") not in (None, "two words"), headers
 
 
 RECORDER_SERVICE = """\

@@ -42,14 +42,15 @@ def service(name: str, **spec: Any) -> Service:
 
 def config(*backends: dict[str, int], timeout: str = "5s", connect: str = "1s") -> ConfigSet:
     """frontend and orders; with ``backends`` ({version: weight}), a Route for orders."""
-    services = {"frontend": service("frontend"), "orders": service("orders", connectTimeout=connect)}
+    services = {
+        "frontend": service("frontend"),
+        "orders": service("orders", connectTimeout=connect),
+    }
     routes = {}
     if backends:
         rules = [
             {
-                "backends": [
-                    {"subset": {"version": v}, "weight": w} for v, w in sorted(b.items())
-                ],
+                "backends": [{"subset": {"version": v}, "weight": w} for v, w in sorted(b.items())],
                 "timeout": timeout,
             }
             for b in backends
@@ -95,7 +96,9 @@ class ModelProxy:
 
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
-        self.applied: dict[str, dict[str, Any]] = {t: {} for t in (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+        self.applied: dict[str, dict[str, Any]] = {
+            t: {} for t in (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+        }
         self.versions: dict[str, str] = {}
         self.log: list[str] = []  # "send CDS", "ACK RDS", ... for playbook assertions
         self.connect()
@@ -217,9 +220,7 @@ class ModelProxy:
 
 
 def short(type_url: str) -> str:
-    return {SECRET: "SDS", CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}[
-        type_url
-    ]
+    return {SECRET: "SDS", CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}[type_url]
 
 
 def settled_proxy(cfg: ConfigSet) -> tuple[SnapshotCache, ModelProxy]:
@@ -326,7 +327,11 @@ def test_a_nacked_route_keeps_the_clusters_it_names() -> None:
     assert proxy.inbox[0].type_url == ROUTE
     proxy.deliver(nack=True)
     proxy.drain()
-    assert V1 in proxy.applied[CLUSTER] and proxy.route_targets() == {V1, "outbound|frontend", ORDERS}
+    assert V1 in proxy.applied[CLUSTER] and proxy.route_targets() == {
+        V1,
+        "outbound|frontend",
+        ORDERS,
+    }
     assert proxy.watch.status() == NACKED
 
 

@@ -178,3 +178,54 @@ def test_write_errors_drop_the_batch_without_raising() -> None:
 def test_max_buffer_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BufferedWriter(io.StringIO(), max_buffer=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(),
+    st.one_of(st.none(), st.text()),
+    st.one_of(st.none(), st.text()),
+    st.one_of(st.none(), st.text()),
+    st.floats(min_value=0, max_value=1e6),
+)
+def test_request_line_is_the_same_as_the_record_line(
+    request_id: str, path: str | None, details: str | None, peer: str | None, ms: float
+) -> None:
+    from plait.proxy.accesslog import request_prefix, request_suffix
+
+    fast: list[str] = []
+    AccessLog(fast.append).request(
+        1700000000.123,
+        request_id,
+        request_prefix("outbound", "web", 'or"ders'),
+        "GET",
+        path,
+        "10.0.0.2:80",
+        200,
+        ms,
+        0,
+        1024,
+        None,
+        details,
+        request_suffix("host-a", peer, None),
+    )
+    record = {
+        "time": 1700000000.123,
+        "request_id": request_id,
+        "direction": "outbound",
+        "source": "web",
+        "destination": 'or"ders',
+        "method": "GET",
+        "path": path,
+        "upstream": "10.0.0.2:80",
+        "status": 200,
+        "duration_ms": ms,
+        "bytes_in": 0,
+        "bytes_out": 1024,
+        "error": None,
+        "details": details,
+        "node": "host-a",
+        "peer": peer,
+        "rbac": None,
+    }
+    assert fast == [format_record(record)]

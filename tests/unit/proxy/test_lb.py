@@ -14,6 +14,7 @@ from plait.proxy.lb import (
     EndpointState,
     LeastRequest,
     RoundRobin,
+    in_panic,
     make_balancer,
 )
 from plait.proxy.runtime import Endpoint
@@ -45,6 +46,7 @@ def test_endpoint_state_counters() -> None:
         "address": "10.0.0.1",
         "port": 80,
         "healthy": True,
+        "stale": False,
         "active": 0,
         "total": 2,
         "failures": 1,
@@ -67,14 +69,15 @@ def test_no_endpoints(policy: str) -> None:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_no_healthy_endpoint(policy: str) -> None:
-    b = make_balancer(policy, eps(3, unhealthy=(0, 1, 2)), random.Random(0))  # type: ignore[arg-type]
+    b = make_balancer(policy, eps(3, unhealthy=(0, 1, 2)), random.Random(0), panic_threshold=0)  # type: ignore[arg-type]
     assert all(b.pick() is None for _ in range(10))
     assert len(b.snapshot()) == 3
+    assert not b.panic
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_single_healthy_endpoint(policy: str) -> None:
-    b = make_balancer(policy, eps(4, unhealthy=(0, 1, 3)), random.Random(0))  # type: ignore[arg-type]
+    b = make_balancer(policy, eps(4, unhealthy=(0, 1, 3)), random.Random(0), panic_threshold=0)  # type: ignore[arg-type]
     assert {addr(b.pick()) for _ in range(50)} == {"10.0.0.2"}
 
 
@@ -89,7 +92,7 @@ def test_never_picks_an_unhealthy_endpoint(
     policy: str, health: list[bool], loads: list[int], seed: int
 ) -> None:
     endpoints = [Endpoint(f"10.0.0.{i}", 80, healthy=h) for i, h in enumerate(health)]
-    b = make_balancer(policy, endpoints, random.Random(seed))  # type: ignore[arg-type]
+    b = make_balancer(policy, endpoints, random.Random(seed), panic_threshold=0)  # type: ignore[arg-type]
     for state, load in zip(b.states, loads, strict=False):
         state.active = load
     for _ in range(30):
@@ -168,6 +171,7 @@ def test_snapshot_shape() -> None:
             "address": "10.0.0.0",
             "port": 8080,
             "healthy": True,
+            "stale": False,
             "active": 1,
             "total": 1,
             "failures": 0,
@@ -176,6 +180,7 @@ def test_snapshot_shape() -> None:
             "address": "10.0.0.1",
             "port": 8080,
             "healthy": False,
+            "stale": False,
             "active": 0,
             "total": 0,
             "failures": 0,
@@ -278,3 +283,69 @@ def test_p2c_is_deterministic_for_a_seed() -> None:
     a = LeastRequest(eps(6), random.Random(77))
     b = LeastRequest(eps(6), random.Random(77))
     assert [addr(a.pick()) for _ in range(200)] == [addr(b.pick()) for _ in range(200)]
+
+
+# --- panic threshold (docs/resilience.md) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("healthy", "total", "threshold", "panic"),
+    [
+        (0, 0, 50, False),  # no endpoints: nothing to spread over
+        (0, 3, 50, True),
+        (1, 3, 50, True),  # 33% < 50%
+        (1, 2, 50, False),  # exactly 50% is not below it
+        (2, 3, 50, False),
+        (3, 4, 80, True),
+        (0, 3, 0, False),  # 0 switches panic off
+        (4, 4, 100, False),
+    ],
+)
+def test_in_panic(healthy: int, total: int, threshold: float, panic: bool) -> None:
+    assert in_panic(healthy, total, threshold) is panic
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_panic_spreads_over_every_endpoint(policy: str) -> None:
+    b = make_balancer(policy, eps(4, unhealthy=(0, 1, 3)), random.Random(0))  # type: ignore[arg-type]
+    assert b.panic
+    assert {addr(b.pick()) for _ in range(400)} == {f"10.0.0.{i}" for i in range(4)}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_all_unhealthy_is_panic_not_none(policy: str) -> None:
+    b = make_balancer(policy, eps(2, unhealthy=(0, 1)), random.Random(0))  # type: ignore[arg-type]
+    assert b.panic and b.pick() is not None
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_panic_ends_when_health_returns(policy: str) -> None:
+    b = make_balancer(policy, eps(3, unhealthy=(0, 1)), random.Random(0))  # type: ignore[arg-type]
+    assert b.panic
+    b.update(eps(3, unhealthy=(0,)))
+    assert not b.panic
+    assert {addr(b.pick()) for _ in range(100)} == {"10.0.0.1", "10.0.0.2"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policy=st.sampled_from(POLICIES),
+    health=st.lists(st.booleans(), min_size=1, max_size=10),
+    threshold=st.sampled_from([0.0, 25.0, 50.0, 100.0]),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_picks_follow_the_panic_rule(
+    policy: str, health: list[bool], threshold: float, seed: int
+) -> None:
+    endpoints = [Endpoint(f"10.0.0.{i}", 80, healthy=h) for i, h in enumerate(health)]
+    b = make_balancer(policy, endpoints, random.Random(seed), panic_threshold=threshold)  # type: ignore[arg-type]
+    panic = sum(health) * 100.0 < threshold * len(health)
+    assert b.panic is panic
+    for _ in range(30):
+        picked = b.pick()
+        if panic:
+            assert picked is not None
+        elif not any(health):
+            assert picked is None
+        else:
+            assert picked is not None and picked.healthy
