@@ -168,3 +168,18 @@ def proxy_status(api: ApiOption = None, state_dir: StateDirOption = Path(".plait
         console.print("no proxy has connected to the control plane yet")
         return
     console.print(proxy_table(nodes))
+    for line in config_source_lines(nodes):
+        console.print(line, markup=False)
+
+
+def config_source_lines(nodes: list[dict[str, Any]]) -> list[str]:
+    """One line per proxy serving its last-known-good config (docs/resilience.md)."""
+    lines = []
+    for node in sorted(nodes, key=lambda n: str(n.get("node_id"))):
+        source = node.get("config_source") or {}
+        if source.get("source") == "last-known-good":
+            lines.append(
+                f"{node.get('node_id')}: serving last-known-good config version "
+                f"{source.get('version', '?')} from {source.get('saved_at', '?')}"
+            )
+    return lines

@@ -126,6 +126,9 @@ class ControlApi:
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        # node id -> where its proxy's config comes from, as its last heartbeat said
+        # ({"source": "live"|"last-known-good", "version", "saved_at"}; docs/resilience.md)
+        self.config_sources: dict[str, dict[str, str]] = {}
         self.routes: list[Route] = [
             ("GET", re.compile(r"/v1/health"), self.health),
             ("POST", re.compile(r"/v1/apply"), self.apply),
@@ -222,6 +225,13 @@ class ControlApi:
             raise HttpError(400, "heartbeat: 'bundle_version' must be a string")
         if bundle_version and self.plane.ca is not None:
             self.plane.ca.report_bundle(node_id, bundle_version)
+        source = body.get("config_source")
+        if isinstance(source, dict):
+            self.config_sources[node_id] = {
+                key: value
+                for key in ("source", "version", "saved_at")
+                if isinstance(value := source.get(key), str)
+            }
         return Response(200, {"ok": True})
 
     async def registry(self, request: Request) -> Response:
@@ -229,7 +239,12 @@ class ControlApi:
         return Response(200, {"instances": rows})
 
     async def proxy_status(self, request: Request) -> Response:
-        return Response(200, {"nodes": self.plane.cache.status_rows()})
+        rows = self.plane.cache.status_rows()
+        for row in rows:
+            source = self.config_sources.get(row["node_id"])
+            if source:
+                row["config_source"] = source
+        return Response(200, {"nodes": rows})
 
     async def status(self, request: Request) -> Response:
         return Response(200, self.plane.status())

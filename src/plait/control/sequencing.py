@@ -202,8 +202,11 @@ def plan(views: Mapping[str, TypeView], available_endpoints: Iterable[str] = ())
     if kept_clusters:
         retained[CLUSTER] = kept_clusters
     if eds is not None and eds.names:
-        staged_clusters = {**cds.target, **kept_clusters}
-        needed = {load_assignment_name(c) for c in staged_clusters.values()}
+        # only for the clusters kept beyond the target: a target cluster's endpoints are
+        # the target's (even if that means none)
+        needed = load_assignment_names(kept_clusters.values()) - {
+            load_assignment_name(c) for c in cds.target.values()
+        }
         known_cla = eds.known()
         kept_cla = {
             name: known_cla[name]

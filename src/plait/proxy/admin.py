@@ -43,6 +43,8 @@ def _json(obj: Any, status: int = 200) -> Answer:
 def _plain(obj: Any) -> Any:
     if isinstance(obj, frozenset | set):
         return sorted(obj)
+    if isinstance(obj, bytes):  # PEM trust bundles: text
+        return obj.decode("utf-8", "replace")
     return str(obj)
 
 

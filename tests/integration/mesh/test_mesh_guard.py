@@ -13,7 +13,7 @@ inventory).
   reloaded from the store expire together after their ttl: the guard holds the change
   (every service emptied, the registry gutted), the proxies keep their endpoints, not
   one request fails, and `plait status` and `/v1/guard` show it. `plait guard approve`
-  then pushes it (the proxies drop the endpoints). The API goes back to its port and
+  then pushes it (the proxies ACK the new endpoints). The API goes back to its port and
   the heartbeats refill the registry.
 """
 
@@ -28,12 +28,14 @@ from urllib.parse import urlsplit
 
 import pytest
 from mesh_harness import (
+    EDS,
     RequestLoop,
     all_endpoints_known,
     all_synced,
     describe_failures,
     endpoints,
     get_json,
+    proxy_status,
     summarize,
     sync_summary,
     wait_until,
@@ -89,9 +91,7 @@ def test_rolling_restart_is_not_held(mesh: Mesh) -> None:
             )
             assert guard(mesh)["held"] == 0
             mesh.set_healthy(host, "orders", True)
-            wait_until(
-                lambda: all(registry_health(mesh, "orders")), 10.0, f"{host} healthy again"
-            )
+            wait_until(lambda: all(registry_health(mesh, "orders")), 10.0, f"{host} healthy again")
             wait_until(
                 lambda: len(endpoints(mesh, "host-frontend", "outbound|orders")) == 4,
                 10.0,
@@ -160,15 +160,23 @@ def test_every_lease_dropped_at_once_is_held(mesh: Mesh, tmp_path: Path) -> None
     assert listed.returncode == 0 and orders_hold["id"] in listed.stdout, listed
 
     registry_hold = next(h for h in info["holds"] if h["service"] is None)
+    eds_before = proxy_status(mesh)["host-frontend"]["types"][EDS]["acked"]
     approved = plait(
         "guard", "approve", registry_hold["id"], "--api", mesh.api_url, "--state-dir", str(tmp_path)
     )
     assert approved.returncode == 0, approved.stderr
     assert guard(mesh)["held"] == 0
+    # the approved change is pushed: the frontend's proxy ACKs a new EDS version (what it
+    # then serves is the proxy-side guard's business: it keeps an emptied cluster's
+    # endpoints, marked stale, until the removal is confirmed; docs/resilience.md)
     wait_until(
-        lambda: endpoints(mesh, "host-frontend", "outbound|orders") == set(),
+        lambda: (
+            (node := proxy_status(mesh)["host-frontend"])["types"][EDS]["acked"] != eds_before
+            and node["status"] == "SYNCED"
+        ),
         10.0,
-        "the approved change in the frontend's proxy",
+        "the approved change ACKed by the frontend's proxy",
+        describe=lambda: sync_summary(mesh),
     )
 
     # the heartbeats' API port again: the registry refills, additions pass at once

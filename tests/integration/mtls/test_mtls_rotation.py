@@ -135,3 +135,8 @@ def test_root_rotation_under_load(mesh: tuple[MtlsMesh, Proxy, Proxy]) -> None:
         time.sleep(2)
     assert load.ok > 20
     assert load.failed == []
+    # the trust bundle the proxies got over SDS is the CA's current one (old root retired)
+    bundle = api_call(m.api, "GET", "/v1/ca/bundle")[1]["bundle"]
+    for p in (front, orders):
+        sds = json.loads(p.admin("/config_dump"))["config"]["secrets"]["trust-bundle"]["trusted_ca"]
+        assert sds.strip() == bundle.strip(), f"{p.name} serves a stale SDS trust bundle"

@@ -114,6 +114,12 @@ def test_boots_from_last_known_good_then_goes_live(
     assert json.loads(http(info["admin"] + "/config_dump")[2])["source"] == "live"
     assert get(info) == 200
 
+    def reported_live() -> bool:
+        nodes = json.loads(http(api + "/v1/proxy-status")[2])["nodes"]
+        return any(n.get("config_source", {}).get("source") == "live" for n in nodes)
+
+    until(reported_live)  # the heartbeat tells the control plane
+
     # a corrupt file, control plane down: a clear message, nothing half served
     cp.send_signal(signal.SIGKILL)
     cp.wait(5)
@@ -128,8 +134,9 @@ def test_boots_from_last_known_good_then_goes_live(
     assert status == 503
     assert str(lkg) in body.decode() and "checksum mismatch" in body.decode()
     assert get(info) == 503
-    stop(p)
-    assert str(lkg) in p.stderr.read().decode() if p.stderr and not p.stderr.closed else True
+    p.terminate()
+    _, err = p.communicate(timeout=10)
+    assert str(lkg) in err.decode()
     lt.run(app.stop())
 
 
