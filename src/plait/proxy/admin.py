@@ -2,7 +2,7 @@
 
 | path | answer |
 |---|---|
-| ``/ready`` | 200 ``ready`` once a config with listeners is applied, else 503 (text) |
+| ``/ready`` | 200 once a config is applied (live or last-known-good), else 503 + reason |
 | ``/config_dump`` | JSON: the applied ProxyConfig, xDS versions, ACK/NACK state |
 | ``/clusters`` | JSON: per cluster, endpoints with health and LB state, connection pool |
 | ``/listeners`` | JSON: bound listeners and whether the config names them |
