@@ -311,6 +311,44 @@ class _ResponseCollector:
         self.done = True
 
 
+def request_head(
+    method: str,
+    host: str,
+    port: int,
+    target: str,
+    content_length: int,
+    *,
+    json_body: bool,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """The head of a one-shot JSON request (``Connection: close``); shared by the HTTP and
+    HTTPS (:mod:`plait.identity.https`) clients. ``method`` is sent as given."""
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Accept: application/json",
+        "Connection: close",
+        f"Content-Length: {content_length}",
+    ]
+    if json_body:
+        lines.append("Content-Type: application/json")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def read_json_response(reader: asyncio.StreamReader) -> tuple[int, Any] | None:
+    """Read one HTTP response; ``(status, decoded JSON body)``, or None if the connection
+    closed before the response was complete. Raises ``httptools.HttpParserError``."""
+    collector = _ResponseCollector()
+    parser = httptools.HttpResponseParser(collector)
+    while not collector.done:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return None
+        parser.feed_data(chunk)
+    return parser.get_status_code(), _decode_body(bytes(collector.body))
+
+
 async def request_json(
     base_url: str, method: str, path: str, body: Any = None, timeout: float = 5.0
 ) -> tuple[int, Any]:
@@ -321,31 +359,19 @@ async def request_json(
     host, port = url.hostname, url.port or 80
     target = url.path.rstrip("/") + path
     payload = b"" if body is None else json.dumps(body).encode()
-    head = (
-        f"{method.upper()} {target} HTTP/1.1\r\n"
-        f"Host: {host}:{port}\r\n"
-        "Accept: application/json\r\n"
-        "Connection: close\r\n"
-        f"Content-Length: {len(payload)}\r\n"
-        + ("Content-Type: application/json\r\n" if body is not None else "")
-        + "\r\n"
+    head = request_head(
+        method.upper(), host, port, target, len(payload), json_body=body is not None
     )
 
     async def exchange() -> tuple[int, Any]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(head.encode("latin-1") + payload)
+            writer.write(head + payload)
             await writer.drain()
-            collector = _ResponseCollector()
-            parser = httptools.HttpResponseParser(collector)
-            while not collector.done:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                parser.feed_data(chunk)
-            if not collector.done:
+            answer = await read_json_response(reader)
+            if answer is None:
                 raise ConnectionError(f"{base_url}: connection closed before a full response")
-            return parser.get_status_code(), _decode_body(bytes(collector.body))
+            return answer
         finally:
             writer.close()
             with contextlib.suppress(OSError):

@@ -8,15 +8,14 @@
     gen-<N>/intermediate.crt   0644
     gen-<N>/intermediate.key   0600
 
-Every file is written atomically: a new file is created with its final mode (``os.open``
-with the mode, then ``fchmod`` so the umask cannot widen or narrow it), written, fsynced
-and renamed over the old one. Generations that are no longer part of the CA (a retired
-root) are deleted when the CA is saved.
+Every file is written atomically with :func:`plait.fsutil.write_atomic`: a new file gets
+its final mode before the first byte (``fchmod``, so the umask cannot widen or narrow it),
+is written, fsynced and renamed over the old one. Generations that are no longer part of
+the CA (a retired root) are deleted when the CA is saved.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from plait.fsutil import write_atomic
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -89,28 +90,6 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def write_file(path: str, data: bytes, mode: int) -> None:
-    """Atomically replace ``path`` with ``data``; the file has exactly ``mode``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _private_dir(path: str) -> None:
     os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     os.chmod(path, DIR_MODE)
@@ -138,10 +117,10 @@ def write(
         for name, data, mode in files:
             path = os.path.join(gen_dir, name)
             if not os.path.exists(path):
-                write_file(path, data, mode)
+                write_atomic(path, data, mode)
     payload = {"format": STATE_FORMAT, "trust_domain": trust_domain, **state}
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    write_file(os.path.join(directory, STATE_FILE), text.encode(), CERT_MODE)
+    write_atomic(os.path.join(directory, STATE_FILE), text.encode(), CERT_MODE)
     for entry in os.listdir(directory):
         if entry.startswith("gen-") and entry not in keep:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import typer
 
+from plait.fsutil import write_json_atomic
 from plait.jsonhttp import request_json_sync
 
 STATE_FILE = "up.json"
@@ -61,9 +62,7 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
 def write_state(state_dir: Path, state: dict[str, Any]) -> Path:
     """Write the state file atomically (temp file + rename)."""
     path = state_path(state_dir)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, state, indent=2, newline=True)
     return path
 
 

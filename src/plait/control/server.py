@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import secrets
@@ -24,7 +22,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 from cryptography import x509
@@ -43,6 +40,7 @@ from plait.control.guard import GuardSettings
 from plait.control.plane import ControlPlane
 from plait.control.store import Store
 from plait.control.store_etcd import EtcdStore, parse_store_url
+from plait.fsutil import write_json_atomic
 from plait.jsonhttp import serve_json, server_port
 from plait.model.resources import parse_duration
 
@@ -65,22 +63,6 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-def write_ready_file(path: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` atomically (temp file in the same dir + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _reachable(host: str) -> str:
@@ -285,9 +267,8 @@ async def run_control(
         api.ca_url = tls_api.ca_url = ca_url
         log.info("serving xDS (ADS) on %s, HTTP API on %s, CA on %s", xds_addr, api_url, ca_url)
         if ready_file:
-            write_ready_file(
-                ready_file, {"pid": os.getpid(), "xds": xds_addr, "api": api_url, "ca": ca_url}
-            )
+            ready = {"pid": os.getpid(), "xds": xds_addr, "api": api_url, "ca": ca_url}
+            write_json_atomic(ready_file, ready, 0o600, make_parents=True, newline=True)
         ca_plane = plane.ca
 
         def ca_tick() -> None:

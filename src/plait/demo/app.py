@@ -54,6 +54,7 @@ from plait.demo.http import (
     read_body,
     read_head,
 )
+from plait.fsutil import write_json_atomic
 
 PROPAGATED = ("x-request-id", "traceparent", "tracestate")
 
@@ -291,9 +292,7 @@ async def _serve_connection(
 
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
     """Write ``info`` as JSON atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    write_json_atomic(path, info)
 
 
 async def serve(cfg: AppConfig, sock: socket.socket, ready_file: Path | None) -> None:

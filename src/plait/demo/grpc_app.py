@@ -21,6 +21,8 @@ from concurrent import futures
 
 import grpc
 
+from plait.fsutil import write_json_atomic
+
 SERVICE = "plait.demo.Echo"
 METHOD = "Who"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
@@ -59,10 +61,7 @@ def build_server(
 
 def write_ready_file(path: str, data: dict[str, object]) -> None:
     """Write ``data`` as JSON to ``path`` atomically (temp file + rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

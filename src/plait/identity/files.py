@@ -1,8 +1,8 @@
 """Atomic, private file writes for keys, certificates and bundles.
 
 A reader (an app loading ``cert.pem``, the proxy at start) must never see half a file:
-every write goes to a temporary file in the same directory, is flushed and fsynced, gets
-its final mode, then replaces the target with ``os.replace`` (atomic on POSIX). Private
+every write goes through :func:`plait.fsutil.write_atomic` (a temporary file in the same
+directory, flushed and fsynced, with its final mode, then ``os.replace``). Private
 keys are created ``0600`` from the first byte (``os.open`` with the mode, not a chmod
 afterwards), in a directory made ``0700`` when this module creates it.
 
@@ -15,7 +15,6 @@ not match or with roots that do not include its issuer.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -30,24 +29,3 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     if not target.is_dir():
         target.mkdir(parents=True, mode=0o700, exist_ok=True)
     return target
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from creation."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, flags | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; never widens a key
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from plait.jsonhttp import read_json_response, request_head
 from plait.proxy.peer_identity import PeerRejected, check_peer
 
 
@@ -39,18 +40,6 @@ def client_context(bundle_pem: bytes | None, *, verify: bool = True) -> ssl.SSLC
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.body = bytearray()
-        self.done = False
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.done = True
 
 
 def split_base(url: str) -> tuple[str, int, str]:
@@ -74,17 +63,9 @@ async def request(
     """``(status, decoded JSON body)``; raises :class:`HttpsError` when it cannot."""
     host, port, prefix = split_base(base_url)
     payload = b"" if body is None else json.dumps(body).encode()
-    lines = [
-        f"{method} {prefix}{path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Accept: application/json",
-        "Connection: close",
-        f"Content-Length: {len(payload)}",
-    ]
-    if body is not None:
-        lines.append("Content-Type: application/json")
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    head = request_head(
+        method, host, port, prefix + path, len(payload), json_body=body is not None, headers=headers
+    )
 
     async def exchange() -> tuple[int, Any]:
         reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
@@ -97,21 +78,10 @@ async def request(
                     raise HttpsError(f"{base_url}: not the control plane: {verdict.reason}")
             writer.write(head + payload)
             await writer.drain()
-            collector = _Collector()
-            parser = httptools.HttpResponseParser(collector)
-            while not collector.done:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                parser.feed_data(chunk)
-            if not collector.done:
+            answer = await read_json_response(reader)
+            if answer is None:
                 raise HttpsError(f"{base_url}: connection closed before a full response")
-            text = bytes(collector.body)
-            try:
-                decoded = json.loads(text) if text.strip() else None
-            except ValueError:
-                decoded = {"error": text.decode("utf-8", "replace")}
-            return parser.get_status_code(), decoded
+            return answer
         finally:
             writer.close()
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from plait.identity.files import ensure_private_dir, write_atomic
+from plait.fsutil import write_atomic
+from plait.identity.files import ensure_private_dir
 
 PrivateKey = ec.EllipticCurvePrivateKey
 

@@ -58,9 +58,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from plait.ca.spiffe import CONTROL_SERVICE, InvalidSpiffeId, SpiffeId
+from plait.fsutil import write_atomic
 from plait.identity import https, renewal
 from plait.identity.csr import build_csr
-from plait.identity.files import BUNDLE_FILE, CERT_FILE, KEY_FILE, ensure_private_dir, write_atomic
+from plait.identity.files import BUNDLE_FILE, CERT_FILE, KEY_FILE, ensure_private_dir
 from plait.identity.keys import PrivateKey, key_pem, load_or_create_key
 from plait.jsonhttp import request_json
 from plait.proxy.peer_identity import PeerRejected, check_peer

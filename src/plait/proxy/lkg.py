@@ -31,13 +31,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +45,7 @@ from typing import Any
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
+from plait import fsutil
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
 from plait.proxy.xds_decode import apply_response
 from plait.xds.types import PUSH_ORDER, short_name
@@ -255,24 +254,7 @@ def load_lkg(path: str | os.PathLike[str]) -> tuple[ProxyConfig, LkgMeta]:
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsutil.write_atomic(path, data, 0o600, make_parents=True, fsync_dir=True)
 
 
 class LkgWriter:

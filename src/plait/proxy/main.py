@@ -34,18 +34,17 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from plait.fsutil import write_json_atomic
 from plait.proxy.accesslog import AccessLog, BufferedWriter
 from plait.proxy.admin import AdminServer
 from plait.proxy.bootstrap import (
@@ -137,17 +136,7 @@ def boot_from_lkg(path: Path, node_id: str, metrics: Metrics, source: ConfigSour
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
     """Write ``info`` as JSON to ``path`` atomically (temp file in the same dir + rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, info, 0o600, make_parents=True)
 
 
 def open_access_log(spec: str) -> BufferedWriter:
