@@ -29,11 +29,11 @@ demo: $(STAMP)
 	$(BIN)/plait up
 
 test: $(STAMP) deps
-	$(BIN)/pytest -q -n 2 --dist loadfile tests
+	$(BIN)/pytest -q -n 2 --dist loadfile tests benchmarks/tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict $(CORES)
 
 bench: $(STAMP)
