@@ -199,6 +199,65 @@ class Mesh:
             self.wait_started([name])
         return host
 
+    def restart_proxy(self, name: str, timeout: float = 10.0) -> Host:
+        """Stop host ``name``'s proxy by PID (SIGTERM) and start it again, apps untouched.
+
+        Listeners the bootstrap left on port 0 are pinned first to the ports the proxy
+        actually bound (from its ready file), so the new process binds the same ports:
+        the apps' ``--proxy`` and the endpoints peers know stay right.
+        """
+        host = self.hosts[name]
+        info = host._info()
+        doc = yaml.safe_load(host.bootstrap.read_text())
+
+        def pin(listener: dict[str, Any], bound: str) -> None:
+            if int(listener.get("port", 0)) == 0:
+                listener["port"] = int(bound.rpartition(":")[2])
+
+        pin(doc.setdefault("admin", {"address": self.address}), info["admin"].rstrip("/"))
+        pin(doc.setdefault("outbound", {"address": self.address}), info["outbound"])
+        for svc in doc.get("services") or []:
+            pin(svc.setdefault("inbound", {"address": self.address}), info["inbound"][svc["name"]])
+            own = (info.get("outbound_services") or {}).get(svc["name"])
+            if own:
+                pin(svc.setdefault("outbound", {"address": self.address}), own)
+        host.bootstrap.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.supervisor.stop([host.proxy.name], timeout=timeout)
+        host.ready_file.unlink(missing_ok=True)
+        host.ready = None
+        argv = [self.python, "-m", "plait.proxy", "--config", str(host.bootstrap)]
+        host.proxy = self.supervisor.start(f"proxy:{name}", "proxy", argv)
+        host.ready = self.supervisor.wait_ready_file(
+            host.proxy, host.ready_file, self.start_timeout
+        )
+        return host
+
+    def restart_host(self, name: str, timeout: float = 10.0) -> Host:
+        """Restart host ``name``: its proxy (SIGTERM: it deregisters and drains), then its
+        apps, by PID; then start them again with the same bootstrap, except that the apps
+        get new sockets and the listeners the bootstrap left on port 0 new ports (the
+        registry learns them by heartbeat). Waits until the proxy and apps are ready."""
+        old = self.hosts[name]
+        self.supervisor.stop([old.proxy.name], timeout=timeout)  # drains first
+        self.supervisor.stop([p.name for p in old.app_procs.values()], timeout=timeout)
+        for sock in old.app_sockets.values():
+            sock.close()
+        sockets = {
+            app.name: socket.create_server((self.address, 0), backlog=512) for app in old.apps
+        }
+        ports = {svc: sock.getsockname()[1] for svc, sock in sockets.items()}
+        doc = yaml.safe_load(old.bootstrap.read_text())
+        for svc in doc.get("services") or []:
+            svc["app"]["port"] = ports[svc["name"]]
+        old.bootstrap.write_text(yaml.safe_dump(doc, sort_keys=False))
+        old.ready_file.unlink(missing_ok=True)
+        argv = [self.python, "-m", "plait.proxy", "--config", str(old.bootstrap)]
+        proxy = self.supervisor.start(f"proxy:{name}", "proxy", argv)
+        host = Host(name, old.apps, old.bootstrap, old.ready_file, ports, proxy, sockets)
+        self.hosts[name] = host
+        self.wait_started([name])
+        return host
+
     def bootstrap_for(
         self, node: str, apps: Sequence[App], ports: Mapping[str, int], ready: Path
     ) -> dict[str, Any]:

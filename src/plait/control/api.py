@@ -219,6 +219,13 @@ class ControlApi:
     async def heartbeat(self, request: Request) -> Response:
         body = request.json()
         node_id, ttl, instances = parse_heartbeat(body)
+        leaving = body.get("leaving", False)
+        if not isinstance(leaving, bool):
+            raise HttpError(400, "heartbeat: 'leaving' must be true or false")
+        if leaving:  # a proxy shutting down (docs/resilience.md, "Graceful shutdown")
+            self.plane.leave(node_id)
+            self.config_sources.pop(node_id, None)
+            return Response(200, {"ok": True})
         self.plane.heartbeat(node_id, instances, ttl)
         bundle_version = body.get("bundle_version")
         if bundle_version is not None and not isinstance(bundle_version, str):

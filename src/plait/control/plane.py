@@ -196,17 +196,32 @@ class ControlPlane:
             self._schedule(instances=True)
         return changed
 
+    def leave(self, node_id: str) -> bool:
+        """A proxy shutting down: drop its lease (and its row in the store) at once.
+        The change goes through the push guard like any other; True if the view changed."""
+        if self.syncing:
+            self._sync_waiting.discard(node_id)
+            self.check_sync()
+        if self.registry.lease_row(node_id) is None:
+            return False
+        changed = self.registry.remove(node_id)
+        self.store.delete_leases([node_id])
+        log.info("registry: node %s left (graceful shutdown)", node_id)
+        if changed:
+            self._schedule(instances=True)
+        return changed
+
     def sweep(self) -> list[str]:
         """Drop expired leases (and their rows in the store); push if instances went away."""
         self.check_sync()
         if getattr(self.store, "expires_leases", False):
             return []  # etcd expires leases itself; store_changed() hears of it
-        before = len(self.registry.instances())
+        before = self.registry.instance_count()
         expired = self.registry.expire(self.clock())
         if expired:
             self.store.delete_leases(expired)
             log.info("registry: lease expired for %s", ", ".join(expired))
-            if len(self.registry.instances()) != before:
+            if self.registry.instance_count() != before:
                 self._schedule(instances=True)
         return expired
 

@@ -206,6 +206,8 @@ class Bootstrap(_Strict):
     services: tuple[LocalService, ...] = ()
     heartbeat_interval: Duration = 1.0
     lease_ttl: Duration = 10.0
+    # on SIGTERM: deregister, keep serving this long so peers drop us, then close
+    drain_time: Duration = 2.0
     data_dir: str = ""  # "" = .plait/proxy-<node_id>
     guard: Guard = Guard()
     access_log: str = "-"  # "-" = stdout

@@ -22,8 +22,10 @@ The stack, one step per line in :func:`run_proxy`:
    config goes through the proxy-side guard (:mod:`plait.proxy.guard`) to
    ``DataPlane.apply``; every ACK rewrites the last-known-good file, off the loop;
 7. the ready file (atomically: temp file + rename), with the ports actually bound;
-8. run until SIGTERM/SIGINT; then stop accepting, let requests in flight finish (up to
-   ``--grace`` seconds), flush the access log.
+8. run until SIGTERM/SIGINT; then, if there are local services and ``drain_time`` > 0,
+   deregister them (a last heartbeat with ``"leaving": true``) and keep serving for
+   ``drain_time`` seconds (default 2) so peers get the EDS update; then stop accepting,
+   let requests in flight finish (up to ``--grace`` seconds), flush the access log.
 
 The access log is flushed about once a second and at shutdown.
 """
@@ -245,7 +247,8 @@ async def run_proxy(
         if identities is not None:
             for name, coro in identities.tasks():
                 spawn(coro, name)
-        spawn(registrar.run(), "registrar")
+        registrar_task = loop.create_task(registrar.run(), name="registrar")
+        tasks.append(registrar_task)
         spawn(xds.run(), "xds")
         spawn(_flush_every(writer, FLUSH_INTERVAL), "access-log-flush")
 
@@ -261,6 +264,12 @@ async def run_proxy(
         settle_gc()
         await stop.wait()
         log.info("proxy %s stopping", boot.node_id)
+        if boot.services and boot.drain_time > 0:
+            registrar_task.cancel()
+            await asyncio.gather(registrar_task, return_exceptions=True)
+            await registrar.leave()
+            log.info("proxy %s draining for %gs", boot.node_id, boot.drain_time)
+            await asyncio.sleep(boot.drain_time)
     finally:
         if xds is not None:
             xds.stop()

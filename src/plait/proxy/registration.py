@@ -128,6 +128,25 @@ class Registrar:
         self.sent += 1
         return True
 
+    async def leave(self, timeout: float = 1.0) -> bool:
+        """Deregister at shutdown: one heartbeat with no instances and ``"leaving": true``
+        (the control plane drops the node's lease at once; an older one just sees no
+        instances). Call after cancelling :meth:`run`. Whether it was accepted."""
+        body: dict[str, Any] = {
+            "node_id": self.node_id,
+            "ttl": self.ttl,
+            "instances": [],
+            "leaving": True,
+        }
+        try:
+            await asyncio.wait_for(self._send_to_first_answering(body), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("deregistration at shutdown failed: %s: %s", type(exc).__name__, exc)
+            return False
+        return True
+
     async def _send_to_first_answering(self, body: dict[str, Any]) -> None:
         """The current API first, then the others in order; raises the last failure."""
         start = self.api_urls.index(self.api_url)

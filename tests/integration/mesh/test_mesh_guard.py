@@ -6,7 +6,8 @@ inventory).
 
 - Rolling restart: each orders instance in turn goes unhealthy (its /healthz fails, as
   when it drains) and comes back before the next. Never more than one of four is down,
-  so the guard holds nothing; not one request fails.
+  so the guard holds nothing; not one request fails. (The same with real process
+  restarts, proxy and app, is test_mesh_rolling_restart.py.)
 - Every lease dropped at once: the control plane is killed and started again with its
   API on another port, so the proxies' heartbeats cannot reach it (the registry's
   source is broken, the story of docs/resilience.md) while xDS still works. The leases

@@ -133,3 +133,18 @@ def test_no_guard_pushes_everything(tmp_path: Path) -> None:
     clock.now += 11
     plane.sweep()
     assert served(plane, "orders") == 0 and not plane.guard.holds()
+
+
+def test_a_leaving_node_is_dropped_at_once_and_is_ordinary_churn(tmp_path: Path) -> None:
+    clock = Clock()
+    plane = new_plane(tmp_path / "db", clock)
+    plane.apply("svc.yaml", SERVICES)
+    beat_all(plane)
+    assert plane.leave("n-orders-0") is True
+    assert served(plane, "orders") == 3  # 1 of 4 (25%): not held
+    assert plane.guard.holds() == []
+    assert "n-orders-0" not in plane.registry.node_ids()
+    assert all(row.node_id != "n-orders-0" for row in plane.store.load_leases())
+    assert plane.leave("n-orders-0") is False  # unknown now: nothing to do
+    plane.heartbeat("n-orders-0", [inst("orders", 0)], 10.0)  # the replacement
+    assert served(plane, "orders") == 4
