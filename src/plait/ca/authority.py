@@ -30,7 +30,7 @@ Pure apart from :meth:`save`/:meth:`load`; time and randomness are passed in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -215,32 +215,62 @@ class CertificateAuthority:
     def load(cls, directory: str, now: datetime, rng: Rng) -> CertificateAuthority:
         """Load what :meth:`save` wrote. Raises CaError (or OSError) if it is unusable."""
         try:
-            trust_domain, files, raw = pki_files.read(directory)
+            parts = pki_files.read(directory)
         except (pki_files.PkiFileError, KeyError, ValueError, TypeError) as exc:
             raise CaError(f"the CA in {directory} cannot be loaded: {exc}") from None
-        gens = [Generation(*f) for f in files]
-        for gen in gens:
-            check_ca_pair(*_pair(gen), now)
-        state = _State(
-            rotation=raw["rotation"],
-            issuer=int(raw["issuer"]),
-            bundle=tuple(int(i) for i in raw["bundle"]),
-            old=None if raw.get("old") is None else int(raw["old"]),
-            last_not_after={
-                int(k): datetime.fromisoformat(v) for k, v in raw["last_not_after"].items()
-            },
-        )
+        return cls._from_parts(parts, now, rng, directory)
+
+    @classmethod
+    def from_blobs(
+        cls,
+        state_bytes: bytes,
+        blobs: Mapping[str, bytes],
+        now: datetime,
+        rng: Rng,
+        where: str,
+    ) -> CertificateAuthority:
+        """Load what :meth:`to_blobs` gave (e.g. from etcd). Raises CaError."""
+        try:
+            parts = pki_files.from_blobs(state_bytes, blobs.get, where)
+        except (pki_files.PkiFileError, KeyError, ValueError, TypeError) as exc:
+            raise CaError(f"the CA in {where} cannot be loaded: {exc}") from None
+        return cls._from_parts(parts, now, rng, where)
+
+    @classmethod
+    def _from_parts(
+        cls,
+        parts: tuple[str, list[pki_files.GenerationFiles], dict[str, Any]],
+        now: datetime,
+        rng: Rng,
+        where: str,
+    ) -> CertificateAuthority:
+        trust_domain, files, raw = parts
+        try:
+            gens = [Generation(*f) for f in files]
+            for gen in gens:
+                check_ca_pair(*_pair(gen), now)
+            state = _State(
+                rotation=raw["rotation"],
+                issuer=int(raw["issuer"]),
+                bundle=tuple(int(i) for i in raw["bundle"]),
+                old=None if raw.get("old") is None else int(raw["old"]),
+                last_not_after={
+                    int(k): datetime.fromisoformat(v) for k, v in raw["last_not_after"].items()
+                },
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CaError(f"the CA in {where} cannot be loaded: {exc}") from None
         if state.rotation not in (STABLE, DISTRIBUTING, RETIRING):
-            raise CaError(f"unknown rotation state {state.rotation!r} in {directory}")
+            raise CaError(f"unknown rotation state {state.rotation!r} in {where}")
         return cls(trust_domain, gens, rng, state)
 
-    def save(self, directory: str) -> None:
-        """Write keys (0600), certificates (0644) and state.json; drop retired generations."""
+    def _saved_parts(
+        self,
+    ) -> tuple[str, list[pki_files.GenerationFiles], dict[str, Any]]:
         if self.external:
             raise CaError("a CA on an existing PKI is not saved: its files stay where they are")
         st = self._state
-        pki_files.write(
-            directory,
+        return (
             self.trust_domain,
             [
                 (g.id, g.root, g.root_key, g.intermediate, g.intermediate_key)
@@ -254,6 +284,30 @@ class CertificateAuthority:
                 "last_not_after": {str(k): v.isoformat() for k, v in st.last_not_after.items()},
             },
         )
+
+    def save(self, directory: str) -> None:
+        """Write keys (0600), certificates (0644) and state.json; drop retired generations."""
+        pki_files.write(directory, *self._saved_parts())
+
+    def to_blobs(self) -> tuple[bytes, dict[str, bytes]]:
+        """state.json's bytes and ``gen-<N>/<file>`` -> bytes (keys unencrypted PEM)."""
+        state_bytes, files = pki_files.to_blobs(*self._saved_parts())
+        return state_bytes, {name: data for name, (data, _) in files.items()}
+
+    def adopt(self, other: CertificateAuthority) -> None:
+        """Take ``other``'s generations and state (a newer copy of the same CA, e.g. saved
+        by another control-plane replica), keeping this object (others hold its methods)."""
+        if other.trust_domain != self.trust_domain or other.external != self.external:
+            raise CaError(f"the shared CA is for {other.trust_domain}, not {self.trust_domain}")
+        self._gens = dict(other._gens)
+        self._state = replace(other._state, last_not_after=dict(other._state.last_not_after))
+
+    def note_issued(self, gen_id: int, not_after: datetime) -> None:
+        """Remember that generation ``gen_id`` issued a certificate valid until
+        ``not_after`` (sign_csr does it; this merges another copy's issuance)."""
+        last = self._state.last_not_after.get(gen_id)
+        if gen_id in self._gens and (last is None or not_after > last):
+            self._state.last_not_after[gen_id] = not_after
 
     # -- issuing ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -95,6 +96,24 @@ def _private_dir(path: str) -> None:
     os.chmod(path, DIR_MODE)
 
 
+def to_blobs(
+    trust_domain: str, gens: list[GenerationFiles], state: dict[str, Any]
+) -> tuple[bytes, dict[str, tuple[bytes, int]]]:
+    """The saved form of a CA: state.json's bytes, and ``gen-<N>/<file>`` -> (bytes, mode)
+    for every generation's files (the layout above; the etcd store uses the same names)."""
+    files: dict[str, tuple[bytes, int]] = {}
+    for gen_id, root, root_key, inter, inter_key in gens:
+        base = f"gen-{gen_id}/"
+        files[base + "root.crt"] = (cert_pem(root), CERT_MODE)
+        files[base + "intermediate.crt"] = (cert_pem(inter), CERT_MODE)
+        files[base + "intermediate.key"] = (key_pem(inter_key), KEY_MODE)
+        if root_key is not None:
+            files[base + "root.key"] = (key_pem(root_key), KEY_MODE)
+    payload = {"format": STATE_FORMAT, "trust_domain": trust_domain, **state}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    return text.encode(), files
+
+
 def write(
     directory: str, trust_domain: str, gens: list[GenerationFiles], state: dict[str, Any]
 ) -> None:
@@ -102,25 +121,15 @@ def write(
 
     Key and certificate files of a generation never change, so existing ones are kept."""
     _private_dir(directory)
-    keep = set()
-    for gen_id, root, root_key, inter, inter_key in gens:
-        gen_dir = os.path.join(directory, f"gen-{gen_id}")
-        keep.add(f"gen-{gen_id}")
-        _private_dir(gen_dir)
-        files: list[tuple[str, bytes, int]] = [
-            ("root.crt", cert_pem(root), CERT_MODE),
-            ("intermediate.crt", cert_pem(inter), CERT_MODE),
-            ("intermediate.key", key_pem(inter_key), KEY_MODE),
-        ]
-        if root_key is not None:
-            files.append(("root.key", key_pem(root_key), KEY_MODE))
-        for name, data, mode in files:
-            path = os.path.join(gen_dir, name)
-            if not os.path.exists(path):
-                write_atomic(path, data, mode)
-    payload = {"format": STATE_FORMAT, "trust_domain": trust_domain, **state}
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    write_atomic(os.path.join(directory, STATE_FILE), text.encode(), CERT_MODE)
+    state_bytes, files = to_blobs(trust_domain, gens, state)
+    keep = {name.split("/")[0] for name in files}
+    for gen_dir in sorted(keep):
+        _private_dir(os.path.join(directory, gen_dir))
+    for name, (data, mode) in files.items():
+        path = os.path.join(directory, *name.split("/"))
+        if not os.path.exists(path):
+            write_atomic(path, data, mode)
+    write_atomic(os.path.join(directory, STATE_FILE), state_bytes, CERT_MODE)
     for entry in os.listdir(directory):
         if entry.startswith("gen-") and entry not in keep:
             shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
@@ -133,29 +142,47 @@ def _read(path: str) -> bytes:
 
 def read(directory: str) -> tuple[str, list[GenerationFiles], dict[str, Any]]:
     """The trust domain, the generations and the raw state of a saved CA."""
-    raw = json.loads(_read(os.path.join(directory, STATE_FILE)))
+
+    def blob(name: str) -> bytes | None:
+        path = os.path.join(directory, *name.split("/"))
+        return _read(path) if os.path.exists(path) else None
+
+    return from_blobs(_read(os.path.join(directory, STATE_FILE)), blob, directory)
+
+
+def from_blobs(
+    state_bytes: bytes, blob: Callable[[str], bytes | None], where: str
+) -> tuple[str, list[GenerationFiles], dict[str, Any]]:
+    """The inverse of :func:`to_blobs`: ``blob(name)`` is a file's bytes (None: absent);
+    ``where`` (a directory or an etcd prefix) names the files in errors."""
+    raw = json.loads(state_bytes)
     if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
-        raise PkiFileError(f"{directory}/{STATE_FILE}: unknown format")
+        raise PkiFileError(f"{where}/{STATE_FILE}: unknown format")
     ids = sorted({int(raw["issuer"]), *(int(i) for i in raw["bundle"])})
+
+    def need(name: str) -> bytes:
+        data = blob(name)
+        if data is None:
+            raise PkiFileError(f"{where}/{name}: missing")
+        return data
+
     gens: list[GenerationFiles] = []
     for gen_id in ids:
-        base = os.path.join(directory, f"gen-{gen_id}")
-        root_key_path = os.path.join(base, "root.key")
+        base = f"gen-{gen_id}"
         root_key = None
-        if os.path.exists(root_key_path):
-            loaded = issuer_key(_read(root_key_path), root_key_path)
+        root_key_data = blob(f"{base}/root.key")
+        if root_key_data is not None:
+            loaded = issuer_key(root_key_data, f"{where}/{base}/root.key")
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-                raise PkiFileError(f"{root_key_path}: a plait root key is ECDSA")
+                raise PkiFileError(f"{where}/{base}/root.key: a plait root key is ECDSA")
             root_key = loaded
         gens.append(
             (
                 gen_id,
-                one_cert(_read(os.path.join(base, "root.crt")), f"{base}/root.crt"),
+                one_cert(need(f"{base}/root.crt"), f"{where}/{base}/root.crt"),
                 root_key,
-                one_cert(_read(os.path.join(base, "intermediate.crt")), f"{base}/intermediate.crt"),
-                issuer_key(
-                    _read(os.path.join(base, "intermediate.key")), f"{base}/intermediate.key"
-                ),
+                one_cert(need(f"{base}/intermediate.crt"), f"{where}/{base}/intermediate.crt"),
+                issuer_key(need(f"{base}/intermediate.key"), f"{where}/{base}/intermediate.key"),
             )
         )
     return str(raw["trust_domain"]), gens, raw

@@ -9,7 +9,10 @@ and the CA directory:
   answer leaves; a failed audit write fails the request, and no certificate leaves;
 - a caller gets a certificate for a service if it holds a join token for that service,
   or (renewal) presents a current certificate of this CA for the same service;
-- the CA's state (rotation, last notAfter per issuer) is saved after every change;
+- the CA's state (rotation, last notAfter per issuer) is saved after every change: to
+  the CA directory, or with an etcd store to etcd (``CaSetup.shared``,
+  :mod:`plait.control.ca_etcd`), where a write holds only if no other replica changed the
+  CA since this one read it; otherwise the step is taken again on the newer CA;
 - :meth:`CaPlane.tick`, run by the control plane's periodic task, takes the rotation step
   :mod:`plait.control.rotation` plans, and forgets certificates expired for a week.
 
@@ -27,11 +30,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from plait.ca.audit import AuditLog
-from plait.ca.authority import CertificateAuthority, CsrRefused, IssuedCert, PeerRejected, iso
+from plait.ca.authority import (
+    CaError,
+    CertificateAuthority,
+    CsrRefused,
+    IssuedCert,
+    PeerRejected,
+    iso,
+)
 from plait.ca.profile import DEFAULT_LEAF_LIFETIME, Rng, renew_at
 from plait.ca.spiffe import CONTROL_SERVICE
 from plait.ca.tokens import JoinTokens, TokenRecord
 from plait.control import rotation
+from plait.control.ca_etcd import EtcdCa, retry_conflicts
 from plait.control.registry import Registry
 from plait.control.store import Store
 
@@ -55,13 +66,15 @@ class TokenNotFound(LookupError):
 @dataclass
 class CaSetup:
     """What the control plane needs to run the CA. ``directory`` is where the CA's state
-    is saved (None for an existing PKI, whose files are not plait's to write)."""
+    is saved (None for an existing PKI, whose files are not plait's to write); ``shared``
+    is set instead when the CA lives in etcd, shared by every replica."""
 
     ca: CertificateAuthority
     audit: AuditLog
     directory: str | None
     cert_ttl: timedelta = DEFAULT_LEAF_LIFETIME
     rng: Rng = secrets.token_bytes
+    shared: EtcdCa | None = None
 
 
 class CaPlane:
@@ -85,6 +98,38 @@ class CaPlane:
     def _save_ca(self) -> None:
         if self.setup.directory is not None:
             self.ca.save(self.setup.directory)
+
+    def _change(self, step: Callable[[], Any]) -> Any:
+        """Take a CA step and save it (see :func:`retry_conflicts` for a shared CA)."""
+        shared = self.setup.shared
+        if shared is None:
+            result = step()
+            if result is not False:
+                self._save_ca()
+            return result
+        return retry_conflicts(shared, self.ca, self.utcnow, self.setup.rng, step)
+
+    def _save_issued(self, issued: IssuedCert) -> None:
+        """Save the issuer's new last notAfter; with a shared CA that another replica
+        changed meanwhile, merge it into that CA and save again."""
+        shared = self.setup.shared
+        if shared is None:
+            self._save_ca()
+            return
+        for _ in range(5):
+            if shared.save(self.ca):
+                return
+            shared.refresh(self.ca, self.utcnow(), self.setup.rng)
+            self.ca.note_issued(issued.generation, issued.not_after)
+        raise CaError("the shared CA kept changing on other replicas; try again")
+
+    def refresh_shared(self, revision: int | None = None) -> bool:
+        """Another replica changed the shared CA (a watch event at ``revision``): adopt
+        it. True if the CA changed (push the bundle)."""
+        shared = self.setup.shared
+        if shared is None:
+            return False
+        return shared.refresh(self.ca, self.utcnow(), self.setup.rng, revision)
 
     def create_token(self, service: str, ttl: timedelta) -> tuple[TokenRecord, str]:
         """A join token for ``service``: its record and the secret (shown once)."""
@@ -154,7 +199,7 @@ class CaPlane:
         except CsrRefused as exc:
             self._refuse(exc.reason, where)
         serial = format(issued.serial, "x")
-        self._save_ca()
+        self._save_issued(issued)
         self._audit(
             "issued",
             serial=serial,
@@ -198,15 +243,13 @@ class CaPlane:
     def begin_rotation(self) -> None:
         """Start a root rotation (raises CaError if one is running or the PKI is external)."""
         ca = self.ca
-        gen = ca.begin_rotation(self.utcnow())
-        self._save_ca()
+        gen = self._change(lambda: ca.begin_rotation(self.utcnow()))
         self._audit("rotation", step="begin", generation=gen.id, bundle_version=ca.bundle_version())
         log.info("CA rotation: new root %d is being distributed", gen.id)
 
     def switch_issuer(self) -> None:
         ca = self.ca
-        ca.switch_issuer()
-        self._save_ca()
+        self._change(ca.switch_issuer)
         self._audit("rotation", step="switch", generation=ca.issuer.id)
         log.info("CA rotation: now issuing from generation %d", ca.issuer.id)
 
@@ -220,14 +263,19 @@ class CaPlane:
         if ca.external:
             return None
         step = self.rotation_plan()
-        if step.action == rotation.SWITCH:
-            self.switch_issuer()
-        elif step.action == rotation.RETIRE:
-            old = ca.old_generation
-            if ca.retire_old(now):
-                self._save_ca()
-                self._audit("rotation", step="retire", generation=old)
-                log.info("CA rotation: old root %s retired", old)
+        try:
+            if step.action == rotation.SWITCH:
+                self.switch_issuer()
+            elif step.action == rotation.RETIRE:
+                old = ca.old_generation
+                if self._change(lambda: ca.retire_old(now)):
+                    self._audit("rotation", step="retire", generation=old)
+                    log.info("CA rotation: old root %s retired", old)
+        except CaError as exc:
+            if self.setup.shared is None:
+                raise
+            # another replica took the step first: this one now holds its CA
+            log.info("CA rotation: %s (another replica took the step)", exc)
         return step.action
 
     def status(self) -> dict[str, Any]:

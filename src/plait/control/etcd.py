@@ -295,6 +295,18 @@ def compare_absent(key: str) -> dict[str, Any]:
     return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
 
 
+def compare_mod_revision(key: str, revision: int) -> dict[str, Any]:
+    """The key was last written at ``revision`` (0: the key is absent)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def op_delete(key: str, range_end: str | None = None) -> dict[str, Any]:
+    rng: dict[str, Any] = {"key": b64(key)}
+    if range_end is not None:
+        rng["range_end"] = b64(range_end.encode("latin-1"))
+    return {"request_delete_range": rng}
+
+
 def op_put(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
     put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
     if lease:

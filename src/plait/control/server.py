@@ -1,8 +1,9 @@
 """`plait control`: the process. Wires store, registry, cache, ADS server and HTTP API.
 
 Start-up order: open the store, reload config and leases (leases get a fresh ttl), open
-or create the service CA (``<data-dir>/ca/``, or an existing PKI from ``--ca-root``,
-``--ca-cert``, ``--ca-key``), start the gRPC ADS server, the HTTP API and the CA's HTTPS
+or create the service CA (``<data-dir>/ca/``; with an etcd store ``<prefix>/ca/`` in etcd,
+shared by every replica; or an existing PKI from ``--ca-root``, ``--ca-cert``,
+``--ca-key``), start the gRPC ADS server, the HTTP API and the CA's HTTPS
 listener, then write the ready file (docs/internals.md) with the ports actually bound. A
 background task sweeps expired leases every ``lease_sweep_interval`` seconds and takes
 the CA's periodic step (rotation, the listener's own certificate). Runs until cancelled
@@ -34,6 +35,7 @@ from plait.ca.profile import DEFAULT_LEAF_LIFETIME, new_key, renew_at
 from plait.ca.spiffe import CONTROL_SERVICE
 from plait.control.ads import add_to_server
 from plait.control.api import CaTlsApi, ControlApi
+from plait.control.ca_etcd import EtcdCa
 from plait.control.ca_plane import CaPlane, CaSetup
 from plait.control.etcd import EtcdError, parse_endpoints
 from plait.control.guard import GuardSettings
@@ -104,9 +106,11 @@ def open_ca(
     ca_cert: str | None = None,
     ca_key: str | None = None,
     cert_ttl: timedelta = DEFAULT_LEAF_LIFETIME,
+    shared: EtcdCa | None = None,
 ) -> CaSetup:
     """The CA: an existing PKI from files, else ``<data-dir>/ca/`` (created the first
-    time). Raises CaError with what to do."""
+    time), or with ``shared`` the CA in etcd (created by the first replica; see
+    :mod:`plait.control.ca_etcd`). Raises CaError with what to do."""
     ca_dir = os.path.join(data_dir, CA_DIR)
     os.makedirs(ca_dir, mode=0o700, exist_ok=True)
     os.chmod(ca_dir, 0o700)
@@ -127,6 +131,8 @@ def open_ca(
         )
         log.info("CA: existing PKI from %s (issuer %s)", ca_cert, ca.issuer.issuer_name)
         return CaSetup(ca, audit, None, cert_ttl)
+    if shared is not None:
+        return _open_shared_ca(shared, ca_dir, audit, now, trust_domain, cert_ttl)
     if os.path.exists(os.path.join(ca_dir, STATE_FILE)):
         ca = CertificateAuthority.load(ca_dir, now, secrets.token_bytes)
         if trust_domain and trust_domain != ca.trust_domain:
@@ -142,6 +148,41 @@ def open_ca(
         ca.save(ca_dir)
         log.info("CA: created a new root for %s in %s", ca.trust_domain, ca_dir)
     return CaSetup(ca, audit, ca_dir, cert_ttl)
+
+
+def _open_shared_ca(
+    shared: EtcdCa,
+    ca_dir: str,
+    audit: AuditLog,
+    now: datetime,
+    trust_domain: str | None,
+    cert_ttl: timedelta,
+) -> CaSetup:
+    """The CA in etcd; if there is none yet, write this replica's: the CA of
+    ``<data-dir>/ca/`` if there is one (moving a single control plane to etcd keeps its
+    CA), else a new one. Of replicas racing to write it, all end up with the winner's."""
+    rng = secrets.token_bytes
+    ca = shared.load(now, rng)
+    if ca is not None:
+        log.info("CA: loaded from %s (%s, %s)", shared.where, ca.trust_domain, ca.rotation)
+    else:
+        if os.path.exists(os.path.join(ca_dir, STATE_FILE)):
+            mine = CertificateAuthority.load(ca_dir, now, rng)
+            origin = f"the CA of {ca_dir}"
+        else:
+            mine = CertificateAuthority.create(trust_domain or DEFAULT_TRUST_DOMAIN, now, rng)
+            origin = "a new root"
+        ca, created = shared.create(mine, now, rng)
+        if created:
+            log.info("CA: wrote %s for %s to %s", origin, ca.trust_domain, shared.where)
+        else:
+            log.info("CA: another replica created it first; loaded from %s", shared.where)
+    if trust_domain and trust_domain != ca.trust_domain:
+        raise CaError(
+            f"the CA in {shared.where} is for trust domain {ca.trust_domain!r}, not "
+            f"{trust_domain!r}: pass --trust-domain {ca.trust_domain} or use another prefix"
+        )
+    return CaSetup(ca, audit, None, cert_ttl, shared=shared)
 
 
 class ControlTls:
@@ -220,7 +261,8 @@ async def run_control(
     else:
         store = Store(data_dir)
     try:
-        ca_setup = open_ca(data_dir, trust_domain, ca_root, ca_cert, ca_key, cert_ttl)
+        shared = EtcdCa(store.client, store.keys.prefix) if isinstance(store, EtcdStore) else None
+        ca_setup = open_ca(data_dir, trust_domain, ca_root, ca_cert, ca_key, cert_ttl, shared)
     except BaseException:
         store.close()
         raise
@@ -275,6 +317,23 @@ async def run_control(
             ca_plane.tick()
             plane.bundle_changed()  # a rotation step changed the bundle: push it over SDS
             tls.refresh()
+
+        def ca_changed(revision: int | None) -> None:  # another replica changed the shared CA
+            try:
+                if ca_plane.refresh_shared(revision):
+                    plane.bundle_changed()
+                    tls.refresh()
+            except Exception:
+                log.exception("could not reload the shared CA from etcd")
+
+        if isinstance(store, EtcdStore) and ca_setup.shared is not None:
+            running = asyncio.get_running_loop()
+
+            def on_ca_change(revision: int) -> None:  # from the watch thread
+                running.call_soon_threadsafe(ca_changed, revision)
+
+            store.on_ca_change = on_ca_change
+            ca_changed(None)  # a change between open_ca and now
 
         sweeper = asyncio.create_task(_sweep_leases(plane, lease_sweep_interval, ca_tick))
         await asyncio.Event().wait()

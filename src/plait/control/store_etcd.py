@@ -11,7 +11,10 @@ Key layout under a prefix (default ``/plait``; ``etcd://hosts/<prefix>`` picks a
   with the node's ttl: a node that stops heartbeating every replica disappears from etcd
   by itself, and every replica's watch removes it;
 - ``<p>/ca/tokens/<id>`` and ``<p>/ca/certs/<serial>``: join tokens (hashes only) and
-  issued certificates, as in the SQLite tables.
+  issued certificates, as in the SQLite tables;
+- ``<p>/ca/state.json`` and ``<p>/ca/gen-<N>/...``: the CA itself, keys included
+  (:mod:`plait.control.ca_etcd`); the watch calls ``on_ca_change(revision)`` when
+  ``state.json`` changed.
 
 A commit is one etcd transaction: *if* ``config/version`` still holds the version this
 replica read, write version N+1 (the three keys); otherwise nothing is written, the store
@@ -88,6 +91,7 @@ class Keys:
         self.leases_dir = f"{self.prefix}/leases/"
         self.tokens_dir = f"{self.prefix}/ca/tokens/"
         self.certs_dir = f"{self.prefix}/ca/certs/"
+        self.ca_state = f"{self.prefix}/ca/state.json"
 
     def log(self, version: int) -> str:
         return f"{self.log_dir}{version:020d}"
@@ -167,6 +171,8 @@ class EtcdStore:
         self._stop = threading.Event()
         self._watch: Any = None
         self._on_change: OnChange | None = None
+        # called from the watch thread with the CA state's mod_revision when it changed
+        self.on_ca_change: Callable[[int], None] | None = None
         self.current()  # fail early, with the endpoints in the message
 
     def close(self) -> None:
@@ -391,8 +397,12 @@ class EtcdStore:
             [
                 op_range(self.keys.version),
                 op_range(self.keys.leases_dir, prefix_end(self.keys.leases_dir)),
+                op_range(self.keys.ca_state),
             ],
         )
+        ca_kvs = responses[2].get("response_range", {}).get("kvs", [])
+        if ca_kvs:
+            self._notify_ca(KeyValue.from_json(ca_kvs[0]).mod_revision)
         version_kvs = responses[0].get("response_range", {}).get("kvs", [])
         lease_kvs = [
             KeyValue.from_json(kv) for kv in responses[1].get("response_range", {}).get("kvs", [])
@@ -419,14 +429,25 @@ class EtcdStore:
         self._notify(config, puts, gone)
         return revision
 
+    def _notify_ca(self, revision: int) -> None:
+        if self.on_ca_change is not None:
+            try:
+                self.on_ca_change(revision)
+            except Exception:
+                log.exception("etcd store: CA change callback failed")
+
     def _apply(self, events: list[Event]) -> None:
         config = False
+        ca_revision = 0
         puts: dict[str, LeaseRow] = {}
         gone: list[str] = []
         for event in events:
             kv = event.kv
             if kv.key == self.keys.version and event.type == "PUT":
                 config = self._set_current(int(kv.value)) or config
+                continue
+            if kv.key == self.keys.ca_state and event.type == "PUT":
+                ca_revision = max(ca_revision, kv.mod_revision)
                 continue
             node = self.keys.node_of(kv.key)
             if not node:
@@ -447,6 +468,8 @@ class EtcdStore:
                     if node in gone:
                         gone.remove(node)
         self._notify(config, list(puts.values()), gone)
+        if ca_revision:
+            self._notify_ca(ca_revision)
 
     def _watch_loop(self) -> None:
         endpoints = self.client.endpoints

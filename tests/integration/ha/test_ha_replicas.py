@@ -2,10 +2,11 @@
 replica while config changes are being applied.
 
 The scenario (docs/resilience.md, "HA on etcd"): replica 0 is the Mesh's control plane,
-started with ``--store etcd://.../<prefix>``; replicas 1 and 2 share the store and a copy
-of replica 0's ``ca/`` directory (the CA's state is per data dir). Each proxy's bootstrap
-lists all three replicas, rotated so that the hosts start on different replicas: the
-ones that start on replica 0 must fail over (xDS and heartbeats) when it dies.
+started with ``--store etcd://.../<prefix>``; replicas 1 and 2 share the store, and with
+it the CA (kept in etcd under ``<prefix>/ca/``; their data dirs start empty, and all
+three serve one trust bundle). Each proxy's bootstrap lists all three replicas, rotated
+so that the hosts start on different replicas: the ones that start on replica 0 must
+fail over (xDS and heartbeats) when it dies.
 
 While a client sends 20 requests a second through host-frontend (frontend -> orders ->
 inventory, every proxy on the path) and an apply loop changes the orders Route's weights
@@ -26,7 +27,6 @@ three members for the other tests. Everything runs on 127.0.0.1 and is stopped b
 from __future__ import annotations
 
 import http.client
-import shutil
 import sys
 import threading
 import time
@@ -124,9 +124,8 @@ class Replica:
 
 def start_replica(mesh: Mesh, index: int, store_url: str) -> Replica:
     """Start replica ``index`` (>= 1) like Mesh starts its control plane, with its own
-    data dir holding a copy of replica 0's CA."""
+    empty data dir: the CA comes from etcd, where replica 0 put it."""
     data_dir = mesh.state_dir / f"control-{index}"
-    shutil.copytree(mesh.state_dir / "control" / "ca", data_dir / "ca")
     ready = mesh.ready_dir / f"control-{index}.json"
     ready.unlink(missing_ok=True)
     argv = [mesh.python, "-m", "plait.control", "--data-dir", str(data_dir)]
@@ -329,6 +328,8 @@ def test_etcd_leader_and_a_replica_killed_while_changes_are_applied(
         mesh.start_control(["--store", store_url])
         replicas = [Replica(0, mesh.api_url, mesh.xds_address, None)]
         replicas += [start_replica(mesh, i, store_url) for i in range(1, REPLICAS)]
+        bundles = {get_json(r.api + "/v1/ca/bundle", timeout=5.0)["version"] for r in replicas}
+        assert len(bundles) == 1, f"the replicas serve different trust bundles: {bundles}"
         mesh.apply(DEMO_MESH)
         for n, (name, apps) in enumerate(DEMO_HOSTS):
             order = [replicas[(n + k) % REPLICAS] for k in range(REPLICAS)]
