@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,9 +94,50 @@ def to_discovery_response(push: PushResponse) -> discovery_pb2.DiscoveryResponse
     return resp
 
 
+ENCODED_RESPONSES = 32
+"""Encoded responses (without nonce) remembered, for streams sending the same ones."""
+
+
+class ResponseEncoder:
+    """:func:`to_discovery_response`, packing each set of resources once.
+
+    Streams that send the same resources (the same message objects: snapshots share
+    them, and treat them as read-only) with the same type and version get a copy of one
+    response packed for the first of them; only the nonce differs."""
+
+    def __init__(self, size: int = ENCODED_RESPONSES) -> None:
+        self.size = size
+        self._memo: OrderedDict[
+            tuple[str, str], tuple[list[Any], discovery_pb2.DiscoveryResponse]
+        ] = OrderedDict()
+
+    def encode(self, push: PushResponse) -> discovery_pb2.DiscoveryResponse:
+        key = (push.type_url, push.version)
+        hit = self._memo.get(key)
+        if (
+            hit is None
+            or len(hit[0]) != len(push.resources)
+            or not all(a is b for a, b in zip(hit[0], push.resources, strict=True))
+        ):
+            template = to_discovery_response(
+                PushResponse(push.type_url, push.version, "", push.resources)
+            )
+            hit = (list(push.resources), template)
+            self._memo[key] = hit
+            while len(self._memo) > self.size:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(key)
+        resp = discovery_pb2.DiscoveryResponse()
+        resp.CopyFrom(hit[1])
+        resp.nonce = push.nonce
+        return resp
+
+
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
+        self.encoder = ResponseEncoder()
 
     def _handle(self, watch: Watch, req: discovery_pb2.DiscoveryRequest) -> None:
         error = req.error_detail.message if req.HasField("error_detail") else None
@@ -151,7 +193,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 wake.clear()
                 if watch is not None:
                     for push in self.cache.pending(watch):
-                        yield to_discovery_response(push)
+                        yield self.encoder.encode(push)
                 if reader.done():
                     exc = None if reader.cancelled() else reader.exception()
                     if isinstance(exc, NodeMetadataError):

@@ -43,7 +43,6 @@ cache calls when a recompute gives it something to send.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -90,14 +89,11 @@ TranslatorFactory = Callable[[ConfigSet, Sequence[Instance]], TranslatorLike]
 
 
 def content_version(resources: dict[str, Message]) -> str:
-    """A content hash of the named resources (used for named subscriptions)."""
-    h = hashlib.sha256()
-    for name in sorted(resources):
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(resources[name].SerializeToString(deterministic=True))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+    """A content hash of the named resources (used for named subscriptions): the same
+    scheme as :meth:`Snapshot.version <plait.xds.snapshot.Snapshot.version>`."""
+    return snapshot_content_version(
+        (name, resource_digest(message)) for name, message in resources.items()
+    )
 
 
 @dataclass
@@ -213,6 +209,10 @@ class Watch:
             return self.snapshot.version(type_url), resources
         if not state.names:
             return None, {}
+        subset_version = getattr(self.snapshot, "subset_version", None)
+        if subset_version is not None:  # memoized, shared by the streams of all nodes
+            version, resources = subset_version(type_url, state.names)
+            return version, resources
         resources = self.snapshot.subset(type_url, state.names)
         return content_version(resources), resources
 

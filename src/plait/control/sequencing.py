@@ -121,13 +121,31 @@ def listener_clusters(listener: Any) -> set[str]:
     return route_config_clusters(manager.route_config)
 
 
+_NAMED_MEMO_SIZE = 16384
+_named_memo: dict[int, tuple[Any, frozenset[str]]] = {}
+"""id(listener or route configuration) -> (the message, the clusters it names). Resources
+are read-only and shared by the snapshots of all nodes: one walk per message, not per
+stream and plan. The entry holds the message, so its id is not reused while remembered."""
+
+
+def _memo_clusters(message: Any, walk: Any) -> frozenset[str]:
+    hit = _named_memo.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    if len(_named_memo) >= _NAMED_MEMO_SIZE:
+        _named_memo.clear()
+    clusters = frozenset(walk(message))
+    _named_memo[id(message)] = (message, clusters)
+    return clusters
+
+
 def named_clusters(listeners: Iterable[Any], route_configs: Iterable[Any]) -> set[str]:
     """Every cluster the given listeners and route configurations name."""
     out: set[str] = set()
     for listener in listeners:
-        out |= listener_clusters(listener)
+        out |= _memo_clusters(listener, listener_clusters)
     for route_config in route_configs:
-        out |= route_config_clusters(route_config)
+        out |= _memo_clusters(route_config, route_config_clusters)
     return out
 
 

@@ -35,6 +35,7 @@ Message = Any  # google.protobuf.message.Message; the protobuf package ships no 
 
 VERSION_LENGTH = 16
 _NO_RESOURCES: Mapping[str, Message] = {}
+_SUBSET_MEMO_SIZE = 256  # distinct name sets remembered per type (a bound, not a tuning)
 
 
 def resource_digest(message: Message) -> bytes:
@@ -62,6 +63,9 @@ class Snapshot:
         default_factory=dict, repr=False, compare=False
     )
     _versions: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _subsets: dict[str, dict[frozenset[str], tuple[str, dict[str, Message]]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def items(self, type_url: str) -> Mapping[str, Message]:
         """Every resource of a type by name (empty for a type this snapshot does not hold)."""
@@ -95,6 +99,30 @@ class Snapshot:
             return dict(items)
         return {name: items[name] for name in wanted if name in items}
 
+    def subset_version(self, type_url: str, names: Iterable[str]) -> tuple[str, dict[str, Message]]:
+        """(version, resources) of a by-name subscription: the named resources that exist
+        (by name, sorted) and their :func:`content_version`, from the digest hints.
+
+        Memoized per type and set of names; the memo of a type is shared with every
+        snapshot :meth:`replace` makes that keeps the type, so the streams of all nodes
+        that share the resources and subscribe to the same names compute it once. The
+        returned dict is shared: treat it as read-only."""
+        memo = self._subsets.setdefault(type_url, {})
+        key = frozenset(names)
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= _SUBSET_MEMO_SIZE:
+                memo.clear()
+            items = self.items(type_url)
+            resources = {name: items[name] for name in sorted(key) if name in items}
+            known = self.digests.get(type_url, _NO_DIGESTS)
+            version = content_version(
+                (name, known.get(name) or resource_digest(message))
+                for name, message in resources.items()
+            )
+            hit = memo[key] = (version, resources)
+        return hit
+
     def replace(
         self,
         resources: Mapping[str, Mapping[str, Message]],
@@ -112,6 +140,9 @@ class Snapshot:
         for type_url, version in self._versions.items():
             if type_url not in resources:
                 snapshot._versions[type_url] = version
+        for type_url in self.resources:
+            if type_url not in resources:  # kept: share the memo of named subsets
+                snapshot._subsets[type_url] = self._subsets.setdefault(type_url, {})
         return snapshot
 
     def consistency_errors(self) -> list[str]:
