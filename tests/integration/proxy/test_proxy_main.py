@@ -171,7 +171,6 @@ def test_bad_bootstrap_exits_2_with_the_field(tmp_path: Path) -> None:
 def test_with_the_control_plane_a_request_crosses_two_proxies(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]], lt: LoopThread
 ) -> None:
-    pytest.importorskip("plait.control.server")
     app = UpstreamServer("orders-app")
     app_port = lt.run(app.start())
     cp_ready = tmp_path / "control.json"

@@ -3,18 +3,16 @@ snapshot translation makes for it (no NACK), whatever the config and registry.""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from xds_strategies import PROPERTY_SETTINGS, configs, inbound_ports, instances, trust_bundles
 
 from plait.model.config import ConfigSet
+from plait.proxy import xds_decode
 from plait.xds.builders import pack
 from plait.xds.inputs import Instance, NodeInfo
 from plait.xds.translate import translate
 from plait.xds.types import PUSH_ORDER
-
-xds_decode = pytest.importorskip("plait.proxy.xds_decode")
 
 proxies = st.builds(
     NodeInfo,
