@@ -70,54 +70,26 @@ def check_unique(entries: Sequence[Entry]) -> list[FieldError]:
     return errors
 
 
-def check_references(entries: Sequence[Entry]) -> list[FieldError]:
-    """Routes against Services: the target exists, is not tcp, has at most one Route."""
+def _check_one_per_service(
+    entries: Sequence[Entry], kind: type[Route] | type[Policy], merge_advice: str
+) -> list[FieldError]:
+    """Each ``kind`` document names an existing Service, and a Service takes at most one.
+
+    Routes are also refused on tcp Services. ``merge_advice`` ends the "at most one" error.
+    """
     services: dict[str, Entry] = {}  # the first definition; check_unique reports the rest
     for e in entries:
         if isinstance(e.resource, Service):
             services.setdefault(e.resource.name, e)
-    route_of: dict[str, Entry] = {}
+    first_of: dict[str, Entry] = {}
     errors: list[FieldError] = []
     for entry in entries:
-        route = entry.resource
-        if not isinstance(route, Route):
+        resource = entry.resource
+        if not isinstance(resource, kind):
             continue
-        target = route.spec.service
+        target = resource.spec.service
         service = services.get(target)
         if service is None:
-            hint = _close_name(target, list(services))
-            message = (
-                f"names Service {target!r}, which does not exist{hint}; "
-                "define that Service or fix the name"
-            )
-            errors.append(entry.error(("spec", "service"), message))
-            continue
-        if isinstance(service.resource, Service) and service.resource.spec.protocol == "tcp":
-            errors.append(_tcp_error(entry, service))
-        if target in route_of:
-            other = route_of[target]
-            message = (
-                f"Service {target!r} already has Route {other.resource.name!r} "
-                f"({other.where.describe(entry.where.file)}); a Service takes at most one "
-                "Route: merge their rules into one Route"
-            )
-            errors.append(entry.error(("spec", "service"), message))
-        else:
-            route_of[target] = entry
-    return errors
-
-
-def check_policies(entries: Sequence[Entry]) -> list[FieldError]:
-    """Policies against Services: the protected Service exists, has at most one Policy."""
-    services: set[str] = {e.resource.name for e in entries if isinstance(e.resource, Service)}
-    policy_of: dict[str, Entry] = {}
-    errors: list[FieldError] = []
-    for entry in entries:
-        policy = entry.resource
-        if not isinstance(policy, Policy):
-            continue
-        target = policy.spec.service
-        if target not in services:
             hint = _close_name(target, sorted(services))
             message = (
                 f"names Service {target!r}, which does not exist{hint}; "
@@ -125,17 +97,35 @@ def check_policies(entries: Sequence[Entry]) -> list[FieldError]:
             )
             errors.append(entry.error(("spec", "service"), message))
             continue
-        if target in policy_of:
-            other = policy_of[target]
+        if (
+            kind is Route
+            and isinstance(service.resource, Service)
+            and service.resource.spec.protocol == "tcp"
+        ):
+            errors.append(_tcp_error(entry, service))
+        if target in first_of:
+            other = first_of[target]
             message = (
-                f"Service {target!r} already has Policy {other.resource.name!r} "
+                f"Service {target!r} already has {kind.__name__} {other.resource.name!r} "
                 f"({other.where.describe(entry.where.file)}); a Service takes at most one "
-                "Policy: merge their allow and deny lists into one Policy"
+                f"{kind.__name__}: {merge_advice}"
             )
             errors.append(entry.error(("spec", "service"), message))
         else:
-            policy_of[target] = entry
+            first_of[target] = entry
     return errors
+
+
+def check_references(entries: Sequence[Entry]) -> list[FieldError]:
+    """Routes against Services: the target exists, is not tcp, has at most one Route."""
+    return _check_one_per_service(entries, Route, "merge their rules into one Route")
+
+
+def check_policies(entries: Sequence[Entry]) -> list[FieldError]:
+    """Policies against Services: the protected Service exists, has at most one Policy."""
+    return _check_one_per_service(
+        entries, Policy, "merge their allow and deny lists into one Policy"
+    )
 
 
 def _tcp_error(route: Entry, service: Entry) -> FieldError:
