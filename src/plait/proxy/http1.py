@@ -31,13 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from plait.proxy.http1_checks import (
-    MAX_HEAD_BYTES,
-    HeadRejected,
-    identify_rejected,
-    parse_request_head,
-)
+from plait.proxy.http1_checks import MAX_HEAD_BYTES, HeadRejected, identify_rejected
 from plait.proxy.http1_exchange import P_QUEUE, P_UPGRADE, Exchange, HeaderView
+from plait.proxy.http1_shapes import fast_request_head
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
 
 if TYPE_CHECKING:
@@ -265,7 +261,7 @@ class Http1Server(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
-        head = parse_request_head(
+        head = fast_request_head(
             parser.get_method(),
             self._url,
             parser.get_http_version(),

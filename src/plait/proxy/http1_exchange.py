@@ -48,12 +48,12 @@ from plait.proxy.http1_checks import (
     RequestHead,
     ResponseHead,
     chunk_prefix,
-    parse_response_head,
     render_interim,
     render_last_chunk,
     render_request_head,
     render_response_head,
 )
+from plait.proxy.http1_shapes import fast_response_head
 from plait.proxy.proxy_status import (
     CONNECTION_TERMINATED,
     DESTINATION_NOT_FOUND,
@@ -704,13 +704,8 @@ class Exchange:
         if not self.request_done and head.has_body:
             self.close_after = True  # an early response: the rest of the request is unread
         try:
-            resp = parse_response_head(
-                status,
-                reason,
-                headers,
-                request_method=head.method,
-                downstream_version=head.version,
-                downstream_keep_alive=not self.close_after,
+            resp = fast_response_head(
+                status, reason, headers, head.method, head.version, not self.close_after
             )
         except HeadRejected as exc:
             attempt.end(False)

@@ -165,13 +165,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.write(data)
             return
         self.received = True
+        if not self._in_body:  # a head starts or goes on: count its bytes (upper bound)
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
             handler = self.handler
             if handler is not None:
                 handler.uncork()  # the end of this read: flush a held-back response head
             if not self._in_body:  # a head still incomplete: bound what llhttp holds
-                self._head_bytes += len(data)
                 if self._head_bytes > 2 * MAX_RESPONSE_HEAD:
                     self.close()
                     if handler is not None:
@@ -184,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserError as exc:
             if self._stopped:  # HEAD response ended by us; the connection stays usable
                 self._stopped = False
+                self._in_body = False
                 self.parser = HttpResponseParser(self)
                 return
             handler = self.handler
@@ -237,8 +239,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._trailers = []
         self._reason = b""
-        self._in_body = False
-        self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -246,13 +246,14 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_body:
             self._trailers.append((name, value))
-            return
-        self._headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_RESPONSE_HEAD:
-            raise _HeadTooLarge
+        else:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes > MAX_RESPONSE_HEAD:  # the reads so far allow a large head
+            size = sum([len(n) + len(v) + 4 for n, v in self._headers])
+            if size > MAX_RESPONSE_HEAD:
+                raise _HeadTooLarge
         parser = self.parser
         status = parser.get_status_code()
         self._in_body = True
@@ -277,6 +278,7 @@ class UpstreamConnection(asyncio.Protocol):
             handler.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False  # what follows starts the next message's head
         if self._interim:
             self._interim = False
             return

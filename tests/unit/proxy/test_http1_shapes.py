@@ -1,0 +1,178 @@
+"""The memoized head checks decide exactly as the full ones, on any head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plait.proxy import http1_shapes
+from plait.proxy.http1_checks import HeadRejected, parse_request_head, parse_response_head
+from plait.proxy.http1_shapes import (
+    MAX_SHAPES,
+    fast_request_head,
+    fast_response_head,
+    request_shape,
+    response_shape,
+)
+
+NAMES = [
+    b"Host",
+    b"host",
+    b"HOST",
+    b"Content-Length",
+    b"content-length",
+    b"Transfer-Encoding",
+    b"Connection",
+    b"connection",
+    b"Keep-Alive",
+    b"Proxy-Connection",
+    b"TE",
+    b"Trailer",
+    b"Upgrade",
+    b"Via",
+    b"X-Request-Id",
+    b"Expect",
+    b"Proxy-Status",
+    b"Accept",
+    b"User-Agent",
+    b"X-Custom",
+    b"Transfer_Encoding",
+    b"Content__Length",
+    b"X_Ok_Name",
+    b"Bad Name",
+    b"",
+    b"Server",
+    b"Date",
+]
+VALUES = [
+    b"bench",
+    b"bench:80",
+    b"",
+    b" ",
+    b"0",
+    b"12",
+    b" 12 ",
+    b"1x",
+    b"1" * 19,
+    b"chunked",
+    b"gzip, chunked",
+    b"keep-alive",
+    b"Keep-Alive",
+    b"close",
+    b"upgrade",
+    b"X-Custom",
+    b"keep-alive, X-Custom",
+    b"trailers",
+    b"100-continue",
+    b"websocket",
+    b"h2c",
+    b"1.1 a",
+    b'err; error=x; details="y"',
+    b"a\x00b",
+    b"a\rb",
+    b"caf\xe9",
+    b"bad host!",
+    b"[::1]:80",
+]
+
+# Anything, and heads of the common shapes (one Host, plain fields), so both paths are hit.
+COMMON_NAMES = [b"Accept", b"User-Agent", b"X-Request-Id", b"Content-Length", b"Connection"]
+COMMON_VALUES = [b"bench", b"12", b"0", b"keep-alive", b"close", b"abc-123", b" 7 "]
+headers_st = st.one_of(
+    st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=7),
+    st.builds(
+        lambda rest, host, at: [*rest[:at], host, *rest[at:]],
+        st.lists(
+            st.tuples(st.sampled_from(COMMON_NAMES), st.sampled_from(COMMON_VALUES)), max_size=4
+        ),
+        st.tuples(st.sampled_from([b"Host", b"host"]), st.sampled_from([b"bench", b" a:1 "])),
+        st.integers(0, 4),
+    ),
+)
+
+
+def outcome(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return ("ok", fn(*args, **kw))
+    except HeadRejected as exc:
+        return ("rejected", exc.status, exc.error, exc.details)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    headers=headers_st,
+    method=st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b"OPTIONS"]),
+    target=st.sampled_from([b"/", b"/a?b", b"*", b"http://bench/x", b"https://a/", b"x"]),
+    version=st.sampled_from(["1.1", "1.0", "2.0"]),
+    keep_alive=st.booleans(),
+)
+def test_fast_request_head_decides_as_the_full_check(
+    headers: list[tuple[bytes, bytes]], method: bytes, target: bytes, version: str, keep_alive: bool
+) -> None:
+    for _ in range(2):  # the first call fills the shape cache, the second uses it
+        assert outcome(fast_request_head, method, target, version, headers, keep_alive) == outcome(
+            parse_request_head, method, target, version, headers, keep_alive
+        )
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    headers=headers_st,
+    status=st.sampled_from([100, 101, 200, 204, 304, 404, 503]),
+    method=st.sampled_from([b"GET", b"HEAD"]),
+    version=st.sampled_from(["1.1", "1.0"]),
+    keep_alive=st.booleans(),
+)
+def test_fast_response_head_decides_as_the_full_check(
+    headers: list[tuple[bytes, bytes]], status: int, method: bytes, version: str, keep_alive: bool
+) -> None:
+    full = outcome(
+        parse_response_head,
+        status,
+        b"OK",
+        headers,
+        request_method=method,
+        downstream_version=version,
+        downstream_keep_alive=keep_alive,
+    )
+    for _ in range(2):
+        fast = outcome(fast_response_head, status, b"OK", headers, method, version, keep_alive)
+        assert fast == full
+
+
+def test_common_shapes_take_the_fast_path() -> None:
+    assert request_shape((b"Host",)) == (0, -1, -1, -1, ())
+    assert request_shape((b"Host", b"User-Agent", b"X-Request-Id", b"Content-Length")) == (
+        0,
+        3,
+        2,
+        -1,
+        (1, 2),
+    )
+    nginx = (b"Server", b"Date", b"Content-Type", b"Content-Length", b"Connection")
+    assert response_shape(nginx) == (3, 4, (0, 1, 2))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        (b"Host", b"Host"),  # a second Host: the full check words the error
+        (b"Transfer-Encoding", b"Host"),
+        (b"Host", b"Upgrade"),
+        (b"Host", b"Transfer_Encoding"),
+        (b"Host", b"Bad Name"),
+        (b"User-Agent",),  # no Host
+    ],
+)
+def test_uncommon_request_shapes_take_the_full_path(names: tuple[bytes, ...]) -> None:
+    assert request_shape(names) is None
+
+
+def test_shape_cache_is_bounded() -> None:
+    http1_shapes._request_shapes.clear()
+    for i in range(MAX_SHAPES + 10):
+        fast_request_head(b"GET", b"/", "1.1", [(b"Host", b"a"), (b"X-%d" % i, b"v")], True)
+    assert len(http1_shapes._request_shapes) <= MAX_SHAPES
