@@ -91,7 +91,9 @@ def config() -> ProxyConfig:
     table = RouteTable("outbound", (VirtualHost("bench", ("bench", "bench:80"), (route,)),))
     return ProxyConfig(
         listeners={
-            "outbound": Listener("outbound", "127.0.0.1", 0, "outbound", route_config_name="outbound")
+            "outbound": Listener(
+                "outbound", "127.0.0.1", 0, "outbound", route_config_name="outbound"
+            )
         },
         route_tables={"outbound": table},
         clusters={cname: Cluster(cname, "least_request", 1.0, "eds")},
@@ -140,7 +142,7 @@ class Rig:
             raise SystemExit(f"client got {got[:300]!r}")
 
     def close(self) -> None:
-        self.dp.stop_accepting()
+        self.loop.run_until_complete(self.dp.close(grace=0.0))
         self.loop.close()
 
 

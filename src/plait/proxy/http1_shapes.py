@@ -104,7 +104,7 @@ def response_shape(names: tuple[bytes, ...]) -> _RespShape | None:
         if not _token(name):
             return None
         kind = _SPECIAL.get(name.lower())
-        if kind is None or kind == _HOST or kind == _REQUEST_ID or kind == _EXPECT:
+        if kind is None or kind in (_HOST, _REQUEST_ID, _EXPECT):
             forward.append(i)
         elif kind == _CONTENT_LENGTH and cl < 0:
             cl = i

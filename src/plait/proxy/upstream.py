@@ -172,12 +172,12 @@ class UpstreamConnection(asyncio.Protocol):
             handler = self.handler
             if handler is not None:
                 handler.uncork()  # the end of this read: flush a held-back response head
-            if not self._in_body:  # a head still incomplete: bound what llhttp holds
-                if self._head_bytes > 2 * MAX_RESPONSE_HEAD:
-                    self.close()
-                    if handler is not None:
-                        details = "upstream response header section is larger than 64 KiB"
-                        handler.upstream_error(self, details, HEAD_TOO_LARGE)
+            # a head still incomplete: bound what llhttp holds
+            if not self._in_body and self._head_bytes > 2 * MAX_RESPONSE_HEAD:
+                self.close()
+                if handler is not None:
+                    details = "upstream response header section is larger than 64 KiB"
+                    handler.upstream_error(self, details, HEAD_TOO_LARGE)
         except HttpParserUpgrade as exc:
             handler = self.handler
             if handler is not None:

@@ -1,0 +1,37 @@
+"""The in-process request-path benchmark (benchmarks/hotpath.py) measures real requests."""
+
+import pytest
+
+import hotpath
+
+
+def test_rig_relays_a_request_and_its_response() -> None:
+    rig = hotpath.Rig()
+    try:
+        rig.one()
+        rig.check()
+        assert rig.up.writes == 1 and rig.down.writes == 1
+        line = bytes(rig.log)
+        assert b'"destination":"bench"' in line and b'"status":200' in line
+        rig.one()  # the same pooled upstream connection serves the next request
+        rig.check()
+        assert rig.up.writes == 2
+    finally:
+        rig.close()
+
+
+def test_check_refuses_a_wrong_answer() -> None:
+    rig = hotpath.Rig()
+    try:
+        rig.one()
+        rig.server.data_received(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")  # no route: 404
+        assert rig.down.last.startswith(b"HTTP/1.1 404 ")
+        with pytest.raises(SystemExit, match="client got"):
+            rig.check()
+    finally:
+        rig.close()
+
+
+def test_measure_reports_per_request_times() -> None:
+    times = hotpath.measure(200, repeat=2)
+    assert len(times) == 2 and all(0 < t < 10_000 for t in times)
