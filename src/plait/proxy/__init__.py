@@ -25,7 +25,7 @@ validates it against request smuggling -- ambiguous framing is answered 400 and 
 connection closed, never forwarded -- and normalizes it: hop-by-hop fields dropped,
 absolute-form rewritten to origin-form, ``Via`` appended, ``x-request-id`` kept or made.
 An :class:`~plait.proxy.http1_exchange.Exchange` then walks the routing levels, making
-one :class:`~plait.proxy.http1_exchange.Attempt` per try::
+one :class:`~plait.proxy.http1_attempt.Attempt` per try::
 
     listener -> Router.match (virtual host, route) -> weighted cluster pick
              -> balancer.pick (endpoint) -> pool (idle keep-alive connection, or connect)
@@ -45,8 +45,9 @@ Retries, per route, cover requests without a body before any response byte was s
 with the same error type as the header) and one sample in the Prometheus metrics
 (:mod:`~plait.proxy.metrics`), labelled with source and destination service.
 
-Layering: decisions live in pure modules (``http1_checks``, ``router``, ``lb``,
-``proxy_status``, ``runtime``, ``xds_decode``), checked by ``mypy --strict`` and unit
-tests; the shells (``http1``, ``http1_exchange``, ``upstream``, ``dataplane``, ``admin``,
+Layering: decisions live in pure modules (``http1_checks``, ``http1_shapes``, ``router``,
+``lb``, ``proxy_status``, ``runtime``, ``xds_decode``), checked by ``mypy --strict`` and
+unit tests; the shells (``http1``, ``http1_exchange``, ``http1_attempt``, ``upstream``,
+``dataplane``, ``admin``,
 ``main``) hold sockets and timers and are tested with real processes and curl.
 """

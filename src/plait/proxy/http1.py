@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from plait.proxy.http1_attempt import P_QUEUE, P_UPGRADE
 from plait.proxy.http1_checks import MAX_HEAD_BYTES, HeadRejected, identify_rejected
-from plait.proxy.http1_exchange import P_QUEUE, P_UPGRADE, Exchange, HeaderView
+from plait.proxy.http1_exchange import Exchange, HeaderView
 from plait.proxy.http1_shapes import fast_request_head
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
 

@@ -2,7 +2,7 @@
 
 Theory of operation. An :class:`Exchange` is one request/response, created by
 :class:`~plait.proxy.http1.Http1Server` once a head passed the checks. It walks the
-routing levels and makes one :class:`Attempt` per try::
+routing levels and makes one :class:`~plait.proxy.http1_attempt.Attempt` per try::
 
     Exchange.start: listener Router -> route -> weighted cluster -> balancer endpoint
         Attempt.run: pool (idle keep-alive connection, or connect within connect_timeout)
@@ -10,11 +10,8 @@ routing levels and makes one :class:`Attempt` per try::
     Exchange: response head, body, trailers downstream -> finish (log, metrics)
 
 The Exchange decides (retry, answer locally, relay); an Attempt only carries out one try
-and reports what happened (Envoy's router filter and upstream request). An Attempt owns
-its endpoint's load counter -- started when the first byte of the request leaves,
-finished exactly once by :meth:`Attempt.end` (a try that never sent anything only counts
-a failure, if it failed) -- and its connection until it releases it to the pool (clean
-keep-alive end) or closes it (anything else).
+and reports what happened (Envoy's router filter and upstream request; see
+:mod:`~plait.proxy.http1_attempt`).
 
 Bytes are streamed, never buffered whole: request body pieces go upstream as llhttp hands
 them over (re-chunked when chunked), response pieces go downstream the same way. Flow
@@ -40,6 +37,15 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from plait.proxy import proxy_status
+from plait.proxy.http1_attempt import (
+    NO_RETRY,
+    P_PENDING,
+    P_QUEUE,
+    P_UPGRADE,
+    P_UPSTREAM_FULL,
+    RETRY_RESET,
+    Attempt,
+)
 from plait.proxy.http1_checks import (
     BODY_CHUNKED,
     BODY_NONE,
@@ -62,33 +68,21 @@ from plait.proxy.proxy_status import (
     HTTP_REQUEST_DENIED,
     HTTP_REQUEST_ERROR,
     HTTP_RESPONSE_TIMEOUT,
-    PROXY_INTERNAL_ERROR,
     STATUS_FOR,
 )
 from plait.proxy.rbac import evaluate as evaluate_rbac
-from plait.proxy.upstream import ConnectFailed, UpstreamConnection
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import ClusterState, DataPlane
     from plait.proxy.deadlines import Deadline
     from plait.proxy.http1 import Http1Server
     from plait.proxy.lb import EndpointState
-    from plait.proxy.runtime import RbacFilter, Route, UpstreamTls
+    from plait.proxy.runtime import RbacFilter, Route
 
 log = logging.getLogger("plait.proxy.http1")
 
 MAX_PENDING = 256 * 1024  # request body bytes held while no upstream connection exists
 
-# Why downstream reading is paused (a bit set: reading resumes when none is left).
-P_UPSTREAM_FULL = 1  # the upstream socket's write buffer is over its high-water mark
-P_PENDING = 2  # MAX_PENDING body bytes are waiting for an upstream connection
-P_QUEUE = 4  # a pipelined request waits for the one before it
-P_UPGRADE = 8  # an upgrade request waits for the upstream's answer
-
-# Which retry_on names (Envoy's) allow a retry after each kind of failure.
-RETRY_CONNECT = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
-RETRY_RESET = frozenset({"reset", "5xx", "gateway-error"})
-NO_RETRY: frozenset[str] = frozenset()
 _GATEWAY_STATUS = frozenset({502, 503, 504})
 
 
@@ -122,221 +116,6 @@ class HeaderView(Mapping[str, str]):
     def __len__(self) -> int:
         m = self._map
         return len(self._build() if m is None else m)
-
-
-class Attempt:
-    """One try of an exchange on one endpoint; the UpstreamHandler of its connection."""
-
-    __slots__ = (
-        "cluster",
-        "conn",
-        "endpoint",
-        "ex",
-        "key",
-        "live",
-        "paused",
-        "reused",
-        "sent",
-        "timer",
-    )
-
-    def __init__(self, ex: Exchange, cluster: ClusterState, endpoint: EndpointState) -> None:
-        self.ex = ex
-        self.cluster = cluster
-        self.endpoint = endpoint
-        e = endpoint.endpoint
-        self.key = (e.address, e.port)
-        self.conn: UpstreamConnection | None = None
-        self.reused = False
-        self.paused = False  # we paused the connection's reading (downstream is full)
-        self.timer: Deadline | None = None
-        self.live = True
-        self.sent = False  # the endpoint got bytes of the request (and its counter a start)
-
-    def write(self, pieces: list[bytes]) -> None:
-        conn = self.conn
-        if conn is not None and conn.transport is not None:
-            if not self.sent:
-                self.sent = True
-                self.endpoint.start()
-            if len(pieces) == 1:
-                conn.transport.write(pieces[0])  # the usual head-only request: no iovec
-            else:
-                conn.transport.writelines(pieces)
-
-    def run(self) -> None:
-        tls = self.cluster.config.tls
-        if tls is not None:
-            self._run_tls(tls)
-            return
-        conn = self.cluster.pool.take(self.key)
-        if conn is not None:
-            self._send(conn, True)
-        else:
-            self.ex.dp.loop.create_task(self._connect(self.key))
-
-    def _run_tls(self, tls: UpstreamTls) -> None:
-        """mTLS: connections are pooled per (endpoint, local identity)."""
-        ex = self.ex
-        slot = ex.server.listener
-        identity = slot.identity
-        ctx = ex.dp.tls.client(identity)
-        if ctx is None:
-            if identity is None:
-                details = (
-                    f"no local identity for mTLS to {self.cluster.service}: listener "
-                    f"{slot.name!r} speaks for no single local service; send the request "
-                    "through the caller's own outbound|<service> listener"
-                )
-            else:
-                details = f"no local identity yet: no certificate for {identity} from the CA"
-            ex.local_reply(503, DESTINATION_UNAVAILABLE, details)
-            return
-        key = (*self.key, identity)
-        conn = self.cluster.pool.take(key)
-        if conn is not None:
-            self._send(conn, True)
-        else:
-            ex.dp.loop.create_task(self._connect(key, (ctx, tls.server_sans)))
-
-    async def _connect(self, key: tuple[object, ...], tls: object = None) -> None:
-        cluster = self.cluster
-        try:
-            conn = await cluster.pool.connect(key, cluster.config.connect_timeout, tls)
-        except ConnectFailed as exc:
-            if self.live:
-                self.ex.attempt_failed(self, exc.error, exc.details, RETRY_CONNECT)
-            return
-        except Exception as exc:  # a bug, not the network: say so
-            log.exception("connecting to %s:%s", *self.key)
-            if self.live:
-                self.ex.attempt_failed(self, PROXY_INTERNAL_ERROR, f"connect: {exc!r}", NO_RETRY)
-            return
-        if not self.live:
-            cluster.pool.release(conn)  # the exchange moved on: keep the connection
-            return
-        self._send(conn, False)
-
-    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
-        ex = self.ex
-        head = ex.head
-        assert head is not None
-        self.conn = conn
-        self.reused = reused
-        conn.begin(self, head.method == b"HEAD")
-        if ex.pending:
-            ex.send_up([ex.head_bytes, *ex.take_pending()])
-        else:
-            ex.send_up([ex.head_bytes])
-        if ex.server.write_paused:
-            self.pause_reading()
-
-    def arm_timer(self, timeout: float) -> None:
-        if self.timer is None and self.live:
-            self.timer = self.ex.dp.timers.call_later(timeout, self._timed_out, timeout)
-
-    def _timed_out(self, timeout: float) -> None:
-        self.timer = None
-        if self.live and not self.ex.started:
-            details = f"no response within the per-try timeout ({timeout:g}s)"
-            self.ex.attempt_failed(self, HTTP_RESPONSE_TIMEOUT, details, RETRY_RESET)
-
-    def end(self, ok: bool, keep: bool = False) -> None:
-        """The try is over: keep the connection (``keep``: to the pool) or close it, and
-        count the result against the endpoint. Idempotent."""
-        if not self.live:
-            return
-        self.live = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            if keep:
-                if self.paused and conn.transport is not None:
-                    conn.transport.resume_reading()
-                self.cluster.pool.release(conn)
-            else:
-                conn.close()
-                self.cluster.pool.forget(conn)
-        if self.sent:
-            self.endpoint.finish(ok)
-        elif not ok:
-            self.endpoint.failures += 1  # e.g. connect refused: a failure, not a request
-
-    def detach(self) -> UpstreamConnection:
-        """Hand the connection over (to a tunnel) and end the try."""
-        conn = self.conn
-        assert conn is not None
-        self.conn = None
-        conn.handler = None
-        self.end(True)
-        return conn
-
-    def pause_reading(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.transport is not None and not self.paused:
-            conn.transport.pause_reading()
-            self.paused = True
-
-    def resume_reading(self) -> None:
-        conn = self.conn
-        if self.paused and conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
-        self.paused = False
-
-    # -- UpstreamHandler -----------------------------------------------------------------
-
-    def upstream_head(
-        self,
-        conn: UpstreamConnection,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        if self.live:
-            self.ex.response_head(self, status, reason, headers, keep_alive)
-
-    def upstream_body(self, data: bytes) -> None:
-        if self.live:
-            self.ex.response_body(data)
-
-    def uncork(self) -> None:
-        ex = self.ex
-        if ex.corked is not None:
-            ex.uncork()
-
-    def upstream_complete(
-        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
-    ) -> None:
-        if self.live:
-            self.ex.response_complete(self, trailers)
-
-    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
-        if self.live:
-            self.ex.response_upgraded(self, rest)
-        else:
-            conn.close()
-
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.live:
-            self.conn = None
-            self.ex.upstream_gone(self, conn.received, exc)
-
-    def upstream_error(
-        self, conn: UpstreamConnection, details: str, error: str = HTTP_PROTOCOL_ERROR
-    ) -> None:
-        if self.live:
-            self.conn = None
-            self.ex.attempt_failed(self, error, details, NO_RETRY)
-
-    def upstream_write_paused(self) -> None:
-        self.ex.server.pause(P_UPSTREAM_FULL)
-
-    def upstream_write_resumed(self) -> None:
-        self.ex.server.resume(P_UPSTREAM_FULL)
 
 
 class Exchange:
