@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import io
 import pstats
 import sys
 import time
 from typing import Any
 
-from plait.proxy.accesslog import AccessLog
+from plait.proxy.accesslog import AccessLog, BufferedWriter
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.http1 import Http1Server
 from plait.proxy.metrics import Metrics
@@ -107,12 +108,9 @@ class Rig:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.log = bytearray()
-        self.dp = DataPlane(
-            "bench-out",
-            metrics=Metrics(),
-            access_log=AccessLog(lambda line: self.log.extend(line.encode())),
-        )
+        self.log = io.BytesIO()  # the access log file: BufferedWriter batches into it
+        self.writer = BufferedWriter(self.log)
+        self.dp = DataPlane("bench-out", metrics=Metrics(), access_log=AccessLog(self.writer.write))
 
         async def bind() -> None:
             await self.dp.bind("outbound", "127.0.0.1", 0, "outbound")
@@ -142,6 +140,7 @@ class Rig:
             raise SystemExit(f"client got {got[:300]!r}")
 
     def close(self) -> None:
+        self.writer.close()
         self.loop.run_until_complete(self.dp.close(grace=0.0))
         self.loop.close()
 
@@ -155,7 +154,8 @@ def measure(requests: int, repeat: int = 5) -> list[float]:
         rig.check()
         out = []
         for _ in range(repeat):
-            rig.log.clear()
+            rig.log.seek(0)
+            rig.log.truncate()
             t0 = time.perf_counter()
             for _ in range(requests):
                 rig.one()

@@ -11,7 +11,8 @@ def test_rig_relays_a_request_and_its_response() -> None:
         rig.one()
         rig.check()
         assert rig.up.writes == 1 and rig.down.writes == 1
-        line = bytes(rig.log)
+        rig.writer.flush()
+        line = rig.log.getvalue()
         assert b'"destination":"bench"' in line and b'"status":200' in line
         rig.one()  # the same pooled upstream connection serves the next request
         rig.check()
