@@ -22,14 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from plait.proxy.accesslog import AccessLog, BufferedWriter
-from plait.proxy.dataplane import DataPlane
+from plait.proxy.dataplane import DataPlane, fast_request_id
 from plait.proxy.http1 import Http1Server
 from plait.proxy.metrics import Metrics
 from plait.proxy.runtime import (
@@ -47,10 +49,18 @@ from plait.proxy.upstream import UpstreamConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY = b"x" * 1024
+_RESPONSE_FIELDS = [  # what the benchmark's nginx upstream sends
+    (b"Server", b"nginx/1.22.1"),
+    (b"Date", b"Thu, 26 Nov 2026 19:40:00 GMT"),
+    (b"Content-Type", b"application/octet-stream"),
+    (b"Content-Length", b"1024"),
+    (b"Connection", b"keep-alive"),
+]
 RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:40:00 GMT\r\n"
-    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
-    b"Connection: keep-alive\r\n\r\n" + BODY
+    b"HTTP/1.1 200 OK\r\n"
+    + b"".join(n + b": " + v + b"\r\n" for n, v in _RESPONSE_FIELDS)
+    + b"\r\n"
+    + BODY
 )
 UPSTREAM = ("127.0.0.1", 9)
 
@@ -84,10 +94,14 @@ class RecordingTransport:
         return default
 
 
-def config() -> ProxyConfig:
+def config(route_timeout: float | None = 15.0) -> ProxyConfig:
     cname = "outbound|bench"
     route = Route(
-        "bench-default", RouteMatch(prefix="/"), (WeightedCluster(cname, 1),), 1, timeout=15.0
+        "bench-default",
+        RouteMatch(prefix="/"),
+        (WeightedCluster(cname, 1),),
+        1,
+        timeout=route_timeout,
     )
     table = RouteTable("outbound", (VirtualHost("bench", ("bench", "bench:80"), (route,)),))
     return ProxyConfig(
@@ -106,17 +120,26 @@ def config() -> ProxyConfig:
 class Rig:
     """One DataPlane, one downstream connection, one pooled upstream connection."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        request_id: Callable[[], str] = fast_request_id,
+        route_timeout: float | None = 15.0,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.log = io.BytesIO()  # the access log file: BufferedWriter batches into it
         self.writer = BufferedWriter(self.log)
-        self.dp = DataPlane("bench-out", metrics=Metrics(), access_log=AccessLog(self.writer.write))
+        self.dp = DataPlane(
+            "bench-out",
+            metrics=Metrics(),
+            access_log=AccessLog(self.writer.write),
+            request_id=request_id,
+        )
 
         async def bind() -> None:
             await self.dp.bind("outbound", "127.0.0.1", 0, "outbound")
 
         self.loop.run_until_complete(bind())
-        self.dp.apply(config())
+        self.dp.apply(config(route_timeout))
         slot = self.dp.listeners["outbound"]
         self.server = Http1Server(self.dp, slot)
         self.down = RecordingTransport()
@@ -145,9 +168,9 @@ class Rig:
         self.loop.close()
 
 
-def measure(requests: int, repeat: int = 5) -> list[float]:
-    """Microseconds per request, one figure per repetition."""
-    rig = Rig()
+def measure(requests: int, repeat: int = 5, **options: Any) -> list[float]:
+    """Microseconds per request, one figure per repetition (``options``: for :class:`Rig`)."""
+    rig = Rig(**options)
     try:
         for _ in range(2000):  # warm-up: caches, pools, the allocator
             rig.one()
@@ -166,12 +189,90 @@ def measure(requests: int, repeat: int = 5) -> list[float]:
         rig.close()
 
 
+# --breakdown: what each part of the request path costs, measured by taking it away.
+# Each variant patches one named attribute for the length of its measurement; a variant
+# whose target has moved fails (AttributeError) instead of silently measuring nothing.
+_CANNED: dict[str, Any] = {}
+
+
+def _noop(*args: Any) -> None:
+    return None
+
+
+def _canned_request_head(*args: Any) -> Any:
+    return _CANNED["request"]
+
+
+def _canned_response_head(*args: Any) -> Any:
+    return _CANNED["response"]
+
+
+def _same_id() -> str:
+    return "0" * 32
+
+
+# label -> (attributes to replace: (module, "Class.attr" or "name", value), Rig options)
+VARIANTS: dict[str, tuple[list[tuple[str, str, Any]], dict[str, Any]]] = {
+    "production defaults": ([], {}),
+    "no access log line": ([("plait.proxy.accesslog", "AccessLog.request", _noop)], {}),
+    "no metrics sample": ([("plait.proxy.metrics", "Metrics.request", _noop)], {}),
+    "no observe (log, metrics)": ([("plait.proxy.dataplane", "DataPlane.observe", _noop)], {}),
+    "no request id made": ([], {"request_id": _same_id}),
+    "no route timeout timer": ([], {"route_timeout": None}),
+    "no head checks (canned heads)": (
+        [
+            ("plait.proxy.http1", "fast_request_head", _canned_request_head),
+            ("plait.proxy.http1_exchange", "fast_response_head", _canned_response_head),
+        ],
+        {},
+    ),
+}
+
+
+def _patch(module: str, dotted: str, value: Any) -> tuple[Any, str, Any]:
+    obj: Any = importlib.import_module(module)
+    *owners, name = dotted.split(".")
+    for owner in owners:
+        obj = getattr(obj, owner)
+    old = getattr(obj, name)  # AttributeError: the variant's target moved
+    setattr(obj, name, value)
+    return obj, name, old
+
+
+def breakdown(requests: int, repeat: int) -> dict[str, float]:
+    """Best µs per request of each variant (the production path first)."""
+    from plait.proxy.http1_shapes import fast_request_head, fast_response_head
+
+    _CANNED["request"] = fast_request_head(b"GET", b"/", "1.1", [(b"Host", b"bench")], True)
+    nginx = [(n, v) for n, v in _RESPONSE_FIELDS if n not in (b"Connection",)]
+    _CANNED["response"] = fast_response_head(200, b"OK", nginx, b"GET", "1.1", True)
+    out = {}
+    for label, (patches, options) in VARIANTS.items():
+        undo = [_patch(*p) for p in patches]
+        try:
+            out[label] = min(measure(requests, repeat, **options))
+        finally:
+            for obj, name, old in reversed(undo):
+                setattr(obj, name, old)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile one repetition")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="price each part by measuring without it"
+    )
     args = ap.parse_args(argv)
+    if args.breakdown:
+        costs = breakdown(args.requests, args.repeat)
+        base = costs["production defaults"]
+        for label, us in costs.items():
+            saved = f"  (-{base - us:.2f} us)" if us != base else ""
+            print(f"{label:32s} {us:6.2f} us/request{saved}")
+        return 0
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -36,3 +36,17 @@ def test_check_refuses_a_wrong_answer() -> None:
 def test_measure_reports_per_request_times() -> None:
     times = hotpath.measure(200, repeat=2)
     assert len(times) == 2 and all(0 < t < 10_000 for t in times)
+
+
+def test_breakdown_variants_name_existing_attributes() -> None:
+    # a variant whose target moved would otherwise measure nothing
+    for patches, _options in hotpath.VARIANTS.values():
+        for module, dotted, value in patches:
+            obj, name, old = hotpath._patch(module, dotted, value)
+            setattr(obj, name, old)
+
+
+def test_breakdown_prices_every_variant() -> None:
+    costs = hotpath.breakdown(100, 1)
+    assert list(costs) == list(hotpath.VARIANTS)
+    assert all(us > 0 for us in costs.values())

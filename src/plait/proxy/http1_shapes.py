@@ -131,7 +131,9 @@ def fast_request_head(
     keep_alive: bool,
 ) -> RequestHead:
     """:func:`~plait.proxy.http1_checks.parse_request_head`, memoized on the names."""
-    names = tuple([h[0] for h in headers])
+    if not headers:  # no Host: the full check decides (HTTP/1.0) or words the error
+        return parse_request_head(method, target, version, headers, keep_alive)
+    names, values = zip(*headers, strict=True)
     try:
         shape = _request_shapes[names]
     except KeyError:
@@ -141,7 +143,6 @@ def fast_request_head(
     if shape is None or (version != "1.1" and version != "1.0") or method == b"CONNECT":
         return parse_request_head(method, target, version, headers, keep_alive)
     host_i, cl_i, rid_i, conn_i, forward = shape
-    values = [h[1] for h in headers]
     if b"\t".join(values).translate(None, _FIELD_VALUE_OK):
         return parse_request_head(method, target, version, headers, keep_alive)
     content_length = None
@@ -151,7 +152,10 @@ def fast_request_head(
             return parse_request_head(method, target, version, headers, keep_alive)
     if conn_i >= 0 and values[conn_i].lower() not in _CONNECTION_PLAIN:
         return parse_request_head(method, target, version, headers, keep_alive)
-    origin, authority = _split_target(target, method)
+    if target[:1] == b"/":  # origin-form, by far the most common: no split needed
+        origin, authority = target, None
+    else:
+        origin, authority = _split_target(target, method)
     if authority is None:
         authority = values[host_i].strip(_OWS)
         if not authority and version == "1.1":
@@ -186,14 +190,13 @@ def fast_response_head(
     downstream_keep_alive: bool,
 ) -> ResponseHead:
     """:func:`~plait.proxy.http1_checks.parse_response_head`, memoized on the names."""
-    names = tuple([h[0] for h in headers])
+    names, values = zip(*headers, strict=True) if headers else ((), ())
     try:
         shape = _response_shapes[names]
     except KeyError:
         if len(_response_shapes) >= MAX_SHAPES:
             _response_shapes.clear()
         shape = _response_shapes[names] = response_shape(names)
-    values = [h[1] for h in headers]
     content_length = None
     if shape is not None and not b"\t".join(values).translate(None, _FIELD_VALUE_OK):
         cl_i, conn_i, forward = shape
