@@ -230,6 +230,7 @@ class PlaitCase:
         side_cpu: int,
         python: str = sys.executable,
         mtls: bool = False,
+        proxy_args: list[str] | None = None,
     ) -> None:
         if mtls and hops != 2:
             raise ValueError("plait mTLS is between two proxies: hops must be 2")
@@ -241,6 +242,7 @@ class PlaitCase:
         self.proxy_cpu = proxy_cpu
         self.side_cpu = side_cpu
         self.python = python
+        self.proxy_args = list(proxy_args or [])  # extra `plait.proxy` flags (--workers N)
         self.name = f"plait-{hops}hop{'-mtls' if mtls else ''}"
         # mTLS: join tokens by service, the never-listening "app" of loadgen, and what the
         # pre-load check found (for the raw JSON and the report's commands).
@@ -382,6 +384,7 @@ class PlaitCase:
         with os.fdopen(fd, "w") as f:
             f.write(yaml.safe_dump(doc, sort_keys=False))
         argv = [self.python, "-m", "plait.proxy", "--config", str(path), "--log-level", "WARNING"]
+        argv += self.proxy_args
         proc = self.procs.start(name, argv, cpu=self.proxy_cpu)
         self.proxies.append(proc)
         self.nodes.append(node)

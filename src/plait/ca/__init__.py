@@ -24,7 +24,30 @@ The control plane (:mod:`plait.control`) wires these to its HTTP API, its store 
 periodic task; docs/security.md is the operator's view.
 """
 
-from plait.ca.authority import CertificateAuthority, CsrRefused, IssuedCert
-from plait.ca.spiffe import SpiffeId
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plait.ca.authority import CertificateAuthority, CsrRefused, IssuedCert
+    from plait.ca.spiffe import SpiffeId
 
 __all__ = ["CertificateAuthority", "CsrRefused", "IssuedCert", "SpiffeId"]
+
+# Imported on first use (PEP 562): the proxy imports plait.ca.spiffe and plait.ca.tokens,
+# which need no cryptography; plait.ca.authority does (docs/internals.md, "Memory").
+_LAZY = {
+    "CertificateAuthority": "plait.ca.authority",
+    "CsrRefused": "plait.ca.authority",
+    "IssuedCert": "plait.ca.authority",
+    "SpiffeId": "plait.ca.spiffe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plait.ca' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

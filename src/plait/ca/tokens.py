@@ -30,10 +30,12 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from plait.ca.profile import Rng
 from plait.ca.spiffe import CONTROL_SERVICE, check_service
+
+if TYPE_CHECKING:  # plait.ca.profile needs cryptography; the proxy imports this module
+    from plait.ca.profile import Rng
 
 PREFIX = "plait-jt"
 SECRET_BYTES = 32

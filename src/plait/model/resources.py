@@ -16,9 +16,6 @@ back into such strings, so a dumped resource reads back to an equal one.
 
 from __future__ import annotations
 
-import math
-import re
-from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -33,46 +30,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from plait.model.names import LABEL_KEY_RE as LABEL_KEY_RE
+from plait.model.names import NAME_RE as NAME_RE
+from plait.model.names import SPIFFE_ID_RE as SPIFFE_ID_RE
+from plait.model.names import format_duration as format_duration
+from plait.model.names import parse_duration as parse_duration
+
 API_VERSION: Final = "plait/v1"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> float:
-    """Parse ``"250ms"``/``"5s"``/``"1m"``/``"2h"`` or a number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as '250ms' or '5s'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"expected a duration such as '250ms' or '5s', got {value!r}")
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise ValueError("expected a duration such as '250ms' or '5s'")
-    if not math.isfinite(seconds):
-        raise ValueError(f"a duration must be a finite number, got {value!r}")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration`: ``0.25`` -> ``"250ms"``, ``60.0`` -> ``"1m"``.
-
-    Picks the largest unit that gives a whole count and reads back to exactly the same
-    float; otherwise plain decimal seconds (``"0.0015s"``), which always reads back exactly.
-    """
-    for unit in ("h", "m", "s", "ms"):
-        count = seconds / _UNIT_SECONDS[unit]
-        if count >= 1 and count.is_integer():
-            text = f"{int(count)}{unit}"
-            if parse_duration(text) == seconds:
-                return text
-    return f"{Decimal(repr(seconds)):f}s"
 
 
 Duration = Annotated[
@@ -113,6 +77,9 @@ class ServicePort(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+ServiceName = Annotated[str, AfterValidator(_check_name)]
+
+
 class ServiceSpec(_Strict):
     protocol: Literal["http", "grpc", "tcp"] = "http"
     ports: tuple[ServicePort, ...] = (ServicePort(name="http", port=80),)
@@ -120,6 +87,11 @@ class ServiceSpec(_Strict):
     connect_timeout: Duration = 1.0
     # the inbound side of the service (docs/mtls.md): plaintext only, both, or mTLS only
     mtls: Literal["plaintext", "permissive", "strict"] = "plaintext"
+    # the Services this service's workloads call (docs/xds.md, "Scoping"): a proxy whose
+    # local services all declare it gets only those services' clusters, endpoints and
+    # routes. None (absent) = calls everything; () = calls nothing. Duplicates and names of
+    # missing Services are refused by the cross-resource checks (plait.model.checks).
+    calls: tuple[ServiceName, ...] | None = None
 
     @field_validator("ports")
     @classmethod
@@ -243,12 +215,6 @@ class Route(_Strict):
     @property
     def name(self) -> str:
         return self.metadata.name
-
-
-SPIFFE_ID_RE = re.compile(
-    r"^spiffe://([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)/svc/([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"
-)
-"""``spiffe://<trust domain>/svc/<service>``: the only SPIFFE id shape plait issues."""
 
 
 def _check_principal(value: str) -> str:

@@ -134,8 +134,12 @@ class DataPlane:
         downstream_idle_timeout: float = 300.0,
         request_head_timeout: float = 30.0,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        reuse_port: bool = False,
     ) -> None:
         self.node_id = node_id
+        # a worker of ``plait proxy --workers N``: listeners on a fixed port join the
+        # port's SO_REUSEPORT group, shared with the other workers (plait.proxy.workers)
+        self.reuse_port = reuse_port
         self.panic_threshold = panic_threshold  # percent healthy (plait.proxy.lb)
         self.local_services = tuple(local_services)
         self.metrics = metrics
@@ -198,7 +202,12 @@ class DataPlane:
             server = await InboundAcceptor.bind(self, slot, address, port)
         else:
             server = await self.loop.create_server(
-                lambda: Http1Server(self, slot), address, port, reuse_address=True, backlog=1024
+                lambda: Http1Server(self, slot),
+                address,
+                port,
+                reuse_address=True,
+                reuse_port=bool(self.reuse_port and port),
+                backlog=1024,
             )
         sockname = server.sockets[0].getsockname()
         slot.address, slot.port = sockname[0], sockname[1]

@@ -82,6 +82,8 @@ class InboundAcceptor:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if port and dp.reuse_port:  # a worker of `plait proxy --workers N`
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(sockaddr)
             sock.listen(1024)
             sock.setblocking(False)

@@ -28,6 +28,14 @@ The stack, one step per line in :func:`run_proxy`:
    let requests in flight finish (up to ``--grace`` seconds), flush the access log.
 
 The access log is flushed about once a second and at shutdown.
+
+With ``--workers N`` (N > 1) the process started is a supervisor
+(:mod:`plait.proxy.workers`) that forks N workers, each running :func:`run_proxy` with a
+:class:`~plait.proxy.workers.WorkerRole` on the same ports (SO_REUSEPORT).
+
+Memory: the identity code (and with it cryptography) is imported only when a local
+service has an identity (:func:`make_identities`); nothing here imports pydantic
+(docs/internals.md, "Memory").
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from plait.fsutil import write_json_atomic
 from plait.proxy.accesslog import AccessLog, BufferedWriter
@@ -60,12 +68,15 @@ from plait.proxy.bootstrap import node_metadata as make_node_metadata
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.guard import EndpointGuard
 from plait.proxy.health import HealthChecker
-from plait.proxy.identities import ProxyIdentities
 from plait.proxy.lkg import LkgError, LkgMeta, LkgWriter, iso_time, lkg_path, load_lkg
 from plait.proxy.metrics import Metrics
 from plait.proxy.registration import Registrar, instance_records, kick_on_change
 from plait.proxy.runtime import ProxyConfig
 from plait.proxy.xds_client import XdsClient
+
+if TYPE_CHECKING:
+    from plait.proxy.identities import ProxyIdentities  # cryptography: only with mTLS
+    from plait.proxy.workers import WorkerRole
 
 log = logging.getLogger("plait.proxy")
 
@@ -165,9 +176,18 @@ async def run_proxy(
     ca: str | None = None,
     ca_bundle: str | None = None,
     tokens: dict[str, str] | None = None,
+    worker: WorkerRole | None = None,
 ) -> None:
-    """Run a proxy from its bootstrap file until ``stop`` is set or SIGTERM/SIGINT."""
-    boot = load_bootstrap(bootstrap_path)
+    """Run a proxy from its bootstrap file until ``stop`` is set or SIGTERM/SIGINT.
+
+    ``worker``: this process is one worker of ``plait proxy --workers N``
+    (:mod:`plait.proxy.workers`): it runs the bootstrap given there, under its own xDS
+    node id, registers the local services only if it is the registering worker, and
+    reports its ready info to the supervisor."""
+    boot = worker.boot if worker is not None else load_bootstrap(bootstrap_path)
+    # the proxy's name in Via, Proxy-Status and the access log: the same for every worker
+    hop_node = worker.hop_node_id if worker is not None else boot.node_id
+    register = worker is None or worker.register
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,11 +197,12 @@ async def run_proxy(
     writer = open_access_log(boot.access_log)
     metrics = Metrics()
     dp = DataPlane(
-        boot.node_id,
+        hop_node,
         local_services=[svc.name for svc in boot.services],
         metrics=metrics,
         access_log=AccessLog(writer.write),
         panic_threshold=boot.guard.panic_threshold,
+        reuse_port=worker is not None,
     )
     source = ConfigSource()
     guard = EndpointGuard(time.monotonic, boot.guard.confirm_after)
@@ -202,7 +223,7 @@ async def run_proxy(
             identities=identities.heartbeat if identities is not None else None,
             extra=source.heartbeat,
         )
-        for svc in boot.services:
+        for svc in boot.services if register else ():  # health feeds registration only
             if svc.health_check is not None:
                 checkers[svc.name] = HealthChecker(
                     svc.health_check,
@@ -247,14 +268,18 @@ async def run_proxy(
         if identities is not None:
             for name, coro in identities.tasks():
                 spawn(coro, name)
-        registrar_task = loop.create_task(registrar.run(), name="registrar")
-        tasks.append(registrar_task)
+        registrar_task: asyncio.Task[Any] | None = None
+        if register:
+            registrar_task = loop.create_task(registrar.run(), name="registrar")
+            tasks.append(registrar_task)
         spawn(xds.run(), "xds")
         spawn(_flush_every(writer, FLUSH_INTERVAL), "access-log-flush")
 
         ready_path = ready_file or boot.ready_file
         if ready_path:
             write_ready_file(ready_path, ready_info(boot, bound, admin_address))
+        if worker is not None:
+            worker.ready(ready_info(boot, bound, admin_address))
         log.info(
             "proxy %s serving: outbound %s:%s, admin http://%s:%s",
             boot.node_id,
@@ -265,9 +290,10 @@ async def run_proxy(
         await stop.wait()
         log.info("proxy %s stopping", boot.node_id)
         if boot.services and boot.drain_time > 0:
-            registrar_task.cancel()
-            await asyncio.gather(registrar_task, return_exceptions=True)
-            await registrar.leave()
+            if registrar_task is not None:
+                registrar_task.cancel()
+                await asyncio.gather(registrar_task, return_exceptions=True)
+                await registrar.leave()
             log.info("proxy %s draining for %gs", boot.node_id, boot.drain_time)
             await asyncio.sleep(boot.drain_time)
     finally:
@@ -337,6 +363,8 @@ def make_identities(
         wanted = {name: token for name, token in wanted.items() if token}
     if not wanted:
         return None
+    from plait.proxy.identities import ProxyIdentities  # cryptography: only with mTLS
+
     return ProxyIdentities(
         dp,
         ca,
@@ -382,31 +410,60 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SERVICE=TOKEN",
         help="a local service's join token (overrides the bootstrap's); repeatable",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own event loop, sharing the listener ports "
+        "(SO_REUSEPORT; docs/internals.md). Default 1: one process, no supervisor",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     tokens = dict(t.split("=", 1) for t in args.token if "=" in t)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        import uvloop
 
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        loop_factory = None
-    try:
+    def run(loop_factory: Any, worker: WorkerRole | None = None) -> None:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(
                 run_proxy(
                     args.config,
-                    ready_file=args.ready_file,
+                    ready_file=None if worker is not None else args.ready_file,
                     grace=args.grace,
                     ca=args.ca,
                     ca_bundle=args.ca_bundle,
                     tokens=tokens,
+                    worker=worker,
                 )
             )
+
+    try:
+        import uvloop
+
+        if args.workers > 1:
+            from plait.proxy import workers
+
+            def run_worker(role: WorkerRole) -> int:
+                try:
+                    run(uvloop.new_event_loop, role)
+                except OSError as exc:
+                    print(f"plait proxy: worker {role.index} cannot start: {exc}", file=sys.stderr)
+                    return 1
+                return 0
+
+            return workers.supervise(
+                args.config,
+                args.workers,
+                run_worker,
+                ready_file=args.ready_file,
+                grace=args.grace,
+            )
+        run(uvloop.new_event_loop)
     except BootstrapError as exc:
         print(f"plait proxy: {exc}", file=sys.stderr)
         return 2

@@ -15,14 +15,15 @@ the chain against the trust bundle; these are the checks it cannot make (docs/mt
 :func:`check_peer` returns the SPIFFE id as text, or a :class:`PeerRejected` whose
 ``reason`` goes to the log and the counters; the caller closes the connection before
 reading or writing any application byte.
+
+``cryptography`` is imported on the first certificate checked, not with the module: the
+data plane imports this module, and a plaintext proxy does without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-
-from cryptography import x509
 
 from plait.ca.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
 
@@ -52,6 +53,9 @@ def check_peer(
     """
     if not der:
         return PeerRejected("the peer presented no certificate")
+    # imported here: a proxy without TLS peers never loads cryptography (docs/internals.md)
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:

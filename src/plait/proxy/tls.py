@@ -22,6 +22,9 @@ signed (so a proxy has a bundle before its first xDS push), duplicates removed.
 
 ``ssl.SSLContext.load_cert_chain`` reads files only, so the chain and key are written
 to a private temporary directory (0700) for the call and removed at once.
+
+``cryptography`` is imported on first use (the first bundle merged), not with the module:
+the data plane imports this module, and a plaintext proxy does without it.
 """
 
 from __future__ import annotations
@@ -34,9 +37,6 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 TRUST_BUNDLE = "trust-bundle"
 
@@ -57,6 +57,10 @@ class LocalIdentity:
 
 def merge_bundles(pems: Iterable[bytes | None]) -> bytes:
     """One PEM bundle with every distinct certificate of ``pems``, in first-seen order."""
+    # imported here: a proxy with no TLS material never loads cryptography (docs/internals.md)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     seen: set[bytes] = set()
     out: list[bytes] = []
     for pem in pems:
@@ -150,6 +154,10 @@ class TlsContexts:
         self._rebuild()
 
     def _rebuild(self, only: str | None = None) -> None:
+        if not self.identities:
+            # no local identity, no context to build: the bundle is merged (and
+            # cryptography imported) when the first certificate arrives
+            return
         bundle = merge_bundles(
             [self._sds_bundle, *(i.ca_bundle_pem for i in self.identities.values())]
         )

@@ -49,7 +49,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
-from plait.model.resources import SPIFFE_ID_RE
+from plait.model.names import SPIFFE_ID_RE
 from plait.proxy.runtime import (
     Cluster,
     Direction,

@@ -1,0 +1,230 @@
+"""Where a plait proxy's resident memory goes: per import step, and for running proxies.
+
+Two reports (both by default):
+
+* ``imports``: a fresh interpreter imports the proxy's dependencies one step at a time,
+  in the order the proxy pulls them in, and prints ``VmRSS`` after each step and the
+  difference to the step before; then which heavy packages ``plait.proxy.main`` left in
+  ``sys.modules`` (pydantic and cryptography should be absent: they come only with an
+  identity, see docs/internals.md, "Memory").
+* ``running``: real proxies in front of an nginx upstream, started by the benchmark
+  harness (:mod:`plait_case`): the 1-hop plaintext proxy and, with ``--mtls``, the two
+  proxies of the 2-hop mTLS case. Prints ``VmRSS`` idle (ready, config received), then
+  after ``wrk -t1 -c50 -dNs`` through the proxy (``VmRSS`` and the peak ``VmHWM``).
+  ``--workers N`` starts the 1-hop proxy with ``--workers N`` and reports the supervisor
+  (the first row) and every worker.
+
+Run::
+
+    .venv/bin/python benchmarks/rss_breakdown.py                  # both reports
+    .venv/bin/python benchmarks/rss_breakdown.py imports
+    .venv/bin/python benchmarks/rss_breakdown.py running --mtls --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# (label, statement) in the order the proxy imports them; each step's delta is its own cost.
+STEPS: list[tuple[str, str]] = [
+    ("python", "pass"),
+    ("asyncio + ssl", "import asyncio, ssl"),
+    ("uvloop + httptools", "import uvloop, httptools"),
+    ("yaml", "import yaml"),
+    ("plait.proxy.bootstrap", "import plait.proxy.bootstrap"),
+    ("plait.proxy.dataplane", "import plait.proxy.dataplane"),
+    ("protobuf", "import google.protobuf.message"),
+    ("plait.proxy.xds_decode (envoy protos)", "import plait.proxy.xds_decode"),
+    ("grpc", "import grpc"),
+    ("plait.proxy.xds_client", "import plait.proxy.xds_client"),
+    ("plait.proxy.main", "import plait.proxy.main"),
+    ("(mTLS only) plait.proxy.identities", "import plait.proxy.identities"),
+    ("(not in the proxy) pydantic", "import pydantic"),
+]
+
+HEAVY = ("pydantic", "pydantic_core", "cryptography", "plait.model.resources", "typer")
+
+_CHILD = """
+import json, sys
+def rss():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+out = []
+steps = json.loads(sys.argv[1])
+heavy = json.loads(sys.argv[2])
+for label, stmt in steps:
+    exec(stmt)
+    if label == 'plait.proxy.main':
+        present = [m for m in heavy if m in sys.modules]
+    out.append([label, rss()])
+print(json.dumps({'steps': out, 'present_after_main': present}))
+"""
+
+
+def import_steps(python: str = sys.executable) -> dict[str, Any]:
+    """Run :data:`STEPS` in a fresh interpreter; ``{"steps": [[label, kib]], ...}``."""
+    r = subprocess.run(
+        [python, "-c", _CHILD, json.dumps(STEPS), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return dict(json.loads(r.stdout))
+
+
+def format_steps(result: dict[str, Any]) -> str:
+    lines = [f"{'step':44} {'VmRSS MiB':>10} {'+MiB':>7}"]
+    prev = 0
+    for label, kib in result["steps"]:
+        lines.append(f"{label:44} {kib / 1024:10.1f} {(kib - prev) / 1024:+7.1f}")
+        prev = kib
+    present = result["present_after_main"]
+    lines.append(f"heavy modules after plait.proxy.main: {', '.join(present) or 'none'}")
+    return "\n".join(lines)
+
+
+def status_kib(pid: int) -> dict[str, int]:
+    """``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile`` (``/proc/<pid>/status``) and ``Pss``
+    (``/proc/<pid>/smaps_rollup``: shared pages divided among the processes mapping them)
+    of ``pid``, in KiB."""
+    out = {}
+    for path, keys in (
+        (f"/proc/{pid}/status", ("VmRSS", "VmHWM", "RssAnon", "RssFile")),
+        (f"/proc/{pid}/smaps_rollup", ("Pss",)),
+    ):
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in keys:
+                    out[key] = int(value.split()[0])
+    return out
+
+
+def worker_pids(pid: int) -> list[int]:
+    """``pid`` and its children (the supervisor and workers of ``--workers N``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        kids = []
+    return [pid, *kids]
+
+
+def running(duration: float, mtls: bool, workers: int, connections: int) -> list[dict[str, Any]]:
+    from load import parse_wrk
+    from peers import SERVICE, PeerSet
+    from plait_case import PlaitCase
+    from procs import Procs
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="plait-rss-") as tmp:
+        work = Path(tmp)
+        procs = Procs(work / "logs")
+        try:
+            peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=1)
+            upstream = peers.start_upstream()
+            cases = [("plaintext 1 hop", 1, False)]
+            if mtls:
+                cases.append(("mTLS 2 hops", 2, True))
+            for label, hops, with_mtls in cases:
+                case = PlaitCase(
+                    procs,
+                    work / label.replace(" ", "-"),
+                    hops=hops,
+                    upstream_port=upstream,
+                    proxy_cpu=0,
+                    side_cpu=1,
+                    mtls=with_mtls,
+                    proxy_args=["--workers", str(workers)] if workers > 1 else [],
+                )
+                endpoint = case.start()
+                time.sleep(1.0)
+                idle = {
+                    (proc.name, pid): status_kib(pid)
+                    for proc in case.proxies
+                    for pid in worker_pids(proc.pid)
+                }
+                argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
+                argv += ["-H", f"Host: {SERVICE}", f"http://127.0.0.1:{endpoint.port}/"]
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+                wrk = parse_wrk(r.stdout)
+                for proc in case.proxies:
+                    for pid in worker_pids(proc.pid):
+                        after = status_kib(pid)
+                        rows.append(
+                            {
+                                "case": label,
+                                "proxy": proc.name,
+                                "pid": pid,
+                                "idle_rss_kib": idle[(proc.name, pid)]["VmRSS"],
+                                "loaded_rss_kib": after["VmRSS"],
+                                "peak_kib": after["VmHWM"],
+                                "loaded_anon_kib": after["RssAnon"],
+                                "loaded_file_kib": after["RssFile"],
+                                "loaded_pss_kib": after["Pss"],
+                                "requests": wrk.get("requests"),
+                                "wrk": " ".join(argv),
+                            }
+                        )
+                case.stop()
+        finally:
+            procs.stop_all()
+    return rows
+
+
+def format_running(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'case':16} {'proxy':32} {'idle MiB':>9} {'loaded MiB':>11} {'VmHWM MiB':>10} "
+        f"{'anon':>6} {'file':>6} {'Pss':>6}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['case']:16} {r['proxy'] + ' ' + str(r['pid']):32} "
+            f"{r['idle_rss_kib'] / 1024:9.1f} {r['loaded_rss_kib'] / 1024:11.1f} "
+            f"{r['peak_kib'] / 1024:10.1f} {r['loaded_anon_kib'] / 1024:6.1f} "
+            f"{r['loaded_file_kib'] / 1024:6.1f} {r['loaded_pss_kib'] / 1024:6.1f}"
+        )
+    lines.append("anon/file: VmRSS split after the load; Pss: shared pages divided by sharers")
+    if rows:
+        lines.append(f"load: {rows[0]['wrk']} ({rows[0]['requests']} requests per case)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", nargs="?", choices=["imports", "running", "all"], default="all")
+    parser.add_argument("--duration", type=float, default=5.0, help="wrk seconds (5)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    parser.add_argument("--mtls", action="store_true", help="also the 2-hop mTLS case")
+    parser.add_argument("--workers", type=int, default=1, help="plait proxy --workers N")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {}
+    if args.report in ("imports", "all"):
+        out["imports"] = import_steps()
+        if not args.json:
+            print(format_steps(out["imports"]), flush=True)
+    if args.report in ("running", "all"):
+        out["running"] = running(args.duration, args.mtls, args.workers, args.connections)
+        if not args.json:
+            print(format_running(out["running"]), flush=True)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Names, label keys, SPIFFE ids and durations: the small pure pieces of the model.
+
+No pydantic here: the proxy (:mod:`plait.proxy.bootstrap`, :mod:`plait.proxy.xds_decode`)
+imports these without pulling in the resource models (docs/internals.md, "Memory");
+:mod:`plait.model.resources` re-exports them and wraps :func:`parse_duration` into its
+pydantic ``Duration`` type.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+SPIFFE_ID_RE = re.compile(
+    r"^spiffe://([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)/svc/([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"
+)
+"""``spiffe://<trust domain>/svc/<service>``: the only SPIFFE id shape plait issues."""
+
+
+def parse_duration(value: object) -> float:
+    """Parse ``"250ms"``/``"5s"``/``"1m"``/``"2h"`` or a number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '250ms' or '5s'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"expected a duration such as '250ms' or '5s', got {value!r}")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as '250ms' or '5s'")
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`: ``0.25`` -> ``"250ms"``, ``60.0`` -> ``"1m"``.
+
+    Picks the largest unit that gives a whole count and reads back to exactly the same
+    float; otherwise plain decimal seconds (``"0.0015s"``), which always reads back exactly.
+    """
+    for unit in ("h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count.is_integer():
+            text = f"{int(count)}{unit}"
+            if parse_duration(text) == seconds:
+                return text
+    return f"{Decimal(repr(seconds)):f}s"
