@@ -9,7 +9,8 @@ A :class:`~plait.model.config.ConfigSet` is only ever made here, after every che
 - at most one Route per Service;
 - every Policy's ``spec.service`` names an existing Service, at most one Policy per
   Service;
-- backend subsets use well-formed label keys.
+- backend subsets use well-formed label keys;
+- every name in a Service's ``spec.calls`` names an existing Service, once.
 
 Each resource comes with its :class:`~plait.model.source.Where`, so an error points at
 the document (and line, when read from text) that has to change. When an apply brings a
@@ -163,11 +164,42 @@ def check_subsets(entries: Sequence[Entry]) -> list[FieldError]:
     return errors
 
 
+def check_calls(entries: Sequence[Entry]) -> list[FieldError]:
+    """Each name in a Service's ``spec.calls`` names an existing Service, at most once."""
+    services = sorted({e.resource.name for e in entries if isinstance(e.resource, Service)})
+    known = set(services)
+    errors: list[FieldError] = []
+    for entry in entries:
+        service = entry.resource
+        if not isinstance(service, Service) or service.spec.calls is None:
+            continue
+        first: dict[str, int] = {}
+        for index, target in enumerate(service.spec.calls):
+            path = ("spec", "calls", index)
+            if target in first:
+                message = (
+                    f"Service {target!r} is listed twice (first at spec.calls[{first[target]}]); "
+                    "list each called Service once"
+                )
+                errors.append(entry.error(path, message))
+                continue
+            first[target] = index
+            if target not in known:
+                hint = _close_name(target, services)
+                message = (
+                    f"names Service {target!r}, which does not exist{hint}; "
+                    "define that Service or fix the name"
+                )
+                errors.append(entry.error(path, message))
+    return errors
+
+
 CHECKS: tuple[Callable[[Sequence[Entry]], list[FieldError]], ...] = (
     check_unique,
     check_references,
     check_policies,
     check_subsets,
+    check_calls,
 )
 
 
@@ -206,8 +238,8 @@ def apply(current: ConfigSet, new: Sequence[Entry]) -> tuple[ConfigSet, list[str
 
 
 def delete(current: ConfigSet, kind: str, name: str) -> ConfigSet:
-    """``current`` without the named resource; refused if a Route or Policy still names a
-    Service."""
+    """``current`` without the named resource; refused if a Route, a Policy or another
+    Service's ``spec.calls`` still names a Service."""
     where = Where(APPLIED, 0)
     if kind not in KINDS:
         message = f"unknown kind {kind!r}: expected one of {', '.join(sorted(KINDS))}"
@@ -233,6 +265,22 @@ def delete(current: ConfigSet, kind: str, name: str) -> ConfigSet:
             message = (
                 f"cannot delete: Policy {policy.name!r} still protects this Service "
                 "(spec.service); delete that Policy first, or point it at another Service"
+            )
+            raise ConfigError([where.error((), message, kind, name)])
+        callers = sorted(
+            s.name
+            for s in current.services.values()
+            if s.name != name and s.spec.calls is not None and name in s.spec.calls
+        )
+        if callers:
+            who = (
+                f"Service {callers[0]!r} still calls"
+                if len(callers) == 1
+                else f"Services {', '.join(repr(c) for c in callers)} still call"
+            )
+            message = (
+                f"cannot delete: {who} this Service (spec.calls); remove it from "
+                "spec.calls first, or delete the callers first"
             )
             raise ConfigError([where.error((), message, kind, name)])
     return ConfigSet(

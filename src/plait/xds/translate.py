@@ -15,8 +15,14 @@ non-plait node's snapshot does not depend on the node at all and is built once.
 
 Two kinds of node get different cluster sets:
 
-- a plait proxy: clusters for every service (a tcp service gets its cluster and
-  endpoints, no routes yet), ``lb_policy`` from the Service;
+- a plait proxy: clusters for every service it may call (a tcp service gets its cluster
+  and endpoints, no routes yet), ``lb_policy`` from the Service. *Scoping*: when every
+  local service of the proxy (``node.inbound``) declares ``spec.calls``, "every service
+  it may call" is the union of those lists, and the ``outbound`` RouteConfiguration has
+  virtual hosts for just those services; if any local service has no ``calls`` (or is
+  unknown to the config), or the proxy fronts no service, it is every service. The
+  shared parts are built once per scope (:meth:`Translator.dependencies`), so every
+  proxy with the same scope gets the same messages and the same shared snapshot;
 - any other xDS client: clusters for http and grpc services only, ``ROUND_ROBIN``
   (gRPC's default policy).
 
@@ -46,6 +52,7 @@ Names follow docs/xds.md via :mod:`plait.xds.names`. The result is always consis
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -126,11 +133,14 @@ class Translator:
         self._trust_domain = trust_domain
         self._trust_bundle = bytes(trust_bundle)
         self._inbound: dict[InboundPort, Any] = {}  # the same port on many nodes: one build
+        self._scoped: dict[frozenset[str] | None, Snapshot] = {}  # scope -> shared parts
+        self._eds_parts: dict[str, _EdsPart] = {}  # service -> its plait-proxy EDS parts
+        self._assignments_memo: dict[str, Resources] = {}  # service -> its assignments
 
     def for_node(self, node: NodeInfo) -> Snapshot:
         if not node.plait_proxy:
             return self._client_snapshot
-        shared = self._proxy_shared
+        shared = self._proxy_shared(self.dependencies(node))
         listeners: Resources = {
             OUTBOUND: _outbound_listener(OUTBOUND, node.outbound_address, node.outbound_port)
         }
@@ -220,38 +230,93 @@ class Translator:
 
     # --- shared parts, built on first use ----------------------------------------------
 
-    @cached_property
-    def _proxy_shared(self) -> Snapshot:
-        """Secrets, clusters, endpoints and the ``outbound`` routes every plait proxy gets."""
-        clusters, endpoints = self._eds_clusters(self._services, lb_from_service=True, tls=True)
-        routed = [s for s in self._services if s.spec.protocol in ROUTED_PROTOCOLS]
+    def dependencies(self, node: NodeInfo) -> frozenset[str] | None:
+        """The services whose clusters, endpoints and routes a plait proxy gets: the union
+        of its local services' ``calls``; None (every service) if it fronts no service or
+        any local service calls everything (no ``calls``, or unknown to the config).
+        Names of services the config does not have are left out."""
+        local = {port.service for port in node.inbound}
+        if not local:
+            return None
+        called: set[str] = set()
+        for name in local:
+            service = self._by_name.get(name)
+            if service is None or service.spec.calls is None:
+                return None
+            called.update(service.spec.calls)
+        return frozenset(called & self._by_name.keys())
+
+    def _proxy_shared(self, scope: frozenset[str] | None) -> Snapshot:
+        """Secrets, clusters, endpoints and the ``outbound`` routes of the services in
+        ``scope`` (None: every service), shared by every plait proxy with that scope."""
+        shared = self._scoped.get(scope)
+        if shared is None:
+            shared = self._scoped[scope] = self._build_shared(scope)
+        return shared
+
+    def _build_shared(self, scope: frozenset[str] | None) -> Snapshot:
+        services = [s for s in self._services if scope is None or s.name in scope]
+        clusters: Resources = {}
+        endpoints: Resources = {}
+        cluster_digests: dict[str, bytes] = {}
+        endpoint_digests: dict[str, bytes] = {}
+        for service in services:
+            part = self._proxy_eds(service)
+            clusters.update(part.clusters)
+            endpoints.update(part.endpoints)
+            cluster_digests.update(part.cluster_digests)
+            endpoint_digests.update(part.endpoint_digests)
         outbound = b.make_route_configuration(
             OUTBOUND,
             [
                 b.make_virtual_host(
                     s.name, service_domains(s.name, _ports(s)), self._service_routes[s.name]
                 )
-                for s in routed
+                for s in services
+                if s.spec.protocol in ROUTED_PROTOCOLS
             ],
         )
-        secrets: Resources = {}
-        if self._trust_bundle:
-            secrets[TRUST_BUNDLE] = b.make_trust_bundle_secret(TRUST_BUNDLE, self._trust_bundle)
         resources = {
-            SECRET: secrets,
+            SECRET: self._secrets,
             CLUSTER: clusters,
             ENDPOINT: endpoints,
             ROUTE: {OUTBOUND: outbound},
         }
         digests = {
-            type_url: {name: resource_digest(m) for name, m in items.items()}
-            for type_url, items in resources.items()
+            SECRET: self._secret_digests,
+            CLUSTER: cluster_digests,
+            ENDPOINT: endpoint_digests,
+            ROUTE: {OUTBOUND: resource_digest(outbound)},
         }
         shared = Snapshot(resources={**resources, LISTENER: {}}, digests=digests)
         shared.version(SECRET)  # computed once here, reused by every node's snapshot
         shared.version(ENDPOINT)
         shared.version(ROUTE)
         return shared
+
+    @cached_property
+    def _secrets(self) -> Resources:
+        if not self._trust_bundle:
+            return {}
+        return {TRUST_BUNDLE: b.make_trust_bundle_secret(TRUST_BUNDLE, self._trust_bundle)}
+
+    @cached_property
+    def _secret_digests(self) -> dict[str, bytes]:
+        return {name: resource_digest(m) for name, m in self._secrets.items()}
+
+    def _proxy_eds(self, service: Service) -> _EdsPart:
+        """One service's EDS clusters and assignments for plait proxies, with their
+        digests: built once per translator, shared by every scope that has the service."""
+        part = self._eds_parts.get(service.name)
+        if part is None:
+            clusters, endpoints = self._eds_clusters([service], lb_from_service=True, tls=True)
+            part = self._eds_parts[service.name] = _EdsPart(
+                clusters,
+                endpoints,
+                {name: resource_digest(m) for name, m in clusters.items()},
+                {name: resource_digest(m) for name, m in endpoints.items()},
+            )
+        return part
 
     @cached_property
     def _client_snapshot(self) -> Snapshot:
@@ -293,6 +358,7 @@ class Translator:
             spec = service.spec
             lb_policy: b.LbPolicy = spec.load_balancer if lb_from_service else "round_robin"
             socket = self._upstream_tls(service) if tls else None
+            assignments = self._assignments(service.name)
             for name in self._subset_clusters[service.name]:
                 clusters[name] = b.make_eds_cluster(
                     name,
@@ -300,7 +366,7 @@ class Translator:
                     lb_policy=lb_policy,
                     transport_socket=socket,
                 )
-                endpoints[name] = self._assignments[name]
+                endpoints[name] = assignments[name]
         return clusters, endpoints
 
     @cached_property
@@ -318,14 +384,17 @@ class Translator:
             by_service[service.name] = subsets
         return by_service
 
-    @cached_property
-    def _assignments(self) -> Resources:
-        """A ClusterLoadAssignment per EDS cluster; the same for every kind of node."""
-        return {
-            name: b.make_load_assignment(name, _members(self._endpoints.get(service, []), subset))
-            for service, subsets in self._subset_clusters.items()
-            for name, subset in subsets.items()
-        }
+    def _assignments(self, service: str) -> Resources:
+        """A ClusterLoadAssignment per EDS cluster of ``service``; the same for every kind
+        of node, built on first use (a scoped proxy needs only some services')."""
+        found = self._assignments_memo.get(service)
+        if found is None:
+            endpoints = self._endpoints.get(service, [])
+            found = self._assignments_memo[service] = {
+                name: b.make_load_assignment(name, _members(endpoints, subset))
+                for name, subset in self._subset_clusters[service].items()
+            }
+        return found
 
     @cached_property
     def _service_routes(self) -> dict[str, list[Any]]:
@@ -345,6 +414,16 @@ class Translator:
 
 
 # --- pure helpers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EdsPart:
+    """One service's EDS clusters and ClusterLoadAssignments, with their digests."""
+
+    clusters: Resources
+    endpoints: Resources
+    cluster_digests: dict[str, bytes]
+    endpoint_digests: dict[str, bytes]
 
 
 def _ports(service: Service) -> tuple[int, ...]:

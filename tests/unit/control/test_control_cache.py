@@ -410,3 +410,64 @@ def test_a_subscription_change_without_a_nonce_is_taken(h: Harness) -> None:
     (second,) = h.cache.pending(w)
     assert len(second.resources) == 2
     assert w.types[ENDPOINT].acked_version is None
+
+
+def test_a_change_in_a_service_nobody_calls_pushes_nothing_to_a_scoped_watch() -> None:
+    """Scoping (docs/xds.md): a proxy whose service calls only ``orders`` is neither woken
+    nor sent anything when ``users`` gets an endpoint; a proxy that calls everything is."""
+
+    def svc(name: str, calls: list[str] | None) -> Service:
+        return Service.model_validate({"metadata": {"name": name}, "spec": {"calls": calls}})
+
+    config = ConfigSet(
+        services={
+            "web": svc("web", ["orders"]),
+            "orders": svc("orders", None),
+            "users": svc("users", []),
+        }
+    )
+    orders_inst = Instance("orders", "host-o", "127.0.0.1", 16001)
+    cache = SnapshotCache(config, [orders_inst])
+
+    def synced_watch(service: str) -> tuple[Watch, list[int]]:
+        node = NodeInfo(
+            f"host-{service}",
+            plait_proxy=True,
+            outbound_port=15001,
+            inbound=(InboundPort(service, "127.0.0.1", 15002, app_port=9001),),
+        )
+        wakes: list[int] = []
+        w = cache.open_watch(node, lambda: wakes.append(1))
+        for t in (CLUSTER, LISTENER):
+            cache.on_request(w, t, "", "", [])
+        eds_names = sorted(n for n in w.snapshot.subset(CLUSTER, None) if n.startswith("out"))
+        names = {CLUSTER: [], LISTENER: [], ENDPOINT: eds_names, ROUTE: ["outbound"]}
+        cache.on_request(w, ENDPOINT, "", "", names[ENDPOINT])
+        cache.on_request(w, ROUTE, "", "", names[ROUTE])
+        for _ in range(3):
+            for p in cache.pending(w):
+                cache.on_request(w, p.type_url, p.version, p.nonce, names[p.type_url])
+        assert w.status() == SYNCED
+        return w, wakes
+
+    web, web_wakes = synced_watch("web")
+    assert w_clusters(web) == ["inbound|web", "outbound|orders"]
+    orders, orders_wakes = synced_watch("orders")
+    assert "outbound|users" in w_clusters(orders)
+
+    users_inst = Instance("users", "host-u", "127.0.0.1", 16002)
+    woken = cache.set_inputs(instances=[orders_inst, users_inst])
+    assert woken == [orders] and orders_wakes and not web_wakes
+    assert cache.pending(web) == []
+    assert [p.type_url for p in cache.pending(orders)] == [ENDPOINT]
+    assert web.status() == SYNCED
+
+    # and a change to what web calls reaches it
+    moved = Instance("orders", "host-o", "127.0.0.1", 16003)
+    assert set(cache.set_inputs(instances=[moved, users_inst])) == {web, orders}
+    assert [p.type_url for p in cache.pending(web)] == [ENDPOINT]
+
+
+def w_clusters(w: Watch) -> list[str]:
+    assert w.snapshot is not None
+    return sorted(w.snapshot.subset(CLUSTER, None))

@@ -17,6 +17,7 @@ from xds_strategies import (
     PROPERTY_SETTINGS,
     TRUST_BUNDLE,
     configs,
+    configs_and_proxies,
     instances,
     nodes,
     trust_bundles,
@@ -26,7 +27,7 @@ from plait.model.config import ConfigSet
 from plait.model.resources import subset_key
 from plait.xds.inputs import Instance, NodeInfo
 from plait.xds.translate import Translator, translate
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 
 
 @PROPERTY_SETTINGS
@@ -43,12 +44,15 @@ def test_translation_is_consistent_and_names_follow_the_contract(
     routed = {n for n, s in config.services.items() if s.spec.protocol in ("http", "grpc")}
     clusters = set(snapshot.names(CLUSTER))
     if node.plait_proxy:
+        scope = expected_scope(config, node)
         assert "outbound" in snapshot.names(LISTENER)
         assert snapshot.names(ROUTE) == ["outbound"]
-        assert {f"outbound|{n}" for n in config.services} <= clusters
+        outbound = {n.split("|")[1] for n in clusters if n.startswith("outbound|")}
+        assert outbound == scope  # exactly the services it may call
+        assert {f"outbound|{n}" for n in scope} <= clusters
         assert {f"inbound|{p.service}" for p in node.inbound} <= clusters
         vhosts = snapshot.items(ROUTE)["outbound"].virtual_hosts
-        assert [v.name for v in vhosts] == sorted(routed)
+        assert [v.name for v in vhosts] == sorted(routed & scope)
     else:  # proxyless clients: plaintext only, strict services left out
         routed = {n for n in routed if config.services[n].spec.mtls != "strict"}
         assert {f"outbound|{n}" for n in routed} <= clusters
@@ -59,6 +63,56 @@ def test_translation_is_consistent_and_names_follow_the_contract(
             for name in (n, *(f"{n}:{p.port}" for p in config.services[n].spec.ports))
         }
         assert set(snapshot.names(LISTENER)) == expected_listeners
+
+
+def expected_scope(config: ConfigSet, node: NodeInfo) -> set[str]:
+    """The services a plait proxy may call (docs/xds.md, "Scoping"), computed afresh."""
+    local = {p.service for p in node.inbound}
+    if not local:
+        return set(config.services)
+    called: set[str] = set()
+    for name in local:
+        service = config.services.get(name)
+        if service is None or service.spec.calls is None:
+            return set(config.services)
+        called.update(service.spec.calls)
+    return called & set(config.services)
+
+
+def without_calls(config: ConfigSet) -> ConfigSet:
+    services = {
+        name: s.model_copy(update={"spec": s.spec.model_copy(update={"calls": None})})
+        for name, s in config.services.items()
+    }
+    return ConfigSet(services=services, routes=config.routes, policies=config.policies)
+
+
+@PROPERTY_SETTINGS
+@given(mesh=configs_and_proxies(), registry=instances, bundle=trust_bundles)
+def test_a_scoped_snapshot_is_the_unscoped_one_cut_to_its_scope(
+    mesh: tuple[ConfigSet, NodeInfo], registry: list[Instance], bundle: bytes
+) -> None:
+    config, node = mesh
+    scoped = translate(config, registry, node, trust_bundle=bundle)
+    full = translate(without_calls(config), registry, node, trust_bundle=bundle)
+    scope = expected_scope(config, node)
+    for type_url in (SECRET, LISTENER):
+        assert scoped.items(type_url) == full.items(type_url)
+    for type_url in (CLUSTER, ENDPOINT):
+        expected = {
+            name: message
+            for name, message in full.items(type_url).items()
+            if not name.startswith("outbound|") or name.split("|")[1] in scope
+        }
+        assert dict(scoped.items(type_url)) == expected
+    vhosts = full.items(ROUTE)["outbound"].virtual_hosts
+    assert list(scoped.items(ROUTE)["outbound"].virtual_hosts) == [
+        v for v in vhosts if v.name in scope
+    ]
+    # every cluster a route names is in CDS; every EDS cluster has its assignment
+    assert [e for e in scoped.consistency_errors() if "trust-bundle" not in e] == []
+    outbound = {n.split("|")[1] for n in scoped.names(CLUSTER) if n.startswith("outbound|")}
+    assert outbound == scope
 
 
 @PROPERTY_SETTINGS

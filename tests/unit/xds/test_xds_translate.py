@@ -25,9 +25,11 @@ from xds_fixtures import (
     vhost,
 )
 
+from plait.model.config import ConfigSet
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
+from plait.xds.snapshot import Snapshot
 from plait.xds.translate import Translator, translate
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 # --- plait proxy: names and shapes ------------------------------------------------------
 
@@ -295,3 +297,144 @@ def test_changing_a_route_weight_changes_only_rds() -> None:
     cfg.routes["orders"] = route("orders", shifted)
     after = translate(cfg, shop_instances(), proxy_node())
     assert {t for t in before.versions() if before.version(t) != after.version(t)} == {ROUTE}
+
+
+# --- scoping: a proxy gets only what its local services call ----------------------------
+
+
+def scoped_config(**calls: list[str] | None) -> ConfigSet:
+    """The shop mesh, with ``spec.calls`` set on the named services."""
+    cfg = shop_config()
+    services = dict(cfg.services)
+    for name, called in calls.items():
+        spec = services[name].spec.model_copy(
+            update={"calls": None if called is None else tuple(called)}
+        )
+        services[name] = services[name].model_copy(update={"spec": spec})
+    return ConfigSet(services=services, routes=cfg.routes, policies=cfg.policies)
+
+
+def node_fronting(*services: str, node_id: str = "node-x") -> NodeInfo:
+    return NodeInfo(
+        node_id=node_id,
+        plait_proxy=True,
+        outbound_port=15001,
+        inbound=tuple(
+            InboundPort(s, "10.0.0.9", 15006 + i, app_port=9000 + i, outbound_port=16000 + i)
+            for i, s in enumerate(services)
+        ),
+    )
+
+
+def outbound_clusters(snapshot: Snapshot) -> list[str]:
+    return [n for n in snapshot.names(CLUSTER) if n.startswith("outbound|")]
+
+
+def test_a_proxy_for_orders_calling_inventory_gets_exactly_inventory() -> None:
+    cfg = scoped_config(orders=["inventory"])
+    snapshot = translate(cfg, shop_instances(), node_fronting("orders"))
+    assert snapshot.consistency_errors() == []
+    assert outbound_clusters(snapshot) == ["outbound|inventory"]
+    assert snapshot.names(ENDPOINT) == ["outbound|inventory"]
+    assert [v.name for v in snapshot.items(ROUTE)["outbound"].virtual_hosts] == ["inventory"]
+    assert endpoints_of(snapshot, "outbound|inventory") == [("10.0.0.2", 15007)]
+    # its own side is untouched: inbound listener and STATIC cluster, both outbound listeners
+    assert snapshot.names(LISTENER) == ["inbound|orders", "outbound", "outbound|orders"]
+    assert "inbound|orders" in snapshot.names(CLUSTER)
+
+
+def test_a_proxy_whose_service_declares_no_calls_gets_every_service() -> None:
+    cfg = scoped_config(frontend=["orders"])  # orders itself declares nothing
+    snapshot = translate(cfg, shop_instances(), node_fronting("orders"))
+    unscoped = translate(shop_config(), shop_instances(), node_fronting("orders"))
+    assert snapshot.versions() == unscoped.versions()
+    assert len(outbound_clusters(snapshot)) == 5  # 3 services and the orders v1/v2 subsets
+    assert {v.name for v in snapshot.items(ROUTE)["outbound"].virtual_hosts} == {
+        "frontend",
+        "inventory",
+        "orders",
+    }
+
+
+def test_a_proxy_fronting_no_service_gets_every_service() -> None:
+    cfg = scoped_config(frontend=[], orders=[], inventory=[])
+    bare = NodeInfo("node-y", plait_proxy=True, outbound_port=15001)
+    snapshot = translate(cfg, shop_instances(), bare)
+    assert snapshot.versions() == translate(shop_config(), shop_instances(), bare).versions()
+
+
+def test_calls_nothing_gets_no_outbound_clusters_and_an_empty_route_table() -> None:
+    cfg = scoped_config(inventory=[])
+    snapshot = translate(cfg, shop_instances(), node_fronting("inventory"))
+    assert snapshot.consistency_errors() == []
+    assert outbound_clusters(snapshot) == []
+    assert snapshot.names(ENDPOINT) == []
+    assert list(snapshot.items(ROUTE)["outbound"].virtual_hosts) == []
+
+
+def test_two_local_services_get_the_union_of_their_calls() -> None:
+    cfg = scoped_config(frontend=["orders"], inventory=["inventory"])
+    snapshot = translate(cfg, shop_instances(), node_fronting("frontend", "inventory"))
+    assert snapshot.consistency_errors() == []
+    assert outbound_clusters(snapshot) == [
+        "outbound|inventory",
+        "outbound|orders",
+        "outbound|orders|version=v1",
+        "outbound|orders|version=v2",
+    ]
+    assert snapshot.names(ENDPOINT) == outbound_clusters(snapshot)
+    vhosts = [v.name for v in snapshot.items(ROUTE)["outbound"].virtual_hosts]
+    assert vhosts == ["inventory", "orders"]
+    # one local service without calls widens the proxy to everything
+    everything = translate(
+        scoped_config(frontend=["orders"]), shop_instances(), node_fronting("frontend", "orders")
+    )
+    assert len(everything.items(ROUTE)["outbound"].virtual_hosts) == 3
+
+
+def test_scoped_resources_are_the_unscoped_ones() -> None:
+    cfg = scoped_config(frontend=["orders"])
+    node = node_fronting("frontend")
+    scoped = translate(cfg, shop_instances(), node, trust_bundle=b"bundle")
+    full = translate(shop_config(), shop_instances(), node, trust_bundle=b"bundle")
+    for type_url in (CLUSTER, ENDPOINT):
+        for name, message in scoped.items(type_url).items():
+            assert message == full.items(type_url)[name]
+    assert scoped.items(LISTENER) == full.items(LISTENER)
+    assert scoped.version(SECRET) == full.version(SECRET) and scoped.names(SECRET)
+    assert [v for v in scoped.items(ROUTE)["outbound"].virtual_hosts] == [
+        v for v in full.items(ROUTE)["outbound"].virtual_hosts if v.name == "orders"
+    ]
+
+
+def test_proxies_with_the_same_scope_share_their_resources_and_subset_memo() -> None:
+    cfg = scoped_config(frontend=["orders"], inventory=["orders"])
+    translator = Translator(cfg, shop_instances())
+    a = translator.for_node(node_fronting("frontend", node_id="a"))
+    b = translator.for_node(node_fronting("inventory", node_id="b"))
+    assert a.items(ENDPOINT) is b.items(ENDPOINT)
+    assert a.items(ROUTE)["outbound"] is b.items(ROUTE)["outbound"]
+    names = a.names(ENDPOINT)
+    assert a.subset_version(ENDPOINT, names) is b.subset_version(ENDPOINT, names)
+    other = translator.for_node(node_fronting("orders", node_id="c"))  # calls everything
+    assert other.items(ENDPOINT) is not a.items(ENDPOINT)
+    assert translator.dependencies(node_fronting("frontend")) == frozenset({"orders"})
+    assert translator.dependencies(node_fronting("orders")) is None
+
+
+def test_an_endpoint_change_leaves_proxies_that_do_not_call_the_service_unchanged() -> None:
+    cfg = scoped_config(frontend=["orders"], orders=["inventory"])
+    instances = shop_instances()
+    moved = [*instances[:4], Instance("inventory", "node-b", "10.0.0.2", 15008)]
+    cases = ((node_fronting("frontend"), set()), (node_fronting("orders"), {ENDPOINT}))
+    for node, changed in cases:
+        before = translate(cfg, instances, node)
+        after = translate(cfg, moved, node)
+        assert {t for t in before.versions() if before.version(t) != after.version(t)} == changed
+
+
+def test_calls_naming_a_service_the_config_lacks_are_ignored() -> None:
+    cfg = scoped_config(frontend=["orders", "ghost"])  # a ConfigSet made without checks
+    snapshot = translate(cfg, shop_instances(), node_fronting("frontend"))
+    assert snapshot.consistency_errors() == []
+    assert [v.name for v in snapshot.items(ROUTE)["outbound"].virtual_hosts] == ["orders"]

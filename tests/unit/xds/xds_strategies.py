@@ -23,8 +23,9 @@ header_values = st.text(alphabet="abc-/ 1", max_size=5)
 
 
 @st.composite
-def service_docs(draw: st.DrawFn, name: str) -> Service:
-    spec = {
+def service_docs(draw: st.DrawFn, name: str, names: list[str] | None = None) -> Service:
+    """A Service; with ``names``, it may declare ``calls`` (absent, empty or some of them)."""
+    spec: dict[str, Any] = {
         "protocol": draw(st.sampled_from(["http", "grpc", "tcp"])),
         "ports": [
             {"name": f"p{p}", "port": p}
@@ -34,6 +35,8 @@ def service_docs(draw: st.DrawFn, name: str) -> Service:
         "connectTimeout": draw(seconds),
         "mtls": draw(st.sampled_from(["plaintext", "permissive", "strict"])),
     }
+    if names and draw(st.booleans()):
+        spec["calls"] = draw(st.lists(st.sampled_from(names), unique=True))
     return Service.model_validate({"metadata": {"name": name}, "spec": spec})
 
 
@@ -80,7 +83,7 @@ def rules(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def configs(draw: st.DrawFn) -> ConfigSet:
     names = draw(st.lists(st.sampled_from(SERVICE_NAMES), unique=True, max_size=len(SERVICE_NAMES)))
-    services = {name: draw(service_docs(name)) for name in names}
+    services = {name: draw(service_docs(name, names)) for name in names}
     routed = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
     routes = {
         f"route-{name}": Route.model_validate(
@@ -146,6 +149,24 @@ nodes = st.one_of(
     ),
     st.builds(NodeInfo, node_id=st.sampled_from(["grpc-1", "envoy-1"])),
 )
+
+
+@st.composite
+def configs_and_proxies(draw: st.DrawFn) -> tuple[ConfigSet, NodeInfo]:
+    """A config and a plait proxy fronting some of its services (scoping applies when
+    they all declare ``calls``), now and then also one the config does not know."""
+    config = draw(configs())
+    names = sorted(config.services)
+    local = draw(st.lists(st.sampled_from(names), unique=True, max_size=3)) if names else []
+    if draw(st.integers(0, 9)) == 0:
+        local.append("unknown")
+    ports = [
+        InboundPort(name, "127.0.0.1", 20000 + i, app_port=9000 + i, outbound_port=i % 2)
+        for i, name in enumerate(local)
+    ]
+    node = NodeInfo("n1", plait_proxy=True, outbound_port=15001, inbound=tuple(ports))
+    return config, node
+
 
 TRUST_BUNDLE = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 trust_bundles = st.sampled_from([b"", TRUST_BUNDLE])
