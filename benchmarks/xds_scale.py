@@ -156,12 +156,33 @@ def svc(i: int) -> str:
     return f"svc-{i:04d}"
 
 
-def services_yaml(n: int) -> str:
-    return "---\n".join(
-        f"apiVersion: plait/v1\nkind: Service\nmetadata:\n  name: {svc(i)}\n"
-        "spec:\n  protocol: http\n  ports:\n    - name: http\n      port: 80\n"
-        for i in range(n)
-    )
+def calls_of(i: int, services: int, calls: int | None) -> list[int]:
+    """The services service ``i`` declares in ``spec.calls`` (``--calls K``): the next K
+    services round the ring, never itself; None: no ``calls`` (it may call every service)."""
+    if calls is None:
+        return []
+    return [(i + 1 + j) % services for j in range(min(calls, services - 1))]
+
+
+def callers_of(s: int, services: int, calls: int | None) -> list[int] | None:
+    """The services whose proxies a change to service ``s`` must reach: the services that
+    list ``s`` in ``calls``; None (every proxy) when services declare no ``calls``."""
+    if calls is None:
+        return None
+    return sorted(i for i in range(services) if s in calls_of(i, services, calls))
+
+
+def services_yaml(n: int, calls: int | None = None) -> str:
+    docs = []
+    for i in range(n):
+        doc = (
+            f"apiVersion: plait/v1\nkind: Service\nmetadata:\n  name: {svc(i)}\n"
+            "spec:\n  protocol: http\n  ports:\n    - name: http\n      port: 80\n"
+        )
+        if calls is not None:
+            doc += f"  calls: [{', '.join(svc(j) for j in calls_of(i, n, calls))}]\n"
+        docs.append(doc)
+    return "---\n".join(docs)
 
 
 def route_yaml(index: int, v1_weight: int) -> str:
@@ -441,6 +462,8 @@ class Run:
                 "--ramp",
                 str(self.args.ramp),
             ]
+            if self.args.calls is not None:
+                argv.append("--keep-all")
             if self.args.client_cpu is not None:
                 argv = ["taskset", "-c", str(self.args.client_cpu), *argv]
             err = open(self.dir / f"client-{j}.log", "wb")  # noqa: SIM115
@@ -483,7 +506,7 @@ class Run:
             self.api,
             "POST",
             "/v1/apply",
-            {"filename": "services.yaml", "yaml": services_yaml(a.services)},
+            {"filename": "services.yaml", "yaml": services_yaml(a.services, a.calls)},
         )
         self.route_weights = {}
         if a.routes:
@@ -591,7 +614,7 @@ class Run:
             f"RSS {after.get('VmRSS', 0) / 1024:.0f} MiB"
         )
 
-    def _endpoint_change(self, k: int) -> tuple[str, dict[str, Any], Any]:
+    def _endpoint_change(self, k: int) -> tuple[str, dict[str, Any], Any, int]:
         a = self.args
         s = (k * 7919 + 3) % a.services
         inst = {
@@ -609,9 +632,14 @@ class Run:
             "address": inst["address"],
             "port": inst["port"],
         }
-        return ENDPOINT, check, lambda: api_call(self.api, "POST", "/v1/registry/heartbeat", body)
+        return (
+            ENDPOINT,
+            check,
+            lambda: api_call(self.api, "POST", "/v1/registry/heartbeat", body),
+            s,
+        )
 
-    def _route_change(self, k: int) -> tuple[str, dict[str, Any], Any]:
+    def _route_change(self, k: int) -> tuple[str, dict[str, Any], Any, int]:
         r = k % max(1, self.args.routes)
         w = self.route_weights.get(r, 90) - 5
         if w < 50:
@@ -632,6 +660,7 @@ class Run:
             lambda: api_call(
                 self.api, "POST", "/v1/apply", {"filename": f"route-{k}.yaml", "yaml": text}
             ),
+            r,
         )
 
     def changes(self) -> None:
@@ -642,9 +671,10 @@ class Run:
         try:
             for k in range(a.changes):
                 kind = "endpoint added" if k % 2 == 0 or not a.routes else "route weight changed"
-                type_url, check, do = (
+                type_url, check, do, changed = (
                     self._endpoint_change(k) if kind == "endpoint added" else self._route_change(k)
                 )
+                callers = callers_of(changed, a.services, a.calls)
                 clients_cpu0 = [cpu_s(c.popen.pid) or 0.0 for c in self.clients]
                 before = self.cp_now()
                 t0 = time.monotonic()
@@ -658,6 +688,8 @@ class Run:
                         "t0": t0,
                         "timeout": self.left(a.change_timeout),
                         "check": check,
+                        "services": callers,
+                        "service_count": a.services,
                     },
                     self.left(a.change_timeout + 30),
                 )
@@ -677,6 +709,7 @@ class Run:
                     "api_s": t_api,
                     "acked": len(ack),
                     "missing": missing,
+                    "affected": len(ack) + missing,
                     "first_ack_s": min(ack) if ack else None,
                     "p50_ack_s": percentile(ack, 50) if ack else None,
                     "all_acked_s": max(ack) if ack and not missing else None,
@@ -694,11 +727,19 @@ class Run:
                 idle = self.wait_idle(t0)
                 row["cp_busy_s"] = idle["t"] - t0
                 row["cp_cpu_to_idle_s"] = idle["cpu"] - before["cpu"]
+                spare = ask_all(
+                    self.clients,
+                    {"cmd": "unneeded", "type": type_url, "t0": t0, "services": callers},
+                    self.left(30),
+                )
+                row["spared"] = sum(r["spared"] for r in spare)
+                row["unneeded"] = sum(r["unneeded"] for r in spare)
                 all_s = row["all_acked_s"]
                 self.log(
                     f"change {k + 1}/{a.changes} ({kind}): API {t_api * 1000:.0f} ms, "
                     + (
-                        f"all {len(ack)} ACKed after {all_s:.2f}s"
+                        f"all {len(ack)} affected ACKed after {all_s:.2f}s"
+                        f" ({row['unneeded']} of {row['spared']} unaffected got a push anyway)"
                         if all_s is not None
                         else f"{missing} stream(s) never got it ({len(ack)} did)"
                     )
@@ -859,6 +900,9 @@ def summarize(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 [r["cp_cpu_to_idle_s"] for r in rows if "cp_cpu_to_idle_s" in r], 50
             ),
             checks=all(r["check"] for r in rows),
+            affected=percentile([r.get("affected", r["acked"]) for r in rows], 50),
+            unneeded=max(r.get("unneeded", 0) for r in rows),
+            spared=max(r.get("spared", 0) for r in rows),
         )
     return kinds
 
@@ -870,8 +914,18 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
     started = result["started"].replace("T", " ")[:16]
     nan = float("nan")
     order = [k for k in ("endpoint added", "route weight changed") if k in kinds]
+    calls = p.get("calls")
+    scope = (
+        f"Every Service declares `spec.calls`: the next {calls} services round the ring, so a "
+        f"proxy gets the clusters, endpoints and routes of {calls} services, and a change to "
+        f"one service concerns only the ~{calls * p['proxies'] // p['services']:,} proxies "
+        "fronting a service that calls it (**affected**); the others must get nothing. "
+        if calls is not None
+        else "No Service declares `spec.calls`, so every proxy gets every service and every "
+        "change concerns every proxy. "
+    )
     lines = [
-        SECTION,
+        section_title(p),
         "",
         f"Generated by `benchmarks/xds_scale.py` on {started} UTC. "
         f"Command: `{result['command']}`. Raw data: `{rel_raw}` (not in git).",
@@ -886,9 +940,9 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
         "and RDS by name, like `plait proxy`, and ACKs every response at once without decoding it. "
         "A change alternates *endpoint added* (a heartbeat with one more instance) and *route "
         "weight changed* (an apply of one Route); **time to all ACKed** runs from just before the "
-        "API request until the last stream has received and ACKed a response of the affected type "
-        "(EDS, resp. RDS) with a new version (the first stream's response is decoded to check it "
-        "carries the change).",
+        "API request until the last affected stream has received and ACKed a response of the "
+        "affected type (EDS, resp. RDS) with a new version (the first affected stream's "
+        "response is decoded to check it carries the change). " + scope,
         "",
     ]
     if result.get("error"):
@@ -906,9 +960,9 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
             "changes measured",
             lambda d: f"{d['n']}" + (f" ({d['incomplete']} incomplete)" if d["incomplete"] else ""),
         )
-        row("**all proxies ACKed, p50 s**", lambda d: f"**{_fmt_s(d['p50'])}**")
-        row("**all proxies ACKed, p99 s**", lambda d: f"**{_fmt_s(d['p99'])}**")
-        row("all proxies ACKed, max s", lambda d: _fmt_s(d["max"]))
+        row("**all affected proxies ACKed, p50 s**", lambda d: f"**{_fmt_s(d['p50'])}**")
+        row("**all affected proxies ACKed, p99 s**", lambda d: f"**{_fmt_s(d['p99'])}**")
+        row("all affected proxies ACKed, max s", lambda d: _fmt_s(d["max"]))
         row(
             f"target: all ACKed within {TARGET_S:.0f} s",
             lambda d: (
@@ -917,10 +971,15 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
                 else "**missed**"
             ),
         )
+        row("proxies affected by a change, p50", lambda d: f"{d['affected']:,.0f}")
+        row(
+            "unaffected proxies that got a push anyway, max",
+            lambda d: f"{d['unneeded']:,} of {d['spared']:,}",
+        )
         row("first proxy ACKed, p50 s", lambda d: _fmt_s(d["first_p50"]))
         row("median proxy ACKed, p50 s", lambda d: _fmt_s(d["median_p50"]))
         row("API answered, p50 ms", lambda d: f"{d['api_p50'] * 1000:.0f}")
-        row("pushed to all proxies per change, MB", lambda d: f"{d['mb']:.1f}")
+        row("pushed to the affected proxies per change, MB", lambda d: f"{d['mb']:.2f}")
         row("control-plane CPU until all ACKed, s", lambda d: f"{d['cpu']:.2f}")
         row("control-plane busy after the change (until idle), s", lambda d: _fmt_s(d["busy"]))
         row("control-plane CPU until idle, s", lambda d: _fmt_s(d["cpu_idle"]))
@@ -1045,18 +1104,24 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
+def section_title(params: dict[str, Any]) -> str:
+    """The RESULTS.md heading of a run: scoped runs (``--calls``) get their own section."""
+    calls = params.get("calls")
+    return SECTION if calls is None else f"{SECTION}, scoped (--calls {calls})"
+
+
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
     """Put ``section`` at the end of ``path``, replacing an earlier copy of it (from its
-    heading to the next ``## `` heading or the end) and keeping its ``### Findings``."""
+    ``heading`` to the next ``## `` heading or the end) and keeping its ``### Findings``."""
     text = path.read_text() if path.exists() else ""  # re-read right before writing
     findings = ""
     start = (
-        text.find("\n" + SECTION + "\n") + 1
-        if ("\n" + SECTION + "\n") in text
-        else (0 if text.startswith(SECTION + "\n") else -1)
+        text.find("\n" + heading + "\n") + 1
+        if ("\n" + heading + "\n") in text
+        else (0 if text.startswith(heading + "\n") else -1)
     )
     if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(heading))
         end = len(text) if nxt < 0 else nxt + 1
         old = text[start:end]
         f_at = old.find(FINDINGS + "\n")
@@ -1081,6 +1146,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--endpoints", type=int, default=10_000)
     p.add_argument("--changes", type=int, default=10)
     p.add_argument("--routes", type=int, default=5, help="Services with a weighted Route")
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        metavar="K",
+        help="every Service declares spec.calls: the next K services (scoped config); "
+        "default: no calls, so every proxy gets every service",
+    )
     p.add_argument("--reg-nodes", type=int, default=500, help="node ids that register endpoints")
     p.add_argument("--ttl", type=float, default=3600, help="lease ttl of the heartbeats, s")
     p.add_argument("--client-procs", type=int, default=2, help="processes holding the streams")
@@ -1105,6 +1178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.reg_nodes = min(args.reg_nodes, 50)
         args.routes = min(args.routes, 5)
     args.routes = min(args.routes, args.services)
+    if args.calls is not None and not 1 <= args.calls < args.services:
+        p.error(f"--calls {args.calls}: must be from 1 to --services - 1 ({args.services - 1})")
     if args.results is None:
         args.results = str(HERE / ("out/xds_scale.quick.md" if args.quick else "RESULTS.md"))
     return args
@@ -1127,8 +1202,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_results and run.result.get("changes"):
         rel = os.path.relpath(run.dir / "results.json", HERE)
         section = report(run.result, rel)
-        write_section(Path(args.results), section)
-        run.log(f"wrote '{SECTION}' to {args.results}")
+        heading = section_title(run.result["params"])
+        write_section(Path(args.results), section, heading)
+        run.log(f"wrote '{heading}' to {args.results}")
         print(section)
     return 1 if failed else 0
 

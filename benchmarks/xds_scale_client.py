@@ -19,10 +19,15 @@ machine, so the orchestrator's change time can be compared with it).
 Control: JSON lines on stdin, one JSON line answered on stdout per command.
 
 - ``{"cmd": "status"}`` -> streams open, streams with all four types ACKed, failures;
-- ``{"cmd": "wait", "type": URL, "t0": T, "timeout": S, "check": {...}}`` -> for every
-  stream, the first response of ``type`` received at or after ``t0`` whose version differs
-  from the one the stream held at ``t0``; waits until every stream has one or ``timeout``;
-  ``check`` optionally verifies the change in the first stream's response (decoded);
+- ``{"cmd": "wait", "type": URL, "t0": T, "timeout": S, "check": {...}, "services": [i,
+  ...]}`` -> for every affected stream, the first response of ``type`` received at or
+  after ``t0`` whose version differs from the one the stream held at ``t0``; waits until
+  every affected stream has one or ``timeout``. A stream is affected when the index of its
+  local service is in ``services`` (absent or null: every stream is). ``check`` optionally
+  verifies the change in the first affected stream's response (decoded);
+- ``{"cmd": "unneeded", "type": URL, "t0": T, "services": [...]}`` (once the control plane
+  is idle again) -> how many of the streams *not* affected got a new version of ``type``
+  after ``t0`` anyway;
 - ``{"cmd": "stop"}`` -> closes the streams and exits.
 
 Run by ``xds_scale.py``, not by hand:
@@ -54,6 +59,7 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 HISTORY = 16
+KEPT = 4  # responses kept for the change check, per type
 CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per simulated proxy
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -106,14 +112,15 @@ def make_node(node_id: str, index: int, services: int) -> Any:
 class Stream:
     """One simulated proxy: one channel, one ADS stream."""
 
-    def __init__(self, target: str, node: Any, keep_first: bool) -> None:
+    def __init__(self, target: str, node: Any, keep_first: bool, service: int = 0) -> None:
         self.target = target
+        self.service = service  # index of its local (inbound) service
         self.node = node
         self.keep_first = keep_first  # keep decoded responses for change checks
         self.history: dict[str, deque[tuple[float, float, str, int]]] = {
             t: deque(maxlen=HISTORY) for t in TYPES
         }
-        self.kept: dict[str, deque[tuple[float, Any]]] = {t: deque(maxlen=HISTORY) for t in TYPES}
+        self.kept: dict[str, deque[tuple[float, Any]]] = {t: deque(maxlen=KEPT) for t in TYPES}
         self.acked: dict[str, str] = {}
         self.nonces: dict[str, str] = {}
         self.names: dict[str, list[str]] = {}
@@ -258,9 +265,12 @@ def _check(stream: Stream, type_url: str, t_recv: float, check: dict[str, Any]) 
     return None
 
 
-async def _wait(streams: list[Stream], cmd: dict[str, Any]) -> dict[str, Any]:
+async def _wait(all_streams: list[Stream], cmd: dict[str, Any]) -> dict[str, Any]:
     type_url, t0 = cmd["type"], float(cmd["t0"])
     deadline = time.monotonic() + float(cmd.get("timeout", 60))
+    wanted = cmd.get("services")
+    affected = set(wanted) if wanted is not None else None
+    streams = [s for s in all_streams if affected is None or s.service in affected]
     found: dict[int, tuple[float, float, str, int]] = {}
     while True:
         for i, s in enumerate(streams):
@@ -281,8 +291,16 @@ async def _wait(streams: list[Stream], cmd: dict[str, Any]) -> dict[str, Any]:
         "versions": sorted({found[i][2] for i in found}),
         "missing": len(streams) - len(found),
         "check": checked,
-        "failures": sum(s.failures for s in streams),
+        "failures": sum(s.failures for s in all_streams),
     }
+
+
+def _unneeded(streams: list[Stream], cmd: dict[str, Any]) -> dict[str, Any]:
+    affected = set(cmd.get("services") or ())
+    others = [s for s in streams if s.service not in affected] if cmd.get("services") else []
+    t0 = float(cmd["t0"])
+    pushed = sum(1 for s in others if s.first_change(cmd["type"], t0) is not None)
+    return {"spared": len(others), "unneeded": pushed}
 
 
 def _status(streams: list[Stream]) -> dict[str, Any]:
@@ -305,7 +323,14 @@ def _status(streams: list[Stream]) -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> None:
     streams = [
-        Stream(args.target, make_node(f"proxy-{i:05d}", i, args.services), keep_first=(n == 0))
+        Stream(
+            args.target,
+            make_node(f"proxy-{i:05d}", i, args.services),
+            # the first stream keeps its last responses for the change check; with --keep-all
+            # (scoped runs: small responses, and the first affected stream varies) every one
+            keep_first=args.keep_all or n == 0,
+            service=i % args.services,
+        )
         for n, i in enumerate(range(args.first, args.first + args.count))
     ]
     tasks: list[asyncio.Task[None]] = []
@@ -333,6 +358,8 @@ async def main_async(args: argparse.Namespace) -> None:
             try:
                 if cmd["cmd"] == "status":
                     reply(_status(streams))
+                elif cmd["cmd"] == "unneeded":
+                    reply(_unneeded(streams, cmd))
                 elif cmd["cmd"] == "wait":
                     reply(await _wait(streams, cmd))
                 else:
@@ -356,6 +383,7 @@ def main() -> None:
     p.add_argument("--count", type=int, required=True, help="simulated proxies (streams)")
     p.add_argument("--services", type=int, required=True, help="services in the mesh")
     p.add_argument("--ramp", type=float, default=0.0, help="pause after every 50 stream opens")
+    p.add_argument("--keep-all", action="store_true", help="every stream keeps its last responses")
     args = p.parse_args()
     asyncio.run(main_async(args))
 
