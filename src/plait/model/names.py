@@ -23,8 +23,9 @@ SPIFFE_ID_RE = re.compile(
 """``spiffe://<trust domain>/svc/<service>``: the only SPIFFE id shape plait issues."""
 
 
-def parse_duration(value: object) -> float:
-    """Parse ``"250ms"``/``"5s"``/``"1m"``/``"2h"`` or a number of seconds into seconds."""
+def parse_duration(value: object, *, allow_zero: bool = False) -> float:
+    """Parse ``"250ms"``/``"5s"``/``"1m"``/``"2h"`` or a number of seconds into seconds;
+    zero only with ``allow_zero`` (for "off", e.g. a proxy's ``drain_time: 0s``)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '250ms' or '5s'")
     if isinstance(value, (int, float)):
@@ -38,8 +39,12 @@ def parse_duration(value: object) -> float:
         raise ValueError("expected a duration such as '250ms' or '5s'")
     if not math.isfinite(seconds):
         raise ValueError(f"a duration must be a finite number, got {value!r}")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(
+            "a duration must not be negative"
+            if allow_zero
+            else "a duration must be greater than zero"
+        )
     return seconds
 
 

@@ -38,6 +38,7 @@ from plait.model.source import Where, read_documents
 from plait.proxy.bootstrap_fields import (
     APP_PORT,
     DURATION,
+    DURATION_OR_ZERO,
     NONEMPTY,
     PORT,
     STR,
@@ -258,7 +259,7 @@ class Bootstrap(Model):
         "services": Field(tuple_of(model(LocalService)), tuple),
         "heartbeat_interval": Field(DURATION, const(1.0)),
         "lease_ttl": Field(DURATION, const(10.0)),
-        "drain_time": Field(DURATION, const(2.0)),
+        "drain_time": Field(DURATION_OR_ZERO, const(2.0)),  # 0: stop without draining
         "data_dir": Field(STR, const("")),
         "guard": Field(model(Guard), default_of(Guard)),
         "access_log": Field(STR, const("-")),

@@ -198,6 +198,7 @@ def label_map(value: Any, loc: FieldPath, problems: Problems) -> Any:
 STR = leaf(as_str)
 NONEMPTY = leaf(nonempty)
 DURATION = leaf(parse_duration)
+DURATION_OR_ZERO = leaf(lambda value: parse_duration(value, allow_zero=True))
 PORT = bounded(whole, 0, 65535)
 APP_PORT = bounded(whole, 1, 65535)
 THRESHOLD = bounded(whole, 1, 100)

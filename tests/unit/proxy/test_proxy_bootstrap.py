@@ -118,6 +118,29 @@ def test_a_bad_duration_names_field_and_line() -> None:
     )
 
 
+@pytest.mark.parametrize(("text", "seconds"), [("0s", 0.0), ("0", 0.0), ("500ms", 0.5)])
+def test_drain_time_zero_means_no_drain(text: str, seconds: float) -> None:
+    boot = parse_bootstrap(
+        example_with("lease_ttl: 10s\n", f"lease_ttl: 10s\ndrain_time: {text}\n"), "b.yaml"
+    )
+    assert boot.drain_time == seconds
+
+
+def test_a_negative_drain_time_is_refused() -> None:
+    with pytest.raises(BootstrapError) as info:
+        parse_bootstrap(
+            example_with("lease_ttl: 10s\n", "lease_ttl: 10s\ndrain_time: -1\n"), "b.yaml"
+        )
+    assert "drain_time: a duration must not be negative" in str(info.value)
+
+
+def test_other_durations_still_refuse_zero() -> None:
+    text = example_with("interval: 1s\n      timeout", "interval: 0s\n      timeout")
+    with pytest.raises(BootstrapError) as info:
+        parse_bootstrap(text, "b.yaml")
+    assert "health_check.interval: a duration must be greater than zero" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("old", "new", "field", "line", "words"),
     [
