@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane_harness import HOST, LoopThread, UpstreamServer
-from test_proxy_main import bootstrap, http, lt, procs, start, stop, wait_file
-
-__all__ = ["lt", "procs"]
+from test_proxy_main import bootstrap, http, start, stop, wait_file
 
 MANIFEST = (
     "apiVersion: plait/v1\nkind: Service\nmetadata: {name: orders}\n"

@@ -15,11 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from dataplane_harness import HOST, LoopThread, UpstreamServer
 
@@ -69,19 +67,21 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        stop(p)
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.stop()
+def start_control(
+    tmp: Path, procs: list[subprocess.Popen[bytes]], name: str = "cp"
+) -> dict[str, Any]:
+    """``python -m plait.control`` on ephemeral ports (stopped by ``procs``' fixture); its
+    ready file: ``{"xds": "127.0.0.1:P", "api": "http://127.0.0.1:Q", ...}``."""
+    ready = tmp / f"{name}.json"
+    control = start(
+        [
+            "-m", "plait.control", "--data-dir", str(tmp / name),
+            "--xds-port", "0", "--api-port", "0", "--ready-file", str(ready),
+        ],
+        tmp,
+    )  # fmt: skip
+    procs.append(control)
+    return wait_file(ready, control)
 
 
 def bootstrap(
@@ -173,16 +173,7 @@ def test_with_the_control_plane_a_request_crosses_two_proxies(
 ) -> None:
     app = UpstreamServer("orders-app")
     app_port = lt.run(app.start())
-    cp_ready = tmp_path / "control.json"
-    control = start(
-        [
-            "-m", "plait.control", "--data-dir", str(tmp_path / "cp"),
-            "--xds-port", "0", "--api-port", "0", "--ready-file", str(cp_ready),
-        ],
-        tmp_path,
-    )  # fmt: skip
-    procs.append(control)
-    cp = wait_file(cp_ready, control)
+    cp = start_control(tmp_path, procs)
     xds, api = cp["xds"], cp["api"]
     svc = {
         "name": "orders",

@@ -14,34 +14,17 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from dataplane_harness import HOST, LoopThread, UpstreamServer
-from test_proxy_main import http, start, stop, wait_file
+from test_proxy_main import http, start, start_control, wait_file
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 MANIFEST = (
     "apiVersion: plait/v1\nkind: Service\nmetadata: {name: orders}\n"
     "spec: {protocol: http, ports: [{name: http, port: 80}]}\n"
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        stop(p)
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.stop()
 
 
 def mapped_libraries(pid: int) -> set[str]:
@@ -58,16 +41,7 @@ def test_a_plaintext_proxy_maps_neither_pydantic_nor_cryptography(
 ) -> None:
     app = UpstreamServer("orders-app")
     app_port = lt.run(app.start())
-    cp_ready = tmp_path / "control.json"
-    control = start(
-        [
-            "-m", "plait.control", "--data-dir", str(tmp_path / "cp"),
-            "--xds-port", "0", "--api-port", "0", "--ready-file", str(cp_ready),
-        ],
-        tmp_path,
-    )  # fmt: skip
-    procs.append(control)
-    cp = wait_file(cp_ready, control)
+    cp = start_control(tmp_path, procs)
     api = cp["api"]
     body = json.dumps({"filename": "svc.yaml", "yaml": MANIFEST}).encode()
     req = urllib.request.Request(api + "/v1/apply", data=body, method="POST")

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from dataplane_harness import HOST, LoopThread, UpstreamServer
-from test_proxy_main import bootstrap, http, start, stop, wait_file
+from test_proxy_main import bootstrap, http, start, start_control, stop, wait_file
 
 from plait.proxy import proxy_status
 
@@ -108,16 +108,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ports = {name: lt.run(app.start()) for name, app in apps.items()}
-        cp_ready = tmp_path / "control.json"
-        control = start(
-            [
-                "-m", "plait.control", "--data-dir", str(tmp_path / "cp"),
-                "--xds-port", "0", "--api-port", "0", "--ready-file", str(cp_ready),
-            ],
-            tmp_path,
-        )  # fmt: skip
-        procs.append(control)
-        cp = wait_file(cp_ready, control)
+        cp = start_control(tmp_path, procs)
         # the config is in place before any proxy connects: host-a's first config is scoped
         apply(
             cp["api"],

@@ -17,34 +17,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from dataplane_harness import HOST, LoopThread, UpstreamServer
-from test_proxy_main import http, start, stop, wait_file
+from test_proxy_main import http, start, start_control, wait_file
 
 MANIFEST = (
     "apiVersion: plait/v1\nkind: Service\nmetadata: {name: orders}\n"
     "spec: {protocol: http, ports: [{name: http, port: 80}]}\n"
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        stop(p)
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.stop()
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -98,16 +83,7 @@ class Mesh:
         self.tmp = tmp
         self.app = UpstreamServer("orders-app")
         app_port = lt.run(self.app.start())
-        cp_ready = tmp / "control.json"
-        control = start(
-            [
-                "-m", "plait.control", "--data-dir", str(tmp / "cp"),
-                "--xds-port", "0", "--api-port", "0", "--ready-file", str(cp_ready),
-            ],
-            tmp,
-        )  # fmt: skip
-        procs.append(control)
-        cp = wait_file(cp_ready, control)
+        cp = start_control(tmp, procs)
         self.api = cp["api"]
         body = json.dumps({"filename": "svc.yaml", "yaml": MANIFEST}).encode()
         req = urllib.request.Request(self.api + "/v1/apply", data=body, method="POST")
