@@ -10,7 +10,7 @@ CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/c
          src/plait/proxy/lkg.py src/plait/proxy/guard.py src/plait/proxy/bootstrap.py \
          $(addprefix src/plait/proxy/,runtime.py lb.py router.py via.py metrics.py accesslog.py \
            proxy_status.py xds_decode.py xds_subset.py http1_checks.py http1_shapes.py http1_attempt.py \
-           peer_identity.py tls.py rbac.py deadlines.py bootstrap_fields.py) \
+           peer_identity.py tls.py rbac.py deadlines.py bootstrap_fields.py ads_h2_frames.py ads_h2_hpack.py) \
          src/plait/identity/renewal.py
 
 .PHONY: demo test lint bench clean deps
