@@ -464,6 +464,8 @@ class Run:
             ]
             if self.args.calls is not None:
                 argv.append("--keep-all")
+            if self.args.partial:
+                argv.append("--partial")
             if self.args.client_cpu is not None:
                 argv = ["taskset", "-c", str(self.args.client_cpu), *argv]
             err = open(self.dir / f"client-{j}.log", "wb")  # noqa: SIM115
@@ -937,8 +939,15 @@ def report(result: dict[str, Any], rel_raw: str) -> str:
         f"weight, {p['endpoints']:,} endpoints registered by heartbeats from {p['reg_nodes']} "
         "node ids "
         f"(ttl {p['ttl']:.0f} s). Each simulated proxy subscribes CDS and LDS as wildcards and EDS "
-        "and RDS by name, like `plait proxy`, and ACKs every response at once without decoding it. "
-        "A change alternates *endpoint added* (a heartbeat with one more instance) and *route "
+        "and RDS by name, like `plait proxy`, and ACKs every response at once without decoding it"
+        + (
+            "; like `plait proxy` it announces `plait.xds.sotw_partial`, so EDS and RDS pushes "
+            "carry only the resources that changed. "
+            if p.get("partial", False)
+            else "; it does not announce `plait.xds.sotw_partial` (`--no-partial`, like a plait "
+            "proxy before it), so every EDS and RDS push is complete. "
+        )
+        + "A change alternates *endpoint added* (a heartbeat with one more instance) and *route "
         "weight changed* (an apply of one Route); **time to all ACKed** runs from just before the "
         "API request until the last affected stream has received and ACKed a response of the "
         "affected type (EDS, resp. RDS) with a new version (the first affected stream's "
@@ -1166,6 +1175,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=570.0, help="abort the run after this")
     p.add_argument("--profile", action="store_true", help="py-spy the control plane during changes")
     p.add_argument("--skip-proxy-status", action="store_true")
+    p.add_argument(
+        "--no-partial",
+        dest="partial",
+        action="store_false",
+        help="simulate older plait proxies: no client feature plait.xds.sotw_partial, so "
+        "every EDS/RDS push is complete (default: announced, like plait proxy; docs/xds.md)",
+    )
     p.add_argument("--cp-log-level", default="WARNING")
     p.add_argument("--results", default=None, help="markdown file for the section")
     p.add_argument("--no-results", action="store_true", help="write only the raw JSON")

@@ -57,6 +57,7 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SOTW_PARTIAL = "plait.xds.sotw_partial"  # client feature: changed-only EDS/RDS (docs/xds.md)
 TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 HISTORY = 16
 KEPT = 4  # responses kept for the change check, per type
@@ -89,8 +90,10 @@ def _deserialize(data: bytes) -> tuple[int, Any]:
     return len(data), discovery_pb2.DiscoveryResponse.FromString(data)
 
 
-def make_node(node_id: str, index: int, services: int) -> Any:
+def make_node(node_id: str, index: int, services: int, partial: bool = False) -> Any:
     node = base_pb2.Node(id=node_id, user_agent_name="plait-xds-scale")
+    if partial:  # changed-only EDS/RDS pushes (docs/xds.md); we only ACK, never merge
+        node.client_features.append(SOTW_PARTIAL)
     node.metadata.update(
         {
             "plait_proxy": True,
@@ -325,7 +328,7 @@ async def main_async(args: argparse.Namespace) -> None:
     streams = [
         Stream(
             args.target,
-            make_node(f"proxy-{i:05d}", i, args.services),
+            make_node(f"proxy-{i:05d}", i, args.services, args.partial),
             # the first stream keeps its last responses for the change check; with --keep-all
             # (scoped runs: small responses, and the first affected stream varies) every one
             keep_first=args.keep_all or n == 0,
@@ -384,6 +387,7 @@ def main() -> None:
     p.add_argument("--services", type=int, required=True, help="services in the mesh")
     p.add_argument("--ramp", type=float, default=0.0, help="pause after every 50 stream opens")
     p.add_argument("--keep-all", action="store_true", help="every stream keeps its last responses")
+    p.add_argument("--partial", action="store_true", help="announce plait.xds.sotw_partial")
     args = p.parse_args()
     asyncio.run(main_async(args))
 

@@ -48,8 +48,9 @@ def parse_node(node: base_pb2.Node) -> NodeInfo:
     md: dict[str, Any] = (
         json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
     )
+    features = frozenset(str(f) for f in node.client_features)
     if md.get("plait_proxy") is not True:
-        return NodeInfo(node_id=node.id)
+        return NodeInfo(node_id=node.id, client_features=features)
     try:
         outbound = md.get("outbound") or {}
         inbound = tuple(
@@ -70,6 +71,7 @@ def parse_node(node: base_pb2.Node) -> NodeInfo:
             outbound_address=str(outbound.get("address", "127.0.0.1")),
             outbound_port=int(outbound.get("port", 0)),
             inbound=inbound,
+            client_features=features,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise NodeMetadataError(
@@ -103,16 +105,18 @@ class ResponseEncoder:
 
     Streams that send the same resources (the same message objects: snapshots share
     them, and treat them as read-only) with the same type and version get a copy of one
-    response packed for the first of them; only the nonce differs."""
+    response packed for the first of them; only the nonce differs. A changed-only push
+    has the version of the whole state, so the key has the number of resources too: a
+    complete and a changed-only response of one version do not evict each other."""
 
     def __init__(self, size: int = ENCODED_RESPONSES) -> None:
         self.size = size
         self._memo: OrderedDict[
-            tuple[str, str], tuple[list[Any], discovery_pb2.DiscoveryResponse]
+            tuple[str, str, int], tuple[list[Any], discovery_pb2.DiscoveryResponse]
         ] = OrderedDict()
 
     def encode(self, push: PushResponse) -> discovery_pb2.DiscoveryResponse:
-        key = (push.type_url, push.version)
+        key = (push.type_url, push.version, len(push.resources))
         hit = self._memo.get(key)
         if (
             hit is None

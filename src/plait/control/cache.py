@@ -29,7 +29,16 @@ Rules (after go-control-plane's ``simple.go``):
   endpoints, and clusters its applied listeners and routes still name are kept in CDS
   (and their endpoints in EDS) until it has ACKed listeners and routes that no longer
   name them;
-- SDS, CDS and LDS are wildcard types (an empty name list means everything).
+- SDS, CDS and LDS are wildcard types (an empty name list means everything);
+- changed-only pushes (docs/xds.md): to a client that announces
+  :data:`~plait.xds.types.SOTW_PARTIAL`, an EDS or RDS response carries only the
+  subscribed resources whose digest differs from what this stream knows the client holds
+  (plus names it never got); ``version_info`` is still the version of the whole state.
+  What the client holds is known exactly only after it ACKed our latest response of the
+  type on this stream (or, after a reconnect, reports the version it had ACKed on the
+  previous stream): then ``acked_resources`` and ``acked_digests`` are the whole state of
+  that response. Otherwise — first push, an old or unknown version, a response still in
+  flight, after a NACK — the push carries every subscribed resource, as for other clients.
 
 Status of a type, against its desired (final) version: SYNCED (acked), NACKED (that
 version, or the intermediate step sequencing sent towards it, was NACKed), STALE (sent
@@ -45,7 +54,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +66,17 @@ from plait.xds.inputs import Instance, NodeInfo
 from plait.xds.names import DEFAULT_TRUST_DOMAIN
 from plait.xds.snapshot import content_version as snapshot_content_version
 from plait.xds.snapshot import resource_digest
-from plait.xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
+from plait.xds.types import (
+    ALL_TYPES,
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PARTIAL_TYPES,
+    PUSH_ORDER,
+    ROUTE,
+    SECRET,
+    SOTW_PARTIAL,
+)
 
 log = logging.getLogger("plait.control.cache")
 
@@ -71,6 +90,76 @@ WILDCARD_TYPES = frozenset({SECRET, LISTENER, CLUSTER})
 HISTORY = 8
 """Versions sent per type (and stream) whose resources are remembered, to know what a
 client that ACKs (or keeps, after a NACK) one of them has applied."""
+
+
+DIGEST_MEMO = 256
+"""Resource sets whose digests are remembered (a bound, not a tuning)."""
+
+
+def changed(
+    resources: dict[str, Message],
+    digests: dict[str, bytes],
+    held: dict[str, Message],
+    held_digests: dict[str, bytes],
+) -> dict[str, Message]:
+    """The part of ``resources`` a client holding ``held`` (with ``held_digests``) lacks:
+    names it does not hold, and names whose digest differs (a changed-only push)."""
+    return {
+        name: message
+        for name, message in resources.items()
+        if name not in held or held_digests.get(name) != digests[name]
+    }
+
+
+_MEMO_SIZE = 4096
+_named_memo: dict[int, tuple[Message, frozenset[str]]] = {}
+_needed_memo: dict[tuple[int, int], tuple[frozenset[str], Any, frozenset[str]]] = {}
+
+
+def _named(message: Message, walk: Callable[[Message], set[str]]) -> frozenset[str]:
+    """The clusters a listener or route configuration names, once per message (shared
+    by the snapshots of many nodes; the entry holds the message, so its id stays its)."""
+    hit = _named_memo.get(id(message))
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    if len(_named_memo) >= _MEMO_SIZE:
+        _named_memo.clear()
+    named = frozenset(walk(message))
+    _named_memo[id(message)] = (message, named)
+    return named
+
+
+def _needed_load_assignments(
+    named: frozenset[str], clusters: Mapping[str, Message], hints: Mapping[str, bytes] | None
+) -> set[str]:
+    """The ClusterLoadAssignments the EDS clusters among ``named`` need (names not in
+    ``clusters`` skipped). For the clusters in the snapshot's digest ``hints`` (the same
+    name and digest, so the same message content, on every node sharing them) it is
+    worked out once per (names, hints) pair."""
+    shared: frozenset[str] = frozenset()
+    rest: Iterable[str] = named
+    if hints:
+        key = (id(named), id(hints))
+        hit = _needed_memo.get(key)
+        if hit is None or hit[0] is not named or hit[1] is not hints:
+            if len(_needed_memo) >= _MEMO_SIZE:
+                _needed_memo.clear()
+            found = (
+                sequencing.load_assignment_name(clusters[name])
+                for name in named
+                if name in hints and name in clusters
+            )
+            hit = (named, hints, frozenset(n for n in found if n is not None))
+            _needed_memo[key] = hit
+        shared = hit[2]
+        rest = named - hints.keys()
+    out = set(shared)
+    for name in rest:
+        cluster = clusters.get(name)
+        cla = None if cluster is None else sequencing.load_assignment_name(cluster)
+        if cla is not None:
+            out.add(cla)
+    return out
 
 
 class SnapshotLike(Protocol):
@@ -112,6 +201,12 @@ class TypeState:
     acked_exact: bool = True  # False: the client may hold only part of acked_resources
     unanswered: list[dict[str, Message]] = field(default_factory=list)
     history: dict[str, dict[str, Message]] = field(default_factory=dict)
+    # for changed-only pushes (SOTW_PARTIAL clients, PARTIAL_TYPES): digests of the whole
+    # state of our latest push, and of acked_resources when the client ACKed that push
+    # (None: not known exactly; the next push is complete)
+    sent_digests: dict[str, bytes] | None = None
+    acked_digests: dict[str, bytes] | None = None
+    sent_partial: dict[str, Message] | None = None  # what a changed-only push carried
 
     def remember(self, version: str, resources: dict[str, Message]) -> None:
         self.history.pop(version, None)
@@ -128,6 +223,8 @@ class PushResponse:
     version: str
     nonce: str
     resources: list[Message]
+    partial: bool = False
+    """Changed-only: ``resources`` are the changed part of the state ``version`` names."""
 
 
 @dataclass(eq=False)
@@ -146,12 +243,100 @@ class Watch:
     """The node's previous stream, by type: what the node may have applied there."""
     _plan: sequencing.Plan | None = field(default=None, repr=False)
 
+    @property
+    def partial_ok(self) -> bool:
+        """Whether the client takes changed-only responses (docs/xds.md)."""
+        return SOTW_PARTIAL in self.node.client_features
+
+    def held(self, type_url: str) -> tuple[dict[str, Message], dict[str, bytes]] | None:
+        """(resources, digests) the client is known to hold exactly, for a changed-only
+        push of ``type_url``; None when a push must carry every subscribed resource."""
+        state = self.types.get(type_url)
+        if (
+            state is None
+            or type_url not in PARTIAL_TYPES
+            or not self.partial_ok
+            or state.names is None  # wildcard: only a complete response can drop a name
+            or state.unanswered  # a response in flight may yet be NACKed
+            or state.nacked_version is not None  # conservative: complete until an ACK
+            or not state.acked_exact
+            or state.acked_resources is None
+            or state.acked_digests is None
+        ):
+            return None
+        return state.acked_resources, state.acked_digests
+
     def invalidate(self) -> None:
         """The snapshot or the protocol state changed: plan again when next asked."""
         self._plan = None
 
+    def settled(self) -> bool:
+        """Whether the client holds the desired clusters, listeners and routes, exactly
+        and with nothing in flight: then sequencing has nothing to retain or hold (what
+        its listeners and routes name is in the snapshot's clusters, which it has), and
+        :meth:`plan` skips the work (for a change of endpoints only, the usual case)."""
+        for type_url in (CLUSTER, LISTENER, ROUTE):
+            state = self.types.get(type_url)
+            if state is None:
+                if type_url in self.inherited and type_url != CLUSTER:
+                    return False  # what it applied on its previous stream still counts
+                continue
+            if state.unanswered or not state.acked_exact or state.acked_version is None:
+                return False
+            desired, _ = self.desired_version(type_url)
+            if desired is not None and not self.holds(type_url, desired):
+                return False
+        return True
+
+    def steady(self) -> bool:
+        """Whether :func:`sequencing.plan` would surely give ``STEADY``, known cheaply.
+
+        When the client holds the snapshot's clusters exactly (the desired wildcard CDS
+        version ACKed here, nothing in flight), sequencing retains nothing (every cluster
+        it knows is in the snapshot) and holds a listener or route only for a cluster
+        whose ClusterLoadAssignment the client may lack: checked here by name, without
+        the plan's walks over every cluster (a route change to 1,000 proxies)."""
+        if self.settled():
+            return True
+        cds = self.types.get(CLUSTER)
+        if (
+            cds is None
+            or cds.names is not None
+            or cds.unanswered
+            or not cds.acked_exact
+            or cds.acked_resources is None
+            or self.snapshot is None
+        ):
+            return False
+        desired, clusters = self.desired_version(CLUSTER)
+        if desired is None or cds.acked_version != desired:
+            return False
+        eds = self.types.get(ENDPOINT)
+        cla_states: list[Any] = [{}]
+        if eds is not None:
+            surely = (eds.acked_resources or {}) if eds.acked_exact else {}
+            cla_states = [surely, *eds.unanswered]
+        endpoints = self.snapshot.subset(ENDPOINT, None).keys()
+        hints = getattr(self.snapshot, "digests", {}).get(CLUSTER)
+        for type_url in (LISTENER, ROUTE):
+            if type_url not in self.types:
+                continue  # one only inherited has no target: it holds nothing
+            walk = (
+                sequencing.listener_clusters
+                if type_url == LISTENER
+                else sequencing.route_config_clusters
+            )
+            for message in self.desired_version(type_url)[1].values():
+                needed = _needed_load_assignments(_named(message, walk), clusters, hints)
+                needed &= endpoints
+                if any(not needed <= state.keys() for state in cla_states):
+                    return False
+        return True
+
     def plan(self) -> sequencing.Plan:
         """Make-before-break plan for this stream (see :mod:`plait.control.sequencing`)."""
+        if self._plan is None and self.steady():
+            self._plan = sequencing.STEADY
         if self._plan is None:
             views = {
                 type_url: sequencing.TypeView(
@@ -275,6 +460,9 @@ class SnapshotCache:
         self._translator: TranslatorLike | None = None
         self._ids = itertools.count(1)
         self._live: dict[int, Watch] = {}
+        # id(resources) -> (resources, their digests), for the current snapshots only:
+        # streams that share a resource set share one digest map
+        self._digest_memo: dict[int, tuple[dict[str, Message], dict[str, bytes]]] = {}
         self._latest: dict[str, Watch] = {}  # node id -> its most recent stream
         # sync-before-serve (docs/resilience.md): while False, no stream gets a response
         # (the control plane sets it once its registry has synced after a restart)
@@ -320,6 +508,7 @@ class SnapshotCache:
         translator for all). Wakes, and returns, the watches that now have something to
         send."""
         woken: list[Watch] = []
+        self._digest_memo.clear()  # let the previous snapshots go
         for watch in list(self._live.values()):
             self._refresh(watch)
             if self._has_pending(watch):
@@ -376,25 +565,35 @@ class SnapshotCache:
         if state is None or state.sent_nonce is None:
             # Nothing sent for this type on this stream yet: a subscription. (A nonce here
             # can only be left over from an earlier stream; it answers nothing of ours.)
+            first = state is None
             if state is None:
                 state = watch.types[type_url] = TypeState()
-            if version_info:
+            # a later request of the same version keeps what we know: the client has
+            # dropped the names it stopped asking for since
+            if version_info and (first or version_info != state.acked_version):
                 state.acked_version = version_info
+                state.acked_digests = None
                 old = watch.inherited.get(type_url)
                 if old is not None and old.acked_version == version_info:
                     state.acked_resources = old.acked_resources
                     state.acked_exact = old.acked_exact
+                    state.acked_digests = old.acked_digests
                 elif old is not None:
                     state.acked_resources = old.history.get(version_info)
                     state.acked_exact = False
         elif not nonce:
             pass  # a subscription change sent before our response reached the client
         elif nonce != state.sent_nonce:
+            if state.acked_resources is not None and watch.partial_ok:
+                # stale, but the client did drop the names it no longer asks for: our
+                # changed-only response in flight will not bring them back
+                state.acked_resources = sequencing.only(state.acked_resources, names)
+                watch.invalidate()
             return False  # answers an older response of ours: stale
         elif error_detail is not None:
             state.nacked_version = state.sent_version
             state.error = error_detail
-            self._applied(state, version_info)
+            self._applied(state, version_info, nack=True)
         else:
             self._applied(state, version_info)
             state.nacked_version = None
@@ -430,14 +629,29 @@ class SnapshotCache:
         return True
 
     @staticmethod
-    def _applied(state: TypeState, version_info: str) -> None:
-        """An ACK or NACK with our latest nonce: the client now has ``version_info``."""
-        if state.unanswered and version_info and version_info == state.sent_version:
-            state.acked_resources = state.unanswered[-1]  # the answer to our latest
+    def _applied(state: TypeState, version_info: str, *, nack: bool = False) -> None:
+        """An ACK or NACK with our latest nonce: the client now has ``version_info``.
+
+        A NACK never applies our response, even when the version the client keeps is the
+        one we sent (a re-send of a version to a client that lacked some of its names)."""
+        if nack:
+            state.acked_digests = None  # conservative: the next push is complete
+        if not nack and state.unanswered and version_info and version_info == state.sent_version:
+            resources = state.unanswered[-1]  # the answer to our latest
+            carried = state.sent_partial
+            if carried is not None:  # changed-only: merged into what the client held
+                base = state.acked_resources or {}
+                if not all(name in base or name in carried for name in resources):
+                    resources = {n: m for n, m in resources.items() if n in base or n in carried}
+            state.acked_resources = resources
             state.acked_exact = True
+            state.acked_digests = state.sent_digests
         elif version_info != state.acked_version:
             state.acked_resources = state.history.get(version_info) if version_info else None
             state.acked_exact = False
+            state.acked_digests = None
+        elif state.unanswered:
+            state.acked_digests = None  # our latest was not applied: be conservative
         state.unanswered.clear()
         state.acked_version = version_info or None
 
@@ -468,7 +682,7 @@ class SnapshotCache:
         if not self.serving:
             return []  # syncing: the client keeps what it has
         out: list[PushResponse] = []
-        watch.invalidate()
+        # (every change of the snapshot or of the protocol state invalidates the plan)
         wanted_now = {t: self._wanted(watch, t) for t in PUSH_ORDER}
         for type_url in PUSH_ORDER:
             wanted = wanted_now[type_url]
@@ -476,20 +690,51 @@ class SnapshotCache:
                 continue
             version, resources = wanted
             state = watch.types[type_url]
+            send = resources
+            digests = None
+            if type_url in PARTIAL_TYPES and watch.partial_ok:
+                digests = self._digests(watch, type_url, resources)
+                held = watch.held(type_url)
+                if held is not None:
+                    send = changed(resources, digests, *held)
             nonce = str(next(watch._nonces))
             state.sent_version, state.sent_nonce = version, nonce
-            state.unanswered.append(resources)
+            state.sent_digests = digests
+            state.sent_partial = send if send is not resources else None
+            state.unanswered.append(resources)  # the whole state, as the client has it
             state.remember(version, resources)
             out.append(
                 PushResponse(
                     type_url=type_url,
                     version=version,
                     nonce=nonce,
-                    resources=[resources[name] for name in sorted(resources)],
+                    resources=[send[name] for name in sorted(send)],
+                    partial=len(send) != len(resources),
                 )
             )
         watch.invalidate()
         return out
+
+    def _digests(
+        self, watch: Watch, type_url: str, resources: dict[str, Message]
+    ) -> dict[str, bytes]:
+        """:func:`resource_digest` of each of ``resources``, from the snapshot's digest
+        hints where the message is the snapshot's own; memoized per resource set."""
+        hit = self._digest_memo.get(id(resources))
+        if hit is not None and hit[0] is resources:
+            return hit[1]
+        snapshot = watch.snapshot
+        items: Any = getattr(snapshot, "items", None)
+        own = items(type_url) if items is not None else {}
+        hints = getattr(snapshot, "digests", {}).get(type_url, {})
+        digests: dict[str, bytes] = {}
+        for name, message in resources.items():
+            known = hints.get(name) if own.get(name) is message else None
+            digests[name] = known if known is not None else resource_digest(message)
+        if len(self._digest_memo) >= DIGEST_MEMO:
+            self._digest_memo.clear()
+        self._digest_memo[id(resources)] = (resources, digests)
+        return digests
 
     # -- status ------------------------------------------------------------------------
 

@@ -48,8 +48,17 @@ from google.rpc import status_pb2
 
 from plait import __version__
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
-from plait.proxy.xds_decode import apply_response, eds_names, rds_names
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, short_name
+from plait.proxy.xds_decode import (
+    MERGED_TYPES,
+    apply_decoded,
+    decode_resources,
+    eds_names,
+    held_names,
+    merge_raw,
+    raw_name,
+    rds_names,
+)
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SOTW_PARTIAL, short_name
 
 log = logging.getLogger("plait.proxy.xds")
 
@@ -72,6 +81,8 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
 def make_node(node_id: str, metadata: dict[str, Any]) -> Any:
     node = base_pb2.Node(id=node_id, user_agent_name="plait", user_agent_version=__version__)
     node.metadata.update(metadata)
+    # EDS/RDS responses merge (apply_response): changed-only pushes are fine (docs/xds.md)
+    node.client_features.append(SOTW_PARTIAL)
     return node
 
 
@@ -106,6 +117,7 @@ class XdsClient:
         self._resources: dict[str, list[Any]] = {
             t: list(r) for t, r in (initial_resources or {}).items()
         }
+        self._held_raw: dict[str, dict[str, Any]] = {}  # MERGED_TYPES: name -> raw resource
         self._node = make_node(node_id, metadata)
         self._on_config = on_config
         self._backoff_initial = backoff_initial
@@ -227,10 +239,10 @@ class XdsClient:
         type_url = str(response.type_url)
         self._nonces[type_url] = str(response.nonce)
         version = str(response.version_info)
+        resources = list(response.resources)
         try:
-            config = apply_response(
-                self._config, type_url, list(response.resources), version=version
-            )
+            decoded = decode_resources(type_url, resources)
+            config = apply_decoded(self._config, type_url, decoded, version)
         except UnsupportedConfig as err:
             await self._nack(call, type_url, version, str(err))
             return
@@ -242,7 +254,7 @@ class XdsClient:
             return
         self._config = config
         self._acked[type_url] = version
-        self._resources[type_url] = list(response.resources)
+        self._resources[type_url] = self._raw_after(type_url, config, list(decoded), resources)
         self._last_nack.pop(type_url, None)
         log.info("%s version %s accepted", short_name(type_url), version)
         await self._send(call, type_url)
@@ -252,6 +264,20 @@ class XdsClient:
             except Exception:
                 log.exception("on_ack failed for %s version %s", short_name(type_url), version)
         await self._resubscribe(call)
+
+    def _raw_after(
+        self, type_url: str, config: ProxyConfig, names: list[str], resources: list[Any]
+    ) -> list[Any]:
+        """The raw resources of ``type_url`` held once a response was accepted, for the
+        last-known-good file: the response's, merged into the held ones for EDS/RDS."""
+        if type_url not in MERGED_TYPES:
+            return resources
+        held = self._held_raw.get(type_url)
+        if held is None:  # the first merge: name those kept from before (the LKG file's)
+            held = {raw_name(type_url, r): r for r in self._resources.get(type_url, ())}
+        held = merge_raw(held, names, resources, held_names(config, type_url))
+        self._held_raw[type_url] = held
+        return list(held.values())
 
     async def _nack(self, call: Any, type_url: str, version: str, error: str) -> None:
         log.warning("%s version %s refused: %s", short_name(type_url), version, error)

@@ -13,11 +13,14 @@ Rules of this module:
   resources: an unset cluster ``connect_timeout`` is 5 s, an unset route ``timeout`` is
   15 s (0 switches it off), an unset ``retry_policy.num_retries`` is 1, an unset
   ``lb_policy`` is ``ROUND_ROBIN``, an unset cluster ``type`` is ``STATIC``.
-- :func:`apply_response` is state of the world: one response replaces every resource of
-  its type. A config holds route tables only for names its listeners reference and
-  endpoints only for its EDS clusters; resources nobody asked for are dropped, and a
-  CDS/LDS update that drops a cluster/listener drops what only it needed. The first bad
-  resource refuses the whole response (the caller NACKs and keeps its config).
+- :func:`apply_response` is state of the world: a Listener, Cluster or Secret response
+  replaces every resource of its type. A ClusterLoadAssignment or RouteConfiguration
+  response *merges* (the xDS protocol lets those be changed-only, docs/xds.md): the
+  resources it carries replace those names, the ones it does not carry are kept. A
+  config holds route tables only for names its listeners reference and endpoints only
+  for its EDS clusters; resources nobody asked for are dropped, and a CDS/LDS update
+  that drops a cluster/listener drops what only it needed. The first bad resource
+  refuses the whole response (the caller NACKs and keeps its config).
 
 Mutual TLS and RBAC (docs/mtls.md): exactly the translator's shapes are accepted —
 TLS 1.3 only, identities named over SDS (never inline keys), SAN matchers ``exact``
@@ -31,7 +34,8 @@ Invariant (fuzzed in the tests): any input either decodes or raises
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,6 +52,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 
 from plait.model.names import SPIFFE_ID_RE
 from plait.proxy.runtime import (
@@ -801,13 +807,26 @@ def decode_resources(type_url: str, resources: Sequence[Proto]) -> dict[str, Any
 def apply_response(
     current: ProxyConfig, type_url: str, resources: Sequence[Proto], *, version: str | None = None
 ) -> ProxyConfig:
-    """A new config with every ``type_url`` resource replaced by ``resources``.
+    """A new config with ``resources`` applied: for Listener, Cluster and Secret they
+    replace every resource of the type; for ClusterLoadAssignment and
+    RouteConfiguration (``MERGED_TYPES``) they replace the names they carry and the
+    other names still needed are kept (see the module docstring).
 
     Raises :class:`UnsupportedConfig` for the first resource outside the subset; the
     caller NACKs and keeps ``current``. ``version`` (the response's ``version_info``) is
     recorded in ``versions``.
     """
-    decoded = decode_resources(type_url, resources)
+    return apply_decoded(current, type_url, decode_resources(type_url, resources), version)
+
+
+MERGED_TYPES = frozenset({ENDPOINT, ROUTE})
+"""Types whose responses merge into what the proxy holds (changed-only, docs/xds.md)."""
+
+
+def apply_decoded(
+    current: ProxyConfig, type_url: str, decoded: dict[str, Any], version: str | None = None
+) -> ProxyConfig:
+    """:func:`apply_response` for what :func:`decode_resources` gave."""
     versions = dict(current.versions)
     if version is not None:
         versions[type_url] = version
@@ -818,7 +837,8 @@ def apply_response(
         return replace(cfg, route_tables={k: v for k, v in cfg.route_tables.items() if k in keep})
     if type_url == ROUTE:
         keep = set(rds_names(cfg))
-        return replace(cfg, route_tables={k: v for k, v in decoded.items() if k in keep})
+        merged = {**cfg.route_tables, **decoded}
+        return replace(cfg, route_tables={k: v for k, v in merged.items() if k in keep})
     if type_url == SECRET:
         return replace(cfg, secrets=decoded)
     if type_url == CLUSTER:
@@ -826,7 +846,47 @@ def apply_response(
         keep = set(eds_names(cfg))
         return replace(cfg, endpoints={k: v for k, v in cfg.endpoints.items() if k in keep})
     keep = set(eds_names(cfg))
-    return replace(cfg, endpoints={k: v[1] for k, v in decoded.items() if k in keep})
+    endpoints = {**cfg.endpoints, **{k: v[1] for k, v in decoded.items()}}
+    return replace(cfg, endpoints={k: v for k, v in endpoints.items() if k in keep})
+
+
+def held_names(cfg: ProxyConfig, type_url: str) -> frozenset[str]:
+    """The names of ``type_url`` resources ``cfg`` holds (for ``MERGED_TYPES``)."""
+    if type_url == ENDPOINT:
+        return frozenset(cfg.endpoints)
+    if type_url == ROUTE:
+        return frozenset(cfg.route_tables)
+    raise ValueError(f"{type_url} responses are not merged")
+
+
+def merge_raw(
+    held: Mapping[str, Any],
+    names: Sequence[str],
+    resources: Sequence[Any],
+    keep: AbstractSet[str],
+) -> dict[str, Any]:
+    """The raw resources (``Any``, or their bytes) a proxy holds after it applied a
+    merged response: ``held`` by name, the response's ``resources`` (named ``names``, as
+    :func:`decode_resources` gave them, in order) replacing theirs, only names in
+    ``keep`` (:func:`held_names` of the config after the response), sorted by name.
+    Kept for the last-known-good file, which must hold every resource in the config."""
+    merged = {**held, **dict(zip(names, resources, strict=True))}
+    return {name: merged[name] for name in sorted(merged) if name in keep}
+
+
+def raw_name(type_url: str, raw: Any) -> str:
+    """The name of one raw resource (an ``Any`` or its serialized bytes) of ``type_url``,
+    parsed, not validated; "" if it cannot be parsed (it is then dropped)."""
+    kind = _KINDS.get(type_url)
+    if kind is None:
+        return ""
+    try:
+        packed = any_pb2.Any.FromString(raw) if isinstance(raw, bytes) else raw
+        message = kind.message.FromString(packed.value)
+    except DecodeError:
+        return ""
+    name = message.cluster_name if type_url == ENDPOINT else message.name
+    return str(name)
 
 
 def eds_names(cfg: ProxyConfig) -> list[str]:

@@ -49,6 +49,8 @@ class NodeInfo:
     A plait proxy sets ``metadata.plait_proxy = true`` and describes its listeners (see
     docs/xds.md, "Node metadata"); any other client (a proxyless gRPC client, Envoy) is
     treated as a plain xDS client and gets API listeners named after each service.
+    ``client_features`` are the ``Node.client_features`` strings it announced (e.g.
+    :data:`~plait.xds.types.SOTW_PARTIAL`); they change how it is served, not what.
     """
 
     node_id: str
@@ -56,3 +58,4 @@ class NodeInfo:
     outbound_address: str = "127.0.0.1"
     outbound_port: int = 0
     inbound: tuple[InboundPort, ...] = ()
+    client_features: frozenset[str] = frozenset()

@@ -18,6 +18,15 @@ SECRET: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.S
 PUSH_ORDER: Final = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 ALL_TYPES: Final = frozenset(PUSH_ORDER)
 
+SOTW_PARTIAL: Final = "plait.xds.sotw_partial"
+"""``Node.client_features`` entry of a client that takes changed-only state-of-the-world
+responses for ``PARTIAL_TYPES``: it keeps the resources it subscribes to that a response
+does not carry (docs/xds.md, "Changed-only pushes")."""
+PARTIAL_TYPES: Final = frozenset({ENDPOINT, ROUTE})
+"""Types whose responses may carry only the changed resources, for clients with
+``SOTW_PARTIAL``. Listener and Cluster responses are always complete (the xDS protocol
+says so); Secrets are wildcard for plait proxies, so they are always complete too."""
+
 SHORT_NAMES: Final = {
     LISTENER: "LDS",
     ROUTE: "RDS",
