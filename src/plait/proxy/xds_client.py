@@ -1,7 +1,9 @@
 """The proxy's xDS client: one ADS stream to the control plane, state of the world.
 
 Theory of operation. :meth:`XdsClient.run` loops forever over *sessions*. A session
-opens a fresh grpc.aio channel and a ``StreamAggregatedResources`` stream, then:
+opens a fresh HTTP/2 connection and a ``StreamAggregatedResources`` stream on it
+(:mod:`plait.proxy.ads_h2`: the proxy does not load grpcio, docs/internals.md "Memory"),
+then:
 
 1. subscribes to SDS, CDS and LDS as wildcards (the trust bundle, then clusters, then
    listeners: make-before-break), the first
@@ -41,12 +43,12 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from plait import __version__
+from plait.proxy.ads_h2 import ADS_METHOD, StreamError, open_stream
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
 from plait.proxy.xds_decode import (
     MERGED_TYPES,
@@ -63,6 +65,7 @@ from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SOTW_PAR
 log = logging.getLogger("plait.proxy.xds")
 
 INVALID_ARGUMENT = 3  # google.rpc.Code
+CONNECT_TIMEOUT = 10.0  # seconds for the TCP connect to the control plane
 # subscription order: the trust bundle, clusters, then listeners (docs/mtls.md)
 WILDCARD_TYPES = (SECRET, CLUSTER, LISTENER)
 _NAMED_TYPES: dict[str, Callable[[ProxyConfig], list[str]]] = {
@@ -180,8 +183,9 @@ class XdsClient:
                 task = asyncio.current_task()
                 if not self._stopping or (task is not None and task.cancelling()):
                     raise
-            except grpc.aio.AioRpcError as exc:
-                self._last_error = f"{exc.code().name}: {exc.details()}"
+            except StreamError as exc:
+                if not self._stopping:  # stop() cancels the stream: not an error
+                    self._last_error = f"{exc.code}: {exc.details}"
             except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
             if self._stopping:
@@ -211,11 +215,11 @@ class XdsClient:
     # -- one stream ----------------------------------------------------------------------
 
     async def _session(self) -> None:
-        channel = grpc.aio.insecure_channel(self._target)
+        call = await open_stream(self._target, ADS_METHOD, connect_timeout=CONNECT_TIMEOUT)
         try:
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            call = stub.StreamAggregatedResources()
             self._call = call
+            if self._stopping:  # stop() came while connecting
+                return
             self._node_sent = False
             self._nonces = {}
             self._subscribed = {}
@@ -223,9 +227,10 @@ class XdsClient:
                 await self._send(call, type_url)
             await self._resubscribe(call)
             while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
+                data = await call.read()
+                if data is None:
                     raise ConnectionError("the control plane closed the stream")
+                response = discovery_pb2.DiscoveryResponse.FromString(data)
                 self._got_response = True
                 self._connected = True
                 self._last_error = None
@@ -233,7 +238,7 @@ class XdsClient:
         finally:
             self._connected = False
             self._call = None
-            await channel.close()
+            await call.close()
 
     async def _handle(self, call: Any, response: Any) -> None:
         type_url = str(response.type_url)
@@ -308,7 +313,7 @@ class XdsClient:
             request.node.CopyFrom(self._node)
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
-        await call.write(request)
+        await call.write(request.SerializeToString())
         self._node_sent = True
         if names_of is not None:
             self._subscribed[type_url] = names

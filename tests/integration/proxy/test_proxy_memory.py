@@ -1,11 +1,11 @@
-"""A running plaintext proxy never loads pydantic or cryptography (docs/internals.md,
-"Memory").
+"""A running plaintext proxy never loads pydantic, grpcio or cryptography
+(docs/internals.md, "Memory").
 
 The import graph is checked in tests/unit/proxy/test_proxy_imports.py; this checks the
 running process after it received its config from a real control plane -- which sends
 every proxy the mesh's trust bundle (SDS) -- and served a request: the shared objects
-mapped into the process (``/proc/<pid>/maps``) must not include cryptography's or
-pydantic's. A proxy with a local identity loads cryptography, and that is fine.
+mapped into the process (``/proc/<pid>/maps``) must not include cryptography's,
+pydantic's or grpcio's. A proxy with a local identity loads cryptography, and that is fine.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def mapped_libraries(pid: int) -> set[str]:
     return paths
 
 
-def test_a_plaintext_proxy_maps_neither_pydantic_nor_cryptography(
+def test_a_plaintext_proxy_maps_no_pydantic_grpc_or_cryptography(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]], lt: LoopThread
 ) -> None:
     app = UpstreamServer("orders-app")
@@ -82,5 +82,5 @@ def test_a_plaintext_proxy_maps_neither_pydantic_nor_cryptography(
 
     libs = mapped_libraries(proxy.pid)
     assert any("uvloop" in p for p in libs)  # the check reads the right process
-    assert [p for p in libs if "cryptography" in p or "pydantic" in p] == []
+    assert [p for p in libs if "cryptography" in p or "pydantic" in p or "grpc" in p] == []
     lt.run(app.stop())

@@ -1,8 +1,10 @@
-"""The proxy's import graph stays small: no pydantic, no cryptography without mTLS.
+"""The proxy's import graph stays small: no pydantic, no grpcio, no cryptography without
+mTLS.
 
 A plaintext proxy's memory is mostly what it imports (benchmarks/rss_breakdown.py):
 pydantic with the resource models costs about 11 MB and cryptography about 10 MB, and
-neither is needed unless a local service has an identity (docs/internals.md, "Memory").
+neither is needed unless a local service has an identity (docs/internals.md, "Memory");
+grpcio (about 14 MB) is not needed at all: the xDS client is plait.proxy.ads_h2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ FORBIDDEN = (
     "plait.identity.manager",
     "plait.proxy.identities",
     "typer",
+    "grpc",  # the xDS client speaks HTTP/2 itself (plait.proxy.ads_h2)
+    "envoy.service.discovery.v3.ads_pb2_grpc",
 )
 
 PROBE = """

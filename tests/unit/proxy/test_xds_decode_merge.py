@@ -134,13 +134,14 @@ def test_merge_raw_replaces_keeps_and_drops_by_name_and_reads_names_of_bytes_and
 
 
 class FakeCall:
-    """The write side of an ADS stream: records the requests."""
+    """The write side of an ADS stream (:class:`plait.proxy.ads_h2.AdsStream`): records
+    the requests it is given, serialized, as DiscoveryRequests."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
 
-    async def write(self, request: Any) -> None:
-        self.sent.append(request)
+    async def write(self, data: bytes) -> None:
+        self.sent.append(discovery_pb2.DiscoveryRequest.FromString(data))
 
 
 def response(type_url: str, version: str, nonce: str, *messages: Any) -> Any:
