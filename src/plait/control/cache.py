@@ -112,21 +112,7 @@ def changed(
 
 
 _MEMO_SIZE = 4096
-_named_memo: dict[int, tuple[Message, frozenset[str]]] = {}
 _needed_memo: dict[tuple[int, int], tuple[frozenset[str], Any, frozenset[str]]] = {}
-
-
-def _named(message: Message, walk: Callable[[Message], set[str]]) -> frozenset[str]:
-    """The clusters a listener or route configuration names, once per message (shared
-    by the snapshots of many nodes; the entry holds the message, so its id stays its)."""
-    hit = _named_memo.get(id(message))
-    if hit is not None and hit[0] is message:
-        return hit[1]
-    if len(_named_memo) >= _MEMO_SIZE:
-        _named_memo.clear()
-    named = frozenset(walk(message))
-    _named_memo[id(message)] = (message, named)
-    return named
 
 
 def _needed_load_assignments(
@@ -327,7 +313,9 @@ class Watch:
                 else sequencing.route_config_clusters
             )
             for message in self.desired_version(type_url)[1].values():
-                needed = _needed_load_assignments(_named(message, walk), clusters, hints)
+                needed = _needed_load_assignments(
+                    sequencing.memo_clusters(message, walk), clusters, hints
+                )
                 needed &= endpoints
                 if any(not needed <= state.keys() for state in cla_states):
                     return False

@@ -32,7 +32,7 @@ Pure: no clock, no I/O; resources are read-only protobuf messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,9 @@ are read-only and shared by the snapshots of all nodes: one walk per message, no
 stream and plan. The entry holds the message, so its id is not reused while remembered."""
 
 
-def _memo_clusters(message: Any, walk: Any) -> frozenset[str]:
+def memo_clusters(message: Any, walk: Callable[[Any], set[str]]) -> frozenset[str]:
+    """``walk(message)`` (the clusters a Listener or RouteConfiguration names), once per
+    message object: snapshots share their messages and treat them as read-only."""
     hit = _named_memo.get(id(message))
     if hit is not None and hit[0] is message:
         return hit[1]
@@ -143,9 +145,9 @@ def named_clusters(listeners: Iterable[Any], route_configs: Iterable[Any]) -> se
     """Every cluster the given listeners and route configurations name."""
     out: set[str] = set()
     for listener in listeners:
-        out |= _memo_clusters(listener, listener_clusters)
+        out |= memo_clusters(listener, listener_clusters)
     for route_config in route_configs:
-        out |= _memo_clusters(route_config, route_config_clusters)
+        out |= memo_clusters(route_config, route_config_clusters)
     return out
 
 

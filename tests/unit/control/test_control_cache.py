@@ -67,8 +67,8 @@ class FakeTranslator:
 
 
 class Harness:
-    def __init__(self) -> None:
-        self.world = world()
+    def __init__(self, w: World | None = None) -> None:
+        self.world = w if w is not None else world()
         self.fail = False
         self.calls = 0
         self.cache = SnapshotCache(ConfigSet(), [], translator_factory=self._factory)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import test_control_cache
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -29,7 +30,6 @@ from plait.model.config import ConfigSet
 from plait.model.load import load_text
 from plait.proxy.xds_client import make_node
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
-from plait.xds.snapshot import Snapshot
 from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SOTW_PARTIAL
 
 World = dict[str, dict[str, Any]]
@@ -66,40 +66,17 @@ def world() -> World:
     }
 
 
-class FakeTranslator:
-    def __init__(self, w: World) -> None:
-        self.w = {t: dict(items) for t, items in w.items()}
+class Harness(test_control_cache.Harness):
+    """test_control_cache's harness on this module's world; streams announce the feature
+    unless ``partial=False``."""
 
-    def for_node(self, node: NodeInfo) -> Snapshot:
-        return Snapshot(resources=self.w)
-
-
-class Harness:
     def __init__(self) -> None:
-        self.world = world()
-        self.cache = SnapshotCache(ConfigSet(), [], translator_factory=self._factory)
-
-    def _factory(self, cfg: ConfigSet, instances: Sequence[Instance]) -> FakeTranslator:
-        return FakeTranslator(self.world)
+        super().__init__(world())
 
     def connect(self, node_id: str = "host-a", *, partial: bool = True) -> Watch:
         features = frozenset({SOTW_PARTIAL}) if partial else frozenset()
         node = NodeInfo(node_id, plait_proxy=True, client_features=features)
         return self.cache.open_watch(node, lambda: None)
-
-    def push(self) -> list[Watch]:
-        return self.cache.set_inputs(config=ConfigSet())
-
-    def request(
-        self,
-        w: Watch,
-        type_url: str,
-        names: Sequence[str] = (),
-        version: str = "",
-        nonce: str = "",
-        error: str | None = None,
-    ) -> bool:
-        return self.cache.on_request(w, type_url, version, nonce, list(names), error)
 
     def ack(self, w: Watch, sent: PushResponse, names: Sequence[str]) -> None:
         self.request(w, sent.type_url, names, sent.version, sent.nonce)
