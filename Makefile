@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed
 # Pure cores checked by mypy --strict (see STYLE.md).
 CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/ca \
          src/plait/control/rotation.py src/plait/control/ca_plane.py src/plait/control/guard.py \
+         src/plait/control/cache.py src/plait/control/watch.py \
          src/plait/proxy/lkg.py src/plait/proxy/guard.py src/plait/proxy/bootstrap.py \
          $(addprefix src/plait/proxy/,runtime.py lb.py router.py via.py metrics.py accesslog.py \
            proxy_status.py xds_decode.py xds_subset.py http1_checks.py http1_shapes.py http1_attempt.py \
+           xds_decode_listener.py xds_decode_route.py xds_decode_cluster.py \
+           xds_decode_endpoint.py xds_decode_tls.py \
            peer_identity.py tls.py rbac.py deadlines.py bootstrap_fields.py ads_h2_frames.py ads_h2_hpack.py) \
          src/plait/identity/renewal.py
 

@@ -4,8 +4,10 @@ Pure cores (no sockets, no clock):
 
 - ``registry`` — service instances as per-node leases renewed by heartbeats; expiry; the
   served view and whether a heartbeat changed it.
-- ``cache`` — per-node snapshots (from :mod:`plait.xds.translate`) and per-stream xDS
-  state: sent/acked/NACKed versions, what is due to be pushed, SYNCED/STALE/NACKED.
+- ``cache`` — per-node snapshots (from :mod:`plait.xds.translate`), recompute, and
+  what is due to be pushed to each stream.
+- ``watch`` — one stream's xDS state: sent/acked/NACKed versions, what the client holds
+  (complete or changed-only pushes), SYNCED/STALE/NACKED.
 
 Shells:
 

@@ -46,8 +46,8 @@ with the same error type as the header) and one sample in the Prometheus metrics
 (:mod:`~plait.proxy.metrics`), labelled with source and destination service.
 
 Layering: decisions live in pure modules (``http1_checks``, ``http1_shapes``, ``router``,
-``lb``, ``proxy_status``, ``runtime``, ``xds_decode``), checked by ``mypy --strict`` and
-unit tests; the shells (``http1``, ``http1_exchange``, ``http1_attempt``, ``upstream``,
-``dataplane``, ``admin``,
+``lb``, ``proxy_status``, ``runtime``, ``xds_decode`` with its per-resource parts
+``xds_decode_*``), checked by ``mypy --strict`` and unit tests; the shells (``http1``,
+``http1_exchange``, ``http1_attempt``, ``upstream``, ``dataplane``, ``admin``,
 ``main``) hold sockets and timers and are tested with real processes and curl.
 """

@@ -207,3 +207,11 @@ def ads_source(source: Proto, ctx: Ctx, path: str) -> None:
     version = int(source.resource_api_version)
     if version not in (config_source_pb2.ApiVersion.AUTO, config_source_pb2.ApiVersion.V3):
         raise ctx.error(at(path, "resource_api_version"), "only V3 is supported")
+
+
+def enum_name(enum: Any, value: int) -> str:
+    """The name of ``value`` in a protobuf ``enum`` (for messages), or the number itself."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
