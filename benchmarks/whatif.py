@@ -11,9 +11,10 @@ turn (A B C A B C …), 5 s each after 1 s of warm-up, and each run's proxy CPU 
 the proxy got, so this works on a noisy machine; differences under ~5% are noise.
 
 The patches name plait internals as they are today (``DataPlane.observe``,
-``AccessLog.log``/``request``, ``http1_checks.check_field_chars``,
-``Exchange._finish``); a variant whose target moved fails at start with an
-AttributeError in its log, or silently measures nothing (check its effect is plausible).
+``AccessLog.log``/``request``, ``check_field_chars`` in ``http1_checks_request`` and
+``http1_checks_response``, ``Exchange._finish``); a variant whose target moved fails at
+start with an AttributeError in its log, or silently measures nothing (check its effect is
+plausible).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ VARIANTS = {
     "noobs": "import plait.proxy.dataplane as m\nm.DataPlane.observe = lambda self, ex: None\n",
     # no field character checks on request and response heads
     "nocheck": (
-        "import plait.proxy.http1_checks as m\n"
-        "m.check_field_chars = lambda headers, fault=400: None\n"
+        "import plait.proxy.http1_checks_request as m\n"
+        "import plait.proxy.http1_checks_response as r\n"
+        "m.check_field_chars = r.check_field_chars = lambda headers, fault=400: None\n"
     ),
     # no Exchange <-> Attempt reference cycle: a finished exchange drops its attempt, so
     # reference counting frees a request's objects and the cyclic GC has little to do

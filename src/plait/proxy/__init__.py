@@ -20,7 +20,8 @@ balancer counters and idle connections carry over from one config to the next.
 
 **A request** (:mod:`~plait.proxy.http1`): an :class:`~plait.proxy.http1.Http1Server`
 (one asyncio Protocol per client connection, on uvloop) feeds bytes to llhttp
-(httptools). When a head is complete, :mod:`~plait.proxy.http1_checks` (pure, no I/O)
+(httptools). When a head is complete, :mod:`~plait.proxy.http1_checks` (pure, no I/O;
+its parts ``http1_checks_request``, ``http1_checks_response``, ``http1_checks_common``)
 validates it against request smuggling -- ambiguous framing is answered 400 and the
 connection closed, never forwarded -- and normalizes it: hop-by-hop fields dropped,
 absolute-form rewritten to origin-form, ``Via`` appended, ``x-request-id`` kept or made.
@@ -45,9 +46,10 @@ Retries, per route, cover requests without a body before any response byte was s
 with the same error type as the header) and one sample in the Prometheus metrics
 (:mod:`~plait.proxy.metrics`), labelled with source and destination service.
 
-Layering: decisions live in pure modules (``http1_checks``, ``http1_shapes``, ``router``,
-``lb``, ``proxy_status``, ``runtime``, ``xds_decode`` with its per-resource parts
-``xds_decode_*``), checked by ``mypy --strict`` and unit tests; the shells (``http1``,
-``http1_exchange``, ``http1_attempt``, ``upstream``, ``dataplane``, ``admin``,
-``main``) hold sockets and timers and are tested with real processes and curl.
+Layering: decisions live in pure modules (``http1_checks`` with its parts
+``http1_checks_*``, ``http1_shapes``, ``router``, ``lb``, ``proxy_status``, ``runtime``,
+``xds_decode`` with its per-resource parts ``xds_decode_*``), checked by ``mypy --strict``
+and unit tests; the shells (``http1``, ``http1_exchange``, ``http1_attempt``,
+``upstream``, ``dataplane``, ``admin``, ``main``) hold sockets and timers and are tested
+with real processes and curl.
 """
