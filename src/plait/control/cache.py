@@ -30,6 +30,15 @@ Rules (after go-control-plane's ``simple.go``):
   When that is not known exactly (:meth:`Watch.held <plait.control.watch.Watch.held>`)
   the push carries every subscribed resource, as for other clients.
 
+A recompute can also run in steps (:meth:`SnapshotCache.recompute_steps`, a generator
+that refreshes ``RECOMPUTE_BATCH`` watches per step), so that the control plane can yield
+to its event loop between batches: with 1,000 connected proxies a whole recompute takes
+about a second. Each step translates with the translator of the *current* inputs (inputs
+replaced mid-way reach the rest of the run), walks a snapshot of the watches taken when
+the run starts (a stream opened meanwhile got its snapshot from the newest inputs when it
+opened) and skips the ones closed since. :meth:`SnapshotCache.recompute` runs all steps at
+once.
+
 Pure: no sockets, no clock. The ADS shell calls :meth:`open_watch`, :meth:`on_request`,
 :meth:`pending` and :meth:`close_watch`; each watch carries a ``wake`` callback that the
 cache calls when a recompute gives it something to send.
@@ -39,7 +48,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
@@ -75,6 +84,7 @@ __all__ = [
     "DIGEST_MEMO",
     "HISTORY",
     "NACKED",
+    "RECOMPUTE_BATCH",
     "STALE",
     "SYNCED",
     "WILDCARD_TYPES",
@@ -96,6 +106,12 @@ WILDCARD_TYPES = frozenset({SECRET, LISTENER, CLUSTER})
 
 DIGEST_MEMO = 256
 """Resource sets whose digests are remembered (a bound, not a tuning)."""
+
+RECOMPUTE_BATCH = 16
+"""Watches refreshed per step of :meth:`SnapshotCache.recompute_steps` (between two steps
+the control plane lets its event loop run: API calls, new streams, ACKs). A refresh costs
+about 1 ms at 500 services and 10,000 instances, and an API request needs two or three
+turns of the loop, so 16 keeps a turn near 15 ms; yielding itself costs microseconds."""
 
 
 class TranslatorLike(Protocol):
@@ -175,13 +191,32 @@ class SnapshotCache:
         translator for all). Wakes, and returns, the watches that now have something to
         send."""
         woken: list[Watch] = []
-        self._digest_memo.clear()  # let the previous snapshots go
-        for watch in list(self._live.values()):
-            self._refresh(watch)
-            if self._has_pending(watch):
-                woken.append(watch)
-                watch.wake()
+        for step in self.recompute_steps(max(1, len(self._live))):
+            woken.extend(step)
         return woken
+
+    def recompute_steps(self, batch: int = RECOMPUTE_BATCH) -> Iterator[list[Watch]]:
+        """:meth:`recompute` in steps: each step refreshes (up to) ``batch`` of the watches
+        live when the run started, skipping those closed since, wakes those that now have
+        something to send, and yields them. Each refresh uses the newest inputs (see
+        module docstring); the caller must run another recompute after inputs changed
+        during a run, for the watches refreshed before the change."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        # let the previous snapshots go (the memo checks identity, so entries made from
+        # here on, by pending() between steps or by a run started later, stay correct)
+        self._digest_memo.clear()
+        watches = list(self._live.values())
+        for start in range(0, len(watches), batch):
+            woken: list[Watch] = []
+            for watch in watches[start : start + batch]:
+                if not watch.connected or self._live.get(watch.stream_id) is not watch:
+                    continue  # closed during the run
+                self._refresh(watch)
+                if self._has_pending(watch):
+                    woken.append(watch)
+                    watch.wake()
+            yield woken
 
     def _translate(self) -> TranslatorLike:
         if self._translator is None:

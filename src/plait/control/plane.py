@@ -8,6 +8,19 @@ coalesced: at most one per ``min_push_interval`` (a burst of registrations, say 
 proxies starting together, costs a handful of recomputes, not one each); the first
 change after a quiet period is pushed on the next turn of the event loop.
 
+With a running event loop, a push does not block it: :meth:`ControlPlane.flush` starts
+the recompute as a task owned by the plane, which refreshes ``RECOMPUTE_BATCH`` (16)
+streams at a time (:meth:`SnapshotCache.recompute_steps
+<plait.control.cache.SnapshotCache.recompute_steps>`) and yields to the loop between
+batches, so that API calls, new ADS streams and ACKs are served while 1,000 snapshots are
+rebuilt. There is never more than one such task. A change made while it runs hands its
+inputs to the cache at once (the streams not yet refreshed get them in this run) and marks
+the plane dirty; when the task ends it schedules another full recompute (still at most one
+per ``min_push_interval``), so no stream stays on inputs older than the newest change.
+``await plane.flush_and_wait()`` returns once no recompute is running or due;
+``await plane.close()`` cancels the pending push and the running recompute. Without a
+running loop (tests, tools) a push is done synchronously, before the call returns.
+
 Lease deadlines use a monotonic ``clock``; versions and leases are stamped in the store
 with ``wall`` time (unix seconds).
 
@@ -24,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from plait.control.ca_plane import CaPlane, CaSetup
-from plait.control.cache import NACKED, STALE, SYNCED, SnapshotCache
+from plait.control.cache import NACKED, RECOMPUTE_BATCH, STALE, SYNCED, SnapshotCache
 from plait.control.guard import Guard, GuardSettings
 from plait.control.registry import LeaseRow, Registry
 from plait.control.store import Store, StoreConflict
@@ -67,6 +80,11 @@ def lookup(cfg: ConfigSet, kind: str, name: str) -> Any:
     if name not in table:
         raise NotFound(f"{canonical}/{name} does not exist (see GET /v1/config)")
     return table[name]
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("push failed", exc_info=task.exception())
 
 
 class ControlPlane:
@@ -113,8 +131,10 @@ class ControlPlane:
                 self.syncing = True
                 self.cache.serving = False
         self._push_handle: asyncio.Handle | None = None
+        self._recompute_task: asyncio.Task[None] | None = None  # the running push, if any
         self._last_push = float("-inf")
         self._dirty = False
+        self._closed = False
         self.ca = CaPlane(ca, store, self.registry, wall) if ca is not None else None
         # mTLS inputs of translation (docs/mtls.md): the CA's trust domain and bundle,
         # unless given explicitly (tests, an external bundle)
@@ -314,28 +334,95 @@ class ControlPlane:
                     log.warning("guard: held change %s: %s", hold.id, hold.reason)
         self.cache.update_inputs(config=self.config if config else None, instances=served)
         self._dirty = True
-        if self._push_handle is not None:
-            return
+        if self._push_handle is not None or self.recomputing:
+            return  # the push due, or the end of the running one, takes this change along
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
+        self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            return
         delay = max(0.0, self._last_push + self.min_push_interval - self.clock())
         self._push_handle = loop.call_later(delay, self.flush)
 
+    @property
+    def recomputing(self) -> bool:
+        """True while a (batched) recompute task is running."""
+        return self._recompute_task is not None and not self._recompute_task.done()
+
     def flush(self) -> None:
-        """Recompute the open streams' snapshots now, if anything changed since last time."""
+        """Recompute the open streams' snapshots now, if anything changed since last time.
+
+        Without a running event loop the recompute is done when this returns. With one,
+        it is started as a task that yields between batches (module docstring); await
+        :meth:`flush_and_wait` to wait for it. While a recompute runs this does nothing:
+        its end schedules the next one."""
         if self._push_handle is not None:
             self._push_handle.cancel()
             self._push_handle = None
-        if not self._dirty:
+        if not self._dirty or self.recomputing:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._dirty = False
+            self._last_push = self.clock()
+            woken = self.cache.recompute()
+            if woken:
+                log.debug("pushed to %d stream(s)", len(woken))
+            return
+        if self._closed:
             return
         self._dirty = False
         self._last_push = self.clock()
-        woken = self.cache.recompute()
+        task = loop.create_task(self._recompute(), name="plait-control-push")
+        task.add_done_callback(_report_failure)
+        self._recompute_task = task
+
+    async def _recompute(self) -> None:
+        """The push task: the cache's recompute steps, yielding to the loop after each."""
+        woken = 0
+        steps = self.cache.recompute_steps(RECOMPUTE_BATCH)
+        try:
+            for batch in steps:
+                woken += len(batch)
+                await asyncio.sleep(0)  # let API calls, new streams and ACKs in
+        finally:
+            steps.close()
+            self._recompute_task = None
         if woken:
-            log.debug("pushed to %d stream(s)", len(woken))
+            log.debug("pushed to %d stream(s)", woken)
+        if self._dirty:  # inputs changed during this run: recompute again
+            self._arm(asyncio.get_running_loop())
+
+    async def flush_and_wait(self) -> None:
+        """Push now, and return once no recompute is running or due: every open stream's
+        snapshot is then built from the newest inputs (and woken if it has news)."""
+        while (self._dirty or self._recompute_task is not None) and not self._closed:
+            self.flush()
+            task = self._recompute_task
+            if task is not None:
+                await asyncio.wait({task})
+                if self._recompute_task is task:  # cancelled before it ever ran
+                    self._recompute_task = None
+
+    async def close(self) -> None:
+        """Stop pushing: cancel the push due and the running recompute (and wait for it)."""
+        self._closed = True
+        if self._push_handle is not None:
+            self._push_handle.cancel()
+            self._push_handle = None
+        task = self._recompute_task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            self._recompute_task = None
 
     # -- views -------------------------------------------------------------------------
 

@@ -345,6 +345,7 @@ async def run_control(
         if ca_server is not None:
             ca_server.close()
         await grpc_server.stop(grace=0.5)
+        await plane.close()  # the push (recompute) task, if one is running
         store.close()
         log.info("control plane stopped")
 
