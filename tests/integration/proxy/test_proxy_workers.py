@@ -51,7 +51,7 @@ def gone(pid: int) -> bool:
         for tid in tasks:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
             states.append(stat[stat.rindex(")") + 2])
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
         return True
     return all(state in "ZX" for state in states)
 
