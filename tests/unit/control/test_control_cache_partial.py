@@ -18,7 +18,6 @@ import pytest
 import test_control_cache
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from hypothesis import HealthCheck, given, settings
@@ -34,21 +33,13 @@ from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SOTW_PARTIAL
 
 World = dict[str, dict[str, Any]]
 NAMES = ("a", "b", "c")
+cla = test_control_cache.cla
 
 
 def cluster(name: str) -> cluster_pb2.Cluster:
     c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
     c.eds_cluster_config.eds_config.ads.SetInParent()
     return c
-
-
-def cla(name: str, *ports: int) -> endpoint_pb2.ClusterLoadAssignment:
-    a = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    group = a.endpoints.add()
-    for port in ports:
-        sa = group.lb_endpoints.add().endpoint.address.socket_address
-        sa.address, sa.port_value = "127.0.0.1", port
-    return a
 
 
 def routes(name: str, domain: str) -> route_pb2.RouteConfiguration:
