@@ -10,7 +10,7 @@ CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/c
          src/plait/control/cache.py src/plait/control/watch.py \
          src/plait/proxy/lkg.py src/plait/proxy/guard.py src/plait/proxy/bootstrap.py \
          $(addprefix src/plait/proxy/,runtime.py lb.py router.py via.py metrics.py accesslog.py \
-           proxy_status.py xds_decode.py xds_subset.py http1_checks.py http1_shapes.py http1_attempt.py \
+           proxy_status.py xds_decode.py xds_subset.py http1_checks.py http1_shapes.py http1_attempt.py http1_route.py \
            xds_decode_listener.py xds_decode_route.py xds_decode_cluster.py \
            xds_decode_endpoint.py xds_decode_tls.py \
            http1_checks_common.py http1_checks_request.py http1_checks_response.py \

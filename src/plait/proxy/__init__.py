@@ -25,8 +25,10 @@ its parts ``http1_checks_request``, ``http1_checks_response``, ``http1_checks_co
 validates it against request smuggling -- ambiguous framing is answered 400 and the
 connection closed, never forwarded -- and normalizes it: hop-by-hop fields dropped,
 absolute-form rewritten to origin-form, ``Via`` appended, ``x-request-id`` kept or made.
-An :class:`~plait.proxy.http1_exchange.Exchange` then walks the routing levels, making
-one :class:`~plait.proxy.http1_attempt.Attempt` per try::
+An :class:`~plait.proxy.http1_exchange.Exchange` (its state, tries and endings in the
+base :class:`~plait.proxy.http1_dispatch.Dispatch`, its pure routing and retry decisions
+in :mod:`~plait.proxy.http1_route`) then walks the routing levels, making one
+:class:`~plait.proxy.http1_attempt.Attempt` per try::
 
     listener -> Router.match (virtual host, route) -> weighted cluster pick
              -> balancer.pick (endpoint) -> pool (idle keep-alive connection, or connect)
@@ -47,9 +49,9 @@ with the same error type as the header) and one sample in the Prometheus metrics
 (:mod:`~plait.proxy.metrics`), labelled with source and destination service.
 
 Layering: decisions live in pure modules (``http1_checks`` with its parts
-``http1_checks_*``, ``http1_shapes``, ``router``, ``lb``, ``proxy_status``, ``runtime``,
-``xds_decode`` with its per-resource parts ``xds_decode_*``), checked by ``mypy --strict``
-and unit tests; the shells (``http1``, ``http1_exchange``, ``http1_attempt``,
-``upstream``, ``dataplane``, ``admin``, ``main``) hold sockets and timers and are tested
-with real processes and curl.
+``http1_checks_*``, ``http1_shapes``, ``http1_route``, ``router``, ``lb``, ``proxy_status``,
+``runtime``, ``xds_decode`` with its per-resource parts ``xds_decode_*``), checked by
+``mypy --strict`` and unit tests; the shells (``http1``, ``http1_exchange``,
+``http1_dispatch``, ``http1_attempt``, ``upstream``, ``dataplane``, ``admin``, ``main``)
+hold sockets and timers and are tested with real processes and curl.
 """
