@@ -46,7 +46,8 @@ the parsed values. Errors say whose fault they are: :class:`HeadRejected` carrie
 status and RFC 9209 error type to answer with (4xx for the downstream's request, 502 for
 an upstream's response).
 
-The checks live in three modules, all re-exported here (import from this one):
+The checks live in three modules, their public names re-exported here (import from this one;
+the head-shape memo, :mod:`~plait.proxy.http1_shapes`, also reads their private tables):
 :mod:`~plait.proxy.http1_checks_request` (request heads: version, request-target and Host,
 framing, Upgrade; the head sent upstream), :mod:`~plait.proxy.http1_checks_response`
 (response heads: framing, how the body travels downstream; the head sent downstream) and
@@ -57,22 +58,6 @@ A monkeypatch must target the module that looks the name up, not this one (e.g.
 """
 
 from plait.proxy.http1_checks_common import (
-    _CONNECTION,
-    _CONNECTION_PLAIN,
-    _CONTENT_LENGTH,
-    _DROP,
-    _EXPECT,
-    _FIELD_VALUE_OK,
-    _HOST,
-    _OWS,
-    _PROXY_STATUS,
-    _REQUEST_ID,
-    _SPECIAL,
-    _TCHAR,
-    _TE,
-    _TRANSFER_ENCODING,
-    _UPGRADE,
-    _VIA,
     CRLF,
     HTTP_PROTOCOL_ERROR,
     HTTP_REQUEST_ERROR,
@@ -80,7 +65,6 @@ from plait.proxy.http1_checks_common import (
     MAX_CONTENT_LENGTH_DIGITS,
     MAX_HEAD_BYTES,
     HeadRejected,
-    _is_alias,
     check_field_chars,
     chunk_prefix,
     field_name_error,
@@ -89,9 +73,7 @@ from plait.proxy.http1_checks_common import (
     render_last_chunk,
 )
 from plait.proxy.http1_checks_request import (
-    _HOST_OK,
     RequestHead,
-    _split_target,
     identify_rejected,
     parse_request_head,
     parse_request_transfer_encoding,
@@ -100,7 +82,6 @@ from plait.proxy.http1_checks_request import (
     transfer_codings,
 )
 from plait.proxy.http1_checks_response import (
-    _NO_BODY_STATUS,
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_LENGTH,
@@ -123,29 +104,9 @@ __all__ = [
     "LAST_CHUNK",
     "MAX_CONTENT_LENGTH_DIGITS",
     "MAX_HEAD_BYTES",
-    "_CONNECTION",
-    "_CONNECTION_PLAIN",
-    "_CONTENT_LENGTH",
-    "_DROP",
-    "_EXPECT",
-    "_FIELD_VALUE_OK",
-    "_HOST",
-    "_HOST_OK",
-    "_NO_BODY_STATUS",
-    "_OWS",
-    "_PROXY_STATUS",
-    "_REQUEST_ID",
-    "_SPECIAL",
-    "_TCHAR",
-    "_TE",
-    "_TRANSFER_ENCODING",
-    "_UPGRADE",
-    "_VIA",
     "HeadRejected",
     "RequestHead",
     "ResponseHead",
-    "_is_alias",
-    "_split_target",
     "check_field_chars",
     "check_transfer_encoding",
     "chunk_prefix",

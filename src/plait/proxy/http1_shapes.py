@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from plait.proxy.http1_checks import (
+from plait.proxy.http1_checks_common import (
     _CONNECTION,
     _CONNECTION_PLAIN,
     _CONTENT_LENGTH,
@@ -31,26 +31,30 @@ from plait.proxy.http1_checks import (
     _EXPECT,
     _FIELD_VALUE_OK,
     _HOST,
-    _HOST_OK,
-    _NO_BODY_STATUS,
     _OWS,
     _REQUEST_ID,
     _SPECIAL,
     _TCHAR,
     _TE,
+    MAX_CONTENT_LENGTH_DIGITS,
+    HeadRejected,
+    _is_alias,
+)
+from plait.proxy.http1_checks_request import (
+    _HOST_OK,
+    RequestHead,
+    _split_target,
+    parse_request_head,
+    path_of,
+)
+from plait.proxy.http1_checks_response import (
+    _NO_BODY_STATUS,
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_LENGTH,
     BODY_NONE,
-    MAX_CONTENT_LENGTH_DIGITS,
-    HeadRejected,
-    RequestHead,
     ResponseHead,
-    _is_alias,
-    _split_target,
-    parse_request_head,
     parse_response_head,
-    path_of,
 )
 
 MAX_SHAPES: Final = 512  # distinct name tuples remembered per direction; then start over

@@ -51,7 +51,6 @@ from plait import __version__
 from plait.proxy.ads_h2 import ADS_METHOD, StreamError, open_stream
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
 from plait.proxy.xds_decode import (
-    MERGED_TYPES,
     apply_decoded,
     decode_resources,
     eds_names,
@@ -60,7 +59,16 @@ from plait.proxy.xds_decode import (
     raw_name,
     rds_names,
 )
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SOTW_PARTIAL, short_name
+from plait.xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PARTIAL_TYPES,
+    ROUTE,
+    SECRET,
+    SOTW_PARTIAL,
+    short_name,
+)
 
 log = logging.getLogger("plait.proxy.xds")
 
@@ -120,7 +128,7 @@ class XdsClient:
         self._resources: dict[str, list[Any]] = {
             t: list(r) for t, r in (initial_resources or {}).items()
         }
-        self._held_raw: dict[str, dict[str, Any]] = {}  # MERGED_TYPES: name -> raw resource
+        self._held_raw: dict[str, dict[str, Any]] = {}  # PARTIAL_TYPES: name -> raw resource
         self._node = make_node(node_id, metadata)
         self._on_config = on_config
         self._backoff_initial = backoff_initial
@@ -275,7 +283,7 @@ class XdsClient:
     ) -> list[Any]:
         """The raw resources of ``type_url`` held once a response was accepted, for the
         last-known-good file: the response's, merged into the held ones for EDS/RDS."""
-        if type_url not in MERGED_TYPES:
+        if type_url not in PARTIAL_TYPES:
             return resources
         held = self._held_raw.get(type_url)
         if held is None:  # the first merge: name those kept from before (the LKG file's)

@@ -64,7 +64,6 @@ from plait.proxy.xds_subset import Ctx, Proto, unpack
 from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 __all__ = [
-    "MERGED_TYPES",
     "apply_decoded",
     "apply_response",
     "decode_cluster",
@@ -135,18 +134,14 @@ def apply_response(
 ) -> ProxyConfig:
     """A new config with ``resources`` applied: for Listener, Cluster and Secret they
     replace every resource of the type; for ClusterLoadAssignment and
-    RouteConfiguration (``MERGED_TYPES``) they replace the names they carry and the
-    other names still needed are kept (see the module docstring).
+    RouteConfiguration (:data:`~plait.xds.types.PARTIAL_TYPES`) they replace the names
+    they carry and the other names still needed are kept (see the module docstring).
 
     Raises :class:`UnsupportedConfig` for the first resource outside the subset; the
     caller NACKs and keeps ``current``. ``version`` (the response's ``version_info``) is
     recorded in ``versions``.
     """
     return apply_decoded(current, type_url, decode_resources(type_url, resources), version)
-
-
-MERGED_TYPES = frozenset({ENDPOINT, ROUTE})
-"""Types whose responses merge into what the proxy holds (changed-only, docs/xds.md)."""
 
 
 def apply_decoded(
@@ -177,7 +172,7 @@ def apply_decoded(
 
 
 def held_names(cfg: ProxyConfig, type_url: str) -> frozenset[str]:
-    """The names of ``type_url`` resources ``cfg`` holds (for ``MERGED_TYPES``)."""
+    """The names of ``type_url`` resources ``cfg`` holds (for the merged types)."""
     if type_url == ENDPOINT:
         return frozenset(cfg.endpoints)
     if type_url == ROUTE:
