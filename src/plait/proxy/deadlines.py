@@ -2,14 +2,13 @@
 
 A uvloop ``call_later`` makes and frees a libuv timer handle, and a request that sets a
 route timeout and then finishes in a millisecond paid for both -- about a tenth of the
-proxy's CPU per request. :class:`Deadlines` keeps the pending deadlines in a dict and one
-loop timer armed at the earliest of them: arming is a dict insert, cancelling a dict
-delete. When the timer fires, the due callbacks run and the timer is re-armed at the
-next deadline (a scan of the pending ones: rare, since deadlines are seconds away and
-most are cancelled long before).
-
-The interface is the slice of ``loop.call_later`` the exchanges use: a handle with
-``cancel()``; callbacks run from the loop, never from ``call_later`` itself.
+proxy's CPU per request. :class:`Deadlines` keeps the pending deadlines in a dict keyed by
+their owner (an exchange, an attempt: each has at most one pending deadline) and one loop
+timer armed at the earliest of them: arming is a dict insert, disarming a dict delete, and
+no object is made per deadline. When the timer fires, the owners whose deadline passed are
+told (:meth:`Expiring.expired`) and the timer is re-armed at the next deadline (a scan of
+the pending ones: rare, since deadlines are seconds away and most are disarmed long
+before). Owners are told from the loop, never from :meth:`Deadlines.arm` itself.
 """
 
 from __future__ import annotations
@@ -17,52 +16,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
-__all__ = ["Deadline", "Deadlines"]
+__all__ = ["Deadlines", "Expiring"]
 
 log = logging.getLogger("plait.proxy.deadlines")
 
 _SLACK = 0.001  # a timer that fires this early still counts (libuv rounds to the ms)
 
 
-class Deadline:
-    """One pending callback; :meth:`cancel` is idempotent."""
+class Expiring(Protocol):
+    """What owns a deadline: hashable by identity, told once when it passes."""
 
-    __slots__ = ("args", "at", "callback", "owner")
-
-    def __init__(
-        self, owner: Deadlines, at: float, callback: Callable[..., object], args: tuple[Any, ...]
-    ) -> None:
-        self.owner = owner
-        self.at = at
-        self.callback = callback
-        self.args = args
-
-    def cancel(self) -> None:
-        self.owner.pending.pop(self, None)
+    def expired(self) -> None: ...
 
 
 class Deadlines:
-    """Deadlines on ``loop``'s clock, sharing one loop timer."""
+    """Deadlines on ``loop``'s clock, one per owner, sharing one loop timer."""
 
     __slots__ = ("_armed_at", "_handle", "loop", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: dict[Deadline, None] = {}
+        self.pending: dict[Expiring, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Deadline:
-        """Run ``callback(*args)`` from the loop in ``delay`` seconds unless cancelled."""
+    def arm(self, owner: Expiring, delay: float) -> None:
+        """Call ``owner.expired()`` from the loop in ``delay`` seconds unless disarmed
+        first; arming an owner again replaces its deadline."""
         at = self.loop.time() + delay
-        deadline = Deadline(self, at, callback, args)
-        self.pending[deadline] = None
+        self.pending[owner] = at
         if at < self._armed_at:
             self._arm(at)
-        return deadline
+
+    def disarm(self, owner: Expiring) -> None:
+        """Drop ``owner``'s deadline, if it has one (idempotent)."""
+        self.pending.pop(owner, None)
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
@@ -75,14 +65,16 @@ class Deadlines:
         self._armed_at = math.inf
         now = self.loop.time() + _SLACK
         pending = self.pending
-        for d in [d for d in pending if d.at <= now]:
-            if pending.pop(d, False) is None:  # not cancelled by a callback before it
+        for owner in [o for o, at in pending.items() if at <= now]:
+            at = pending.get(owner)
+            if at is not None and at <= now:  # not disarmed or re-armed by an owner before
+                del pending[owner]
                 try:
-                    d.callback(*d.args)
+                    owner.expired()
                 except Exception:
                     log.exception("error in a deadline callback")
         if pending:
-            at = min(d.at for d in pending)
+            at = min(pending.values())
             if at < self._armed_at:
                 self._arm(at)
 

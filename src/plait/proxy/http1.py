@@ -108,7 +108,12 @@ class Http1Server(asyncio.Protocol):
             self._parse_failed(exc)  # the failed request's held bytes are dropped
             self._fed()
             return
-        self._fed()
+        self.feeding = False  # _fed(), inlined: the read is parsed, send what it held
+        queue = self.queue
+        if queue:
+            ex = queue[0]
+            if ex.up_cork is not None:
+                ex.flush_up()
         if self._in_head and was_in_head and messages == self._messages:
             # A whole segment inside one unfinished head: bound what llhttp accumulates.
             self._stall += len(data)
@@ -363,7 +368,7 @@ class Http1Server(asyncio.Protocol):
         if self.closing and not queue:
             self.transport.close()
             return
-        if len(queue) <= 1:
+        if len(queue) <= 1 and self._paused & P_QUEUE:
             self.resume(P_QUEUE)
         if queue:
             queue[0].start()

@@ -32,7 +32,6 @@ from plait.proxy.upstream import ConnectFailed, TlsOrigin, UpstreamConnection
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import ClusterState
-    from plait.proxy.deadlines import Deadline
     from plait.proxy.http1_exchange import Exchange
     from plait.proxy.lb import EndpointState
     from plait.proxy.runtime import UpstreamTls
@@ -64,7 +63,7 @@ class Attempt:
         "paused",
         "reused",
         "sent",
-        "timer",
+        "timeout",
     )
 
     def __init__(self, ex: Exchange, cluster: ClusterState, endpoint: EndpointState) -> None:
@@ -76,7 +75,7 @@ class Attempt:
         self.conn: UpstreamConnection | None = None
         self.reused = False
         self.paused = False  # we paused the connection's reading (downstream is full)
-        self.timer: Deadline | None = None
+        self.timeout = 0.0  # the per-try timeout armed in dp.timers (0: none)
         self.live = True
         self.sent = False  # the endpoint got bytes of the request (and its counter a start)
 
@@ -85,7 +84,9 @@ class Attempt:
         if conn is not None and conn.transport is not None:
             if not self.sent:
                 self.sent = True
-                self.endpoint.start()
+                endpoint = self.endpoint  # endpoint.start(), inlined: a request sent to it
+                endpoint.active += 1
+                endpoint.total += 1
             if len(pieces) == 1:
                 conn.transport.write(pieces[0])  # the usual head-only request: no iovec
             else:
@@ -159,11 +160,19 @@ class Attempt:
             self.pause_reading()
 
     def arm_timer(self, timeout: float) -> None:
-        if self.timer is None and self.live:
-            self.timer = self.ex.dp.timers.call_later(timeout, self._timed_out, timeout)
+        if not self.timeout and self.live:
+            self.timeout = timeout
+            self.ex.dp.timers.arm(self, timeout)
 
-    def _timed_out(self, timeout: float) -> None:
-        self.timer = None
+    def disarm(self) -> None:
+        """Drop the per-try timeout (a response head arrived in time)."""
+        self.timeout = 0.0
+        self.ex.dp.timers.disarm(self)
+
+    def expired(self) -> None:
+        """The per-try timeout passed (:class:`~plait.proxy.deadlines.Deadlines`)."""
+        timeout = self.timeout
+        self.timeout = 0.0
         if self.live and not self.ex.started:
             details = f"no response within the per-try timeout ({timeout:g}s)"
             self.ex.attempt_failed(self, HTTP_RESPONSE_TIMEOUT, details, RETRY_RESET)
@@ -174,9 +183,8 @@ class Attempt:
         if not self.live:
             return
         self.live = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timeout:
+            self.disarm()
         conn = self.conn
         if conn is not None:
             self.conn = None

@@ -37,7 +37,6 @@ from plait.proxy.rbac import evaluate as evaluate_rbac
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import ClusterState, DataPlane
-    from plait.proxy.deadlines import Deadline
     from plait.proxy.http1 import Http1Server
     from plait.proxy.runtime import RbacFilter, Route
 
@@ -49,7 +48,6 @@ class Dispatch:
 
     __slots__ = (
         "attempt",
-        "attempts",
         "bytes_in",
         "bytes_out",
         "close_after",
@@ -103,7 +101,7 @@ class Dispatch:
             self.request_id = self.new_request_id = dp.new_request_id().encode("ascii")
         self.request_done = head is None
         self.close_after = head is None or not head.keep_alive or head.upgrade is not None
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # body bytes held until a connection exists
         self.pending_bytes = 0
         self.up_cork: list[bytes] | None = None  # upstream bytes held until the read ends
         self.up_sent = False  # any byte of this request went to an upstream
@@ -113,9 +111,8 @@ class Dispatch:
         self.cluster: ClusterState | None = None
         self.head_bytes = b""
         self.attempt: Attempt | None = None
-        self.attempts = 0
         self.retries_left = 0
-        self.tried: list[tuple[str, int]] = []
+        self.tried: tuple[tuple[str, int], ...] = ()  # endpoints tried, in order
         self.upstream_addr: tuple[str, int] | None = None
         self.stale_retried = False
         self.resp: ResponseHead | None = None
@@ -126,7 +123,7 @@ class Dispatch:
         self.status = 0
         self.error: str | None = None
         self.details: str | None = None
-        self.timer: Deadline | None = None
+        self.timer = False  # a route timeout is armed (dp.timers)
         self.bytes_in = 0
         self.bytes_out = 0
         self.rbac: str | None = None  # "would-deny: ..." from an audit-mode policy
@@ -159,7 +156,8 @@ class Dispatch:
             self.retries_left = route.retry.num_retries
         self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
         if self.request_done and route.timeout:
-            self.timer = self.dp.timers.call_later(route.timeout, self._route_timed_out)
+            self.timer = True
+            self.dp.timers.arm(self, route.timeout)
         self._attempt()
 
     def _authorized(self, filters: tuple[RbacFilter, ...]) -> bool:
@@ -178,16 +176,16 @@ class Dispatch:
     def _attempt(self) -> None:
         cluster = self.cluster
         assert cluster is not None
-        ep = pick_endpoint(cluster.balancer, self.tried)
+        tried = self.tried
+        ep = cluster.balancer.pick() if not tried else pick_endpoint(cluster.balancer, tried)
         if ep is None:
             details = f"no healthy endpoint in cluster {cluster.name!r}"
             self.local_reply(503, DESTINATION_UNAVAILABLE, details)
             return
-        self.attempts += 1
         attempt = self.attempt = Attempt(self, cluster, ep)  # type: ignore[arg-type]  # an Exchange
-        self.tried.append(attempt.key)
+        self.tried = (*self.tried, attempt.key)
         self.upstream_addr = attempt.key
-        if self.request_done:
+        if self.request_done and self.route is not None and self.route.retry is not None:
             self._arm_try_timer(attempt)
         attempt.run()
 
@@ -223,8 +221,8 @@ class Dispatch:
 
     def take_pending(self) -> list[bytes]:
         """The request bytes held until a connection existed (the attempt sends them)."""
-        pending = self.pending
-        self.pending = []
+        pending = self.pending or []
+        self.pending = None
         self.pending_bytes = 0
         self.server.resume(P_PENDING)
         return pending
@@ -262,8 +260,9 @@ class Dispatch:
 
     # -- endings -------------------------------------------------------------------------
 
-    def _route_timed_out(self) -> None:
-        self.timer = None
+    def expired(self) -> None:
+        """The route timeout passed (:class:`~plait.proxy.deadlines.Deadlines`)."""
+        self.timer = False
         if self.done:
             return
         timeout = self.route.timeout if self.route is not None else 0
@@ -275,9 +274,9 @@ class Dispatch:
             self.local_reply(504, HTTP_RESPONSE_TIMEOUT, details)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timer:
+            self.timer = False
+            self.dp.timers.disarm(self)
 
     def local_reply(self, status: int, error: str, details: str) -> None:
         """Answer with a response made here, carrying Proxy-Status for this hop."""
@@ -328,10 +327,15 @@ class Dispatch:
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
-        self._end_attempt(True)
+        if self.timer:  # _cancel_timer(), inlined (every request passes here)
+            self.timer = False
+            self.dp.timers.disarm(self)
+        attempt = self.attempt
+        if attempt is not None:
+            # Break the Exchange <-> Attempt cycle: reference counting frees both now,
+            # instead of leaving every request to the cyclic collector.
+            self.attempt = None
+            if attempt.live:
+                attempt.end(True)
         self.dp.observe(self)
-        # Break the Exchange <-> Attempt cycle: reference counting frees both now, instead
-        # of leaving every request to the cyclic collector (a third of its cost was that).
-        self.attempt = None
         self.server.exchange_finished(self)  # type: ignore[arg-type]  # an Exchange

@@ -92,10 +92,13 @@ class Exchange(Dispatch):
             else:
                 self.send_up([data])
             return
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = []
         if head.chunked:
-            self.pending += (chunk_prefix(len(data)), data, CRLF)
+            pending += (chunk_prefix(len(data)), data, CRLF)
         else:
-            self.pending.append(data)
+            pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > MAX_PENDING:
             self.server.pause(P_PENDING)
@@ -116,13 +119,16 @@ class Exchange(Dispatch):
             attempt = self.attempt
             if attempt is not None and attempt.conn is not None:
                 self.send_up([tail])
+            elif self.pending is None:
+                self.pending = [tail]
             else:
                 self.pending.append(tail)
         route = self.route
         if route is not None:
-            if route.timeout and self.timer is None:
-                self.timer = self.dp.timers.call_later(route.timeout, self._route_timed_out)
-            if self.attempt is not None and not self.started:
+            if route.timeout and not self.timer:
+                self.timer = True
+                self.dp.timers.arm(self, route.timeout)
+            if route.retry is not None and self.attempt is not None and not self.started:
                 self._arm_try_timer(self.attempt)
 
     def request_failed(self, details: str) -> None:
@@ -183,9 +189,8 @@ class Exchange(Dispatch):
             if head.version == "1.1":
                 self.server.transport.write(render_interim(status, reason, headers))
             return
-        if attempt.timer is not None:
-            attempt.timer.cancel()
-            attempt.timer = None
+        if attempt.timeout:
+            attempt.disarm()
         if self.retries_left > 0 and self._retriable_status(status):
             attempt.end(False)
             self._retry()
@@ -306,7 +311,7 @@ class Exchange(Dispatch):
             # An idle keep-alive connection the server had closed: not the endpoint's fault.
             self.stale_retried = True
             attempt.end(True)
-            self.tried.pop()
+            self.tried = self.tried[:-1]
             self._attempt()
             return
         reason = f": {exc}" if exc is not None else ""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _RETRY_ON_GATEWAY = frozenset({"5xx", "gateway-error"})  # 502, 503, 504
 _RETRY_ON_5XX = frozenset({"5xx"})
 _RETRY_ON_409 = frozenset({"retriable-4xx"})
+_NO_HEADERS: Mapping[str, str] = {}  # what a router that matches no header is given
 
 
 class HeaderView(Mapping[str, str]):
@@ -80,7 +81,7 @@ def select_target(
     if router is None:
         raise Unroutable(503, DESTINATION_UNAVAILABLE, f"listener {listener!r} has no routes")
     host = head.host.decode("latin-1")
-    route = router.match(host, head.path, HeaderView(head))
+    route = router.match(host, head.path, HeaderView(head) if router.uses_headers else _NO_HEADERS)
     if route is None:
         details = f"no route for host {host!r} path {head.path!r}"
         raise Unroutable(404, DESTINATION_NOT_FOUND, details)
@@ -92,7 +93,7 @@ def select_target(
     return route, cluster
 
 
-def pick_endpoint(balancer: Balancer, tried: list[tuple[str, int]]) -> EndpointState | None:
+def pick_endpoint(balancer: Balancer, tried: tuple[tuple[str, int], ...]) -> EndpointState | None:
     """The balancer's pick, preferring an endpoint not in ``tried`` (a few more picks)."""
     ep = balancer.pick()
     if ep is None or not tried:

@@ -160,7 +160,7 @@ def _headers_match(matchers: tuple[_CompiledHeader, ...], headers: Mapping[str, 
 class Router:
     """Matches requests against one :class:`RouteTable`. Build once per table."""
 
-    __slots__ = ("_exact", "_pickers", "_routes", "_wildcard", "table")
+    __slots__ = ("_exact", "_pickers", "_routes", "_wildcard", "table", "uses_headers")
 
     def __init__(self, table: RouteTable) -> None:
         self.table = table
@@ -182,6 +182,8 @@ class Router:
                     wildcard = vh
         self._exact = exact
         self._wildcard = wildcard
+        # whether any route matches on headers: if none, callers need not offer them
+        self.uses_headers = any(c[2] for routes in self._routes.values() for c in routes)
 
     def virtual_host(self, host: str) -> VirtualHost | None:
         """The virtual host for ``host`` (a ``Host`` header value), or ``None``."""

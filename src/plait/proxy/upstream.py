@@ -235,10 +235,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._trailers = []
-        self._reason = b""
+    # No on_message_begin (a callback per response): the head's lists are handed over
+    # and replaced in on_headers_complete, the trailers in on_message_complete.
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -260,9 +258,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._interim = 100 <= status < 200  # 101 too: its end is not the exchange's
         handler = self.handler
+        headers = self._headers
+        reason = self._reason
+        self._headers = []
+        self._reason = b""
         if handler is None:
             raise _StopParsing
-        handler.upstream_head(self, status, self._reason, self._headers, parser.should_keep_alive())
+        handler.upstream_head(self, status, reason, headers, parser.should_keep_alive())
         if self._head_request and not self._interim and status != 101:
             # llhttp would wait for a body that a response to HEAD never has.
             handler = self.handler
@@ -284,8 +286,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         handler = self.handler
         self.handler = None
+        trailers = self._trailers
+        if trailers:
+            self._trailers = []
         if handler is not None:
-            handler.upstream_complete(self, self._trailers)
+            handler.upstream_complete(self, trailers)
 
 
 class UpstreamPool:

@@ -104,6 +104,7 @@ class UpstreamServer:
     server: Any = None
     transports: set[Any] = field(default_factory=set)
     force_status: int | None = None  # answer every request with this status
+    delay_ms: int = 0  # wait this long before answering any request
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -208,6 +209,8 @@ class _UpstreamProto(asyncio.Protocol):
         extra = b"x-served-by: " + self.srv.name.encode() + b"\r\n"
         if parts[0] == "slow":
             await asyncio.sleep(int(parts[1]) / 1000)
+        if self.srv.delay_ms:
+            await asyncio.sleep(self.srv.delay_ms / 1000)
         if t.is_closing():
             return
         if self.srv.force_status is not None:

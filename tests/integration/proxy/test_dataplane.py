@@ -452,6 +452,33 @@ def test_retry_on_5xx_and_bodies_are_not_retried(env: Env, tmp_path: Path) -> No
     assert statuses == {200, 503}  # a request with a body is never retried
 
 
+def test_per_try_timeout_retries_on_the_other_endpoint_then_answers_504(env: Env) -> None:
+    slow = env.upstream("orders-slow")
+    slow.delay_ms = 3000
+    fast = env.upstream("orders-fast")
+    retry = RetryPolicy(num_retries=1, retry_on=frozenset({"reset"}), per_try_timeout=0.3)
+    config = outbound_config(
+        {"orders": [slow.port, fast.port]},
+        routes={"orders": [route("r", "outbound|orders", retry=retry)]},
+    )
+    env.proxy.apply(config)
+    for _ in range(4):  # round robin: the slow endpoint gets tries, and they time out
+        status, headers, _ = get(env, "/x")
+        assert status == 200 and headers["x-served-by"] == "orders-fast"
+    assert slow.requests
+    # both too slow: every try times out; the answer names the per-try timeout
+    fast.delay_ms = 3000
+    t0 = time.monotonic()
+    status, headers, body = get(env, "/x")
+    assert status == 504
+    assert time.monotonic() - t0 < 2.5  # two tries of 0.3 s, not the upstream's 3 s
+    [(hop, params)] = the_proxy_status(headers)
+    assert hop == "node-t/outbound"
+    assert params["error"] == "http_response_timeout"
+    assert "per-try timeout (0.3s)" in body
+    assert json.loads(env.proxy.lines[-1])["error"] == "http_response_timeout"
+
+
 def test_oversize_header_section_gets_431(env: Env) -> None:
     up = env.upstream("orders-1")
     env.proxy.apply(outbound_config({"orders": [up.port]}))
