@@ -5,8 +5,9 @@ Two reports (both by default):
 * ``imports``: a fresh interpreter imports the proxy's dependencies one step at a time,
   in the order the proxy pulls them in, and prints ``VmRSS`` after each step and the
   difference to the step before; then which heavy packages ``plait.proxy.main`` left in
-  ``sys.modules`` (pydantic and cryptography should be absent: they come only with an
-  identity, see docs/internals.md, "Memory").
+  ``sys.modules`` (pydantic and cryptography should be absent: no proxy imports them, not
+  even with an identity, see docs/internals.md, "Memory"), and again after the mTLS-only
+  step.
 * ``running``: real proxies in front of an nginx upstream, started by the benchmark
   harness (:mod:`plait_case`): the 1-hop plaintext proxy and, with ``--mtls``, the two
   proxies of the 2-hop mTLS case. Prints ``VmRSS`` idle (ready, config received), then
@@ -68,8 +69,10 @@ for label, stmt in steps:
     exec(stmt)
     if label == 'plait.proxy.main':
         present = [m for m in heavy if m in sys.modules]
+    if label.startswith('(mTLS only)'):
+        present_mtls = [m for m in heavy if m in sys.modules]
     out.append([label, rss()])
-print(json.dumps({'steps': out, 'present_after_main': present}))
+print(json.dumps({'steps': out, 'present_after_main': present, 'present_with_mtls': present_mtls}))
 """
 
 
@@ -93,6 +96,8 @@ def format_steps(result: dict[str, Any]) -> str:
         prev = kib
     present = result["present_after_main"]
     lines.append(f"heavy modules after plait.proxy.main: {', '.join(present) or 'none'}")
+    with_mtls = result.get("present_with_mtls", [])
+    lines.append(f"heavy modules with mTLS (identities): {', '.join(with_mtls) or 'none'}")
     return "\n".join(lines)
 
 

@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -384,6 +382,11 @@ def request_json_sync(
     base_url: str, method: str, path: str, body: Any = None, timeout: float = 5.0
 ) -> tuple[int, Any]:
     """Blocking twin of :func:`request_json` (urllib), for the CLI."""
+    # imported here: urllib.request pulls in http.client and email (about 3 MB), which
+    # the proxy, a user of this module's async client, never needs (docs/internals.md)
+    import urllib.error
+    import urllib.request
+
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method.upper())
     req.add_header("Accept", "application/json")

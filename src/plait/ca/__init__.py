@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CertificateAuthority", "CsrRefused", "IssuedCert", "SpiffeId"]
 
-# Imported on first use (PEP 562): the proxy imports plait.ca.spiffe and plait.ca.tokens,
-# which need no cryptography; plait.ca.authority does (docs/internals.md, "Memory").
+# Imported on first use (PEP 562): the proxy imports plait.ca.spiffe and
+# plait.ca.token_format, which need no cryptography; plait.ca.authority does
+# (docs/internals.md, "Memory").
 _LAZY = {
     "CertificateAuthority": "plait.ca.authority",
     "CsrRefused": "plait.ca.authority",

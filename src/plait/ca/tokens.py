@@ -33,13 +33,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from plait.ca.spiffe import CONTROL_SERVICE, check_service
+from plait.ca.token_format import ID_BYTES, PREFIX, token_id_of
 
-if TYPE_CHECKING:  # plait.ca.profile needs cryptography; the proxy imports this module
+if TYPE_CHECKING:  # plait.ca.profile needs cryptography; the control plane imports this
     from plait.ca.profile import Rng
 
-PREFIX = "plait-jt"
 SECRET_BYTES = 32
-ID_BYTES = 8
 MIN_TTL = timedelta(minutes=1)
 MAX_TTL = timedelta(days=30)
 RESERVED_SERVICES = frozenset({CONTROL_SERVICE})
@@ -100,14 +99,6 @@ class TokenCheck:
 
 def _iso(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def token_id_of(secret: str) -> str | None:
-    """The id part of a secret text, or None if it is not shaped like one."""
-    parts = secret.split(".")
-    if len(parts) != 3 or parts[0] != PREFIX or len(parts[1]) != 2 * ID_BYTES:
-        return None
-    return parts[1]
 
 
 class JoinTokens:

@@ -1,13 +1,19 @@
-"""The private key of one service identity: ECDSA P-256, made here, never sent.
+"""The private key of one service identity: ECDSA P-256, made on this host, never sent.
 
-:func:`load_or_create_key` returns the key stored at ``path`` or makes a new one and
-stores it (PKCS#8 PEM, unencrypted, mode 0600, atomically). The key is kept across
-renewals: each renewal sends a new CSR for the same key, so files handed to apps
-(``plait identity``) never show a certificate with a key it does not match. Delete the
-file to roll the key; the next renewal makes a new one.
+The key is made by a short-lived child process (:mod:`plait.identity.keygen`, which also
+signs the CSRs with it) and handed back over a pipe; this module only stores and reads it,
+so the proxy process never imports ``cryptography`` (docs/internals.md, "Memory").
 
-A stored key that is not a P-256 EC key, or not readable, is refused (``KeyFileError``)
-rather than silently replaced: a wrong file at that path is an operator problem to see.
+:func:`store_key` writes it (PKCS#8 PEM, unencrypted, mode 0600 from the first byte,
+atomically); :func:`read_key` returns the stored key, or None when there is none yet.
+The key is kept across renewals: each renewal sends a new CSR for the same key, so files
+handed to apps (``plait identity``) never show a certificate with a key it does not
+match. Delete the file to roll the key; the next renewal makes a new one.
+
+A stored key that is not an unencrypted P-256 EC key, or not readable, is refused
+(``KeyFileError``) rather than silently replaced: a wrong file at that path is an
+operator problem to see. The structure is checked here (:mod:`plait.identity.x509_reader`);
+the key child checks the key itself with OpenSSL whenever it signs a CSR.
 """
 
 from __future__ import annotations
@@ -15,54 +21,44 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from plait.fsutil import write_atomic
 from plait.identity.files import ensure_private_dir
+from plait.identity.x509_reader import DerError, PrivateKeyInfo, read_private_key
 
-PrivateKey = ec.EllipticCurvePrivateKey
+__all__ = ["KeyFileError", "PrivateKeyInfo", "load_key", "read_key", "store_key"]
 
 
 class KeyFileError(ValueError):
     """The key file exists but is not a usable P-256 private key."""
 
 
-def new_key() -> PrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def load_key(pem: bytes, where: str = "key") -> PrivateKey:
+def load_key(pem: bytes, where: str = "key") -> PrivateKeyInfo:
+    """``pem`` checked to be one unencrypted ECDSA P-256 private key."""
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{where}: not a PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise KeyFileError(f"{where}: expected an ECDSA P-256 key")
-    return key
+        return read_private_key(pem, where)
+    except DerError as exc:
+        raise KeyFileError(str(exc)) from None
 
 
-def load_or_create_key(path: str | os.PathLike[str]) -> PrivateKey:
-    """The key at ``path``, or a new one written there with mode 0600."""
+def read_key(path: str | os.PathLike[str]) -> PrivateKeyInfo | None:
+    """The key stored at ``path`` (its mode tightened to 0600), or None if there is none."""
     target = Path(path)
     try:
         data = target.read_bytes()
     except FileNotFoundError:
-        key = new_key()
-        ensure_private_dir(target.parent)
-        write_atomic(target, key_pem(key), 0o600)
-        return key
+        return None
     except OSError as exc:
         raise KeyFileError(f"{target}: cannot read the key: {exc}") from None
     mode = target.stat().st_mode & 0o777
     if mode & 0o077:
         os.chmod(target, 0o600)  # tighten a key someone loosened
     return load_key(data, str(target))
+
+
+def store_key(path: str | os.PathLike[str], pem: bytes) -> PrivateKeyInfo:
+    """Write a new key at ``path`` (0600, atomically, in a 0700 directory if made here)."""
+    key = load_key(pem, "the new key")
+    target = Path(path)
+    ensure_private_dir(target.parent)
+    write_atomic(target, pem, 0o600)
+    return key

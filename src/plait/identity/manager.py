@@ -1,7 +1,7 @@
 """Keep one service's certificate current: first issue, renewals, trust bundle, backoff.
 
 :class:`IdentityManager` owns one identity (one service on one host). Its ``data_dir``
-holds ``key.pem`` (0600, made here, never sent), ``cert.pem`` (leaf + intermediate),
+holds ``key.pem`` (0600, made on this host, never sent), ``cert.pem`` (leaf + intermediate),
 ``bundle.pem`` (the roots the CA answered with) and ``ca-bundle.pem`` (the roots used to
 verify the control plane's HTTPS certificate: pinned at first contact). A restart reuses
 a stored certificate that is still valid, so a proxy that restarts while the control
@@ -37,6 +37,11 @@ present), in order of preference:
 
 After first contact the roots are only ever replaced by answers that came over a
 verified connection (the sign and bundle answers).
+
+**No cryptography in this process**: the key and each CSR are made by a short-lived child
+(:mod:`plait.identity.keygen`, at the first issue and at every renewal), and certificates
+are read by :mod:`plait.identity.x509_reader`; a proxy with identities stays as small as a
+plaintext one (docs/internals.md, "Memory").
 """
 
 from __future__ import annotations
@@ -54,15 +59,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from plait.ca.spiffe import CONTROL_SERVICE, InvalidSpiffeId, SpiffeId
 from plait.fsutil import write_atomic
 from plait.identity import https, renewal
-from plait.identity.csr import build_csr
 from plait.identity.files import BUNDLE_FILE, CERT_FILE, KEY_FILE, ensure_private_dir
-from plait.identity.keys import PrivateKey, key_pem, load_or_create_key
+from plait.identity.keygen import KeygenError, make_csr
+from plait.identity.keys import PrivateKeyInfo, read_key, store_key
+from plait.identity.x509_reader import Certificate, DerError, load_pem_certificates
 from plait.jsonhttp import request_json
 from plait.proxy.peer_identity import PeerRejected, check_peer
 
@@ -114,10 +117,10 @@ def bundle_version(bundle_pem: bytes) -> str:
     return hashlib.sha256(bundle_pem).hexdigest()
 
 
-def load_certs(pem: bytes, what: str) -> list[x509.Certificate]:
+def load_certs(pem: bytes, what: str) -> list[Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+        certs = load_pem_certificates(pem)
+    except DerError as exc:
         raise IdentityError(f"{what}: not PEM certificates: {exc}") from None
     if not certs:
         raise IdentityError(f"{what}: no certificate in it")
@@ -180,7 +183,7 @@ class IdentityManager:
         self.last_error: str | None = None
         self.renewals = 0
         self._ca_bundle: bytes | None = None
-        self._key: PrivateKey | None = None
+        self._key: PrivateKeyInfo | None = None
         self._wake = asyncio.Event()
 
     # -- what others read ------------------------------------------------------------
@@ -285,11 +288,16 @@ class IdentityManager:
     # -- stored state ------------------------------------------------------------------
 
     def load_stored(self) -> Identity | None:
-        """Reuse a stored certificate that matches the key and is still valid."""
+        """Reuse a stored certificate that matches the key and is still valid.
+
+        Reads the stored key (a key that is there but unusable raises KeyFileError); a
+        missing key is made by the first :meth:`issue`."""
         if self.current is not None:
             return self.current
         ensure_private_dir(self.data_dir)
-        self._key = load_or_create_key(self.key_path)
+        self._key = read_key(self.key_path)
+        if self._key is None:
+            return None
         try:
             chain = (self.data_dir / CERT_FILE).read_bytes()
             bundle = (self.data_dir / BUNDLE_FILE).read_bytes()
@@ -415,14 +423,9 @@ class IdentityManager:
         """
         if self._key is None:
             self.load_stored()
-        key = self._key
-        assert key is not None
         bundle = await self.trust()
         spiffe = self._spiffe_id(bundle)
-        body: dict[str, Any] = {
-            "service": self.service,
-            "csr": build_csr(key, spiffe).decode("ascii"),
-        }
+        body: dict[str, Any] = {"service": self.service, "csr": await self._csr(spiffe)}
         cur = self.current
         renewing = cur is not None and cur.not_after > self.now()
         status, answer = 0, None
@@ -444,6 +447,22 @@ class IdentityManager:
             ident.not_after.isoformat(),
         )
         return ident
+
+    async def _csr(self, spiffe: SpiffeId) -> str:
+        """A CSR for ``spiffe`` from the key child (:mod:`plait.identity.keygen`); a new
+        key the child made is stored (0600) before the CSR leaves this host."""
+        key = self._key
+        try:
+            made = await make_csr(str(spiffe), key.pem if key is not None else None)
+        except KeygenError as exc:
+            raise IdentityError(f"cannot make the key or the CSR: {exc}") from None
+        if key is None:
+            key = store_key(self.key_path, made.key_pem)
+        if key.spki is None or key.spki != made.spki:
+            # the stored key did not carry its public key: take it from the child (OpenSSL)
+            key = PrivateKeyInfo(pem=key.pem, spki=made.spki)
+        self._key = key
+        return made.csr_pem.decode("ascii")
 
     async def _sign(self, body: dict[str, Any], bundle: bytes) -> tuple[int, Any]:
         return await https.request(
@@ -492,9 +511,9 @@ class IdentityManager:
         if cur is not None:
             return SpiffeId.parse(cur.spiffe_id).trust_domain
         for cert in load_certs(bundle, "the CA bundle"):
-            orgs = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
-            if orgs:
-                return str(orgs[0].value)
+            org = cert.subject_organization
+            if org is not None:
+                return org
         return DEFAULT_TRUST_DOMAIN
 
     def _identity(
@@ -507,11 +526,11 @@ class IdentityManager:
         key = self._key
         if key is None:
             raise IdentityError("no key loaded")
-        pub = serialization.PublicFormat.SubjectPublicKeyInfo
-        enc = serialization.Encoding.DER
-        if leaf.public_key().public_bytes(enc, pub) != key.public_key().public_bytes(enc, pub):
+        if key.spki is None:
+            raise IdentityError("the key file does not carry its public key: cannot match it")
+        if leaf.spki != key.spki:
             raise IdentityError("the issued certificate is not for this host's key")
-        verdict = check_peer(leaf.public_bytes(enc), self.trust_domain)
+        verdict = check_peer(leaf.der, self.trust_domain)
         if isinstance(verdict, PeerRejected):
             raise IdentityError(f"the issued certificate is not a valid identity: {verdict.reason}")
         if SpiffeId.parse(verdict).service != self.service:
@@ -520,11 +539,11 @@ class IdentityManager:
             service=self.service,
             spiffe_id=verdict,
             chain_pem=chain_pem,
-            key_pem=key_pem(key),
+            key_pem=key.pem,
             bundle_pem=bundle_pem,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-            serial=format(leaf.serial_number, "x"),
+            not_before=leaf.not_before,
+            not_after=leaf.not_after,
+            serial=format(leaf.serial, "x"),
             cert_path=self.data_dir / CERT_FILE,
             key_path=self.key_path,
             received_at=received_at,

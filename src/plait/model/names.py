@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
@@ -60,4 +59,6 @@ def format_duration(seconds: float) -> str:
             text = f"{int(count)}{unit}"
             if parse_duration(text) == seconds:
                 return text
+    from decimal import Decimal  # rarely needed; the proxy imports this module (memory)
+
     return f"{Decimal(repr(seconds)):f}s"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from plait.ca.tokens import token_id_of
+from plait.ca.token_format import token_id_of
 from plait.model.errors import FieldError, format_path
 from plait.model.errors import Path as FieldPath
 from plait.model.names import NAME_RE

@@ -17,7 +17,6 @@ coercions where a YAML file could rely on them (``"9001"`` for a port, ``yes`` f
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -279,6 +278,8 @@ class Model:
     @classmethod
     def _unknown(cls, key: object) -> str:
         """``is not a field here; did you mean 'node_id'? (allowed: ...)``."""
+        import difflib  # only for a bad bootstrap: the proxy does without it (memory)
+
         allowed = list(cls.FIELDS)
         close = difflib.get_close_matches(str(key), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -33,9 +33,10 @@ With ``--workers N`` (N > 1) the process started is a supervisor
 (:mod:`plait.proxy.workers`) that forks N workers, each running :func:`run_proxy` with a
 :class:`~plait.proxy.workers.WorkerRole` on the same ports (SO_REUSEPORT).
 
-Memory: the identity code (and with it cryptography) is imported only when a local
-service has an identity (:func:`make_identities`); nothing here imports pydantic
-(docs/internals.md, "Memory").
+Memory: the identity code is imported only when a local service has an identity
+(:func:`make_identities`); nothing here imports pydantic, and no proxy imports
+cryptography (keys and CSRs come from a child process, :mod:`plait.identity.keygen`;
+docs/internals.md, "Memory").
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ from plait.proxy.runtime import ProxyConfig
 from plait.proxy.xds_client import XdsClient
 
 if TYPE_CHECKING:
-    from plait.proxy.identities import ProxyIdentities  # cryptography: only with mTLS
+    from plait.proxy.identities import ProxyIdentities  # only with mTLS
     from plait.proxy.workers import WorkerRole
 
 log = logging.getLogger("plait.proxy")
@@ -363,7 +364,7 @@ def make_identities(
         wanted = {name: token for name, token in wanted.items() if token}
     if not wanted:
         return None
-    from plait.proxy.identities import ProxyIdentities  # cryptography: only with mTLS
+    from plait.proxy.identities import ProxyIdentities  # only with mTLS
 
     return ProxyIdentities(
         dp,

@@ -21,22 +21,29 @@ The trust bundle is the union of the roots from the control plane over SDS (the
 signed (so a proxy has a bundle before its first xDS push), duplicates removed.
 
 ``ssl.SSLContext.load_cert_chain`` reads files only, so the chain and key are written
-to a private temporary directory (0700) for the call and removed at once.
+to a private temporary directory (0700, in ``$TMPDIR`` or ``/tmp``; the key file 0600)
+for the call and removed at once. This module avoids ``tempfile`` and ``shutil`` (with
+``bz2`` and ``lzma`` about 0.9 MB resident in every proxy, docs/internals.md).
 
-``cryptography`` is imported on first use (the first bundle merged), not with the module:
-the data plane imports this module, and a plaintext proxy does without it.
+Server contexts send no TLS 1.3 session tickets (``num_tickets = 0``): nothing resumes
+sessions between proxies, and each ticket cost both ends memory per connection.
+
+Bundles are read by :mod:`plait.identity.x509_reader` (a certificate that does not
+parse fails the merge), not by ``cryptography``: the proxy process never imports it
+(docs/internals.md, "Memory").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 import ssl
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+
+from plait.identity.x509_reader import DerError, der_to_pem, load_pem_certificates
 
 TRUST_BUNDLE = "trust-bundle"
 
@@ -57,35 +64,48 @@ class LocalIdentity:
 
 def merge_bundles(pems: Iterable[bytes | None]) -> bytes:
     """One PEM bundle with every distinct certificate of ``pems``, in first-seen order."""
-    # imported here: a proxy with no TLS material never loads cryptography (docs/internals.md)
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     seen: set[bytes] = set()
     out: list[bytes] = []
     for pem in pems:
         if not pem:
             continue
-        for cert in x509.load_pem_x509_certificates(pem):
-            der = cert.public_bytes(serialization.Encoding.DER)
-            if der not in seen:
-                seen.add(der)
-                out.append(cert.public_bytes(serialization.Encoding.PEM))
+        certs = load_pem_certificates(pem)
+        if not certs:
+            raise DerError("a trust bundle with no PEM certificate in it")
+        for cert in certs:
+            if cert.der not in seen:
+                seen.add(cert.der)
+                out.append(der_to_pem(cert.der))
     return b"".join(out)
 
 
+def _private_dir() -> str:
+    """A new directory only we can enter (0700) under ``$TMPDIR`` or ``/tmp``."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(10):
+        path = os.path.join(base, f"plait-tls-{os.urandom(8).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"cannot make a private directory in {base}")
+
+
 def _load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
-    tmp = tempfile.mkdtemp(prefix="plait-tls-")  # 0700
+    tmp = _private_dir()
+    paths = [os.path.join(tmp, "chain.pem"), os.path.join(tmp, "key.pem")]
     try:
-        cert_path = os.path.join(tmp, "chain.pem")
-        key_path = os.path.join(tmp, "key.pem")
-        for path, data in ((cert_path, chain_pem), (key_path, key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for path, data in zip(paths, (chain_pem, key_pem), strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        ctx.load_cert_chain(cert_path, key_path)
+        ctx.load_cert_chain(paths[0], paths[1])
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        os.rmdir(tmp)
 
 
 def _tls13(ctx: ssl.SSLContext) -> ssl.SSLContext:
@@ -97,6 +117,7 @@ def _tls13(ctx: ssl.SSLContext) -> ssl.SSLContext:
 def server_context(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> ssl.SSLContext:
     """Inbound: TLS 1.3, client certificate required and verified, no hostname check."""
     ctx = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ctx.num_tickets = 0  # no resumption: tickets would cost both ends memory per connection
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
@@ -155,8 +176,8 @@ class TlsContexts:
 
     def _rebuild(self, only: str | None = None) -> None:
         if not self.identities:
-            # no local identity, no context to build: the bundle is merged (and
-            # cryptography imported) when the first certificate arrives
+            # no local identity, no context to build: the bundle is merged when the
+            # first certificate arrives
             return
         bundle = merge_bundles(
             [self._sds_bundle, *(i.ca_bundle_pem for i in self.identities.values())]

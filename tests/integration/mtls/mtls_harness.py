@@ -145,7 +145,14 @@ class MtlsMesh:
         self.apps.append(srv)
         return int(srv.server_address[1])
 
-    def start_proxy(self, node: str, services: Sequence[str]) -> Proxy:
+    def start_proxy(
+        self,
+        node: str,
+        services: Sequence[str],
+        entry: Sequence[str] = ("plait.cli.main", "proxy"),
+    ) -> Proxy:
+        """A proxy for ``services`` (each with a join token), started as ``python -m
+        <entry...>`` (``("plait.proxy",)``: the proxy alone, without the CLI)."""
         host_dir = self.root / node
         host_dir.mkdir(parents=True, exist_ok=True)
         xds = self.control["xds"]
@@ -164,7 +171,7 @@ class MtlsMesh:
         ready = host_dir / "ready.json"
         log = open(host_dir / "proxy.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [PY, "-m", "plait.cli.main", "proxy", "--config", str(host_dir / "bootstrap.yaml"),
+            [PY, "-m", *entry, "--config", str(host_dir / "bootstrap.yaml"),
              "--ready-file", str(ready)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

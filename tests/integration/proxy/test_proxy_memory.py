@@ -5,7 +5,8 @@ The import graph is checked in tests/unit/proxy/test_proxy_imports.py; this chec
 running process after it received its config from a real control plane -- which sends
 every proxy the mesh's trust bundle (SDS) -- and served a request: the shared objects
 mapped into the process (``/proc/<pid>/maps``) must not include cryptography's,
-pydantic's or grpcio's. A proxy with a local identity loads cryptography, and that is fine.
+pydantic's or grpcio's. Proxies with local identities (mTLS) are checked the same way in
+tests/integration/mtls/test_mtls_memory.py.
 """
 
 from __future__ import annotations

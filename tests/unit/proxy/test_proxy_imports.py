@@ -1,10 +1,11 @@
-"""The proxy's import graph stays small: no pydantic, no grpcio, no cryptography without
-mTLS.
+"""The proxy's import graph stays small: no pydantic, no grpcio, no cryptography, with or
+without mTLS.
 
-A plaintext proxy's memory is mostly what it imports (benchmarks/rss_breakdown.py):
-pydantic with the resource models costs about 11 MB and cryptography about 10 MB, and
-neither is needed unless a local service has an identity (docs/internals.md, "Memory");
-grpcio (about 14 MB) is not needed at all: the xDS client is plait.proxy.ads_h2.
+A proxy's memory is mostly what it imports (benchmarks/rss_breakdown.py): pydantic with
+the resource models costs about 11 MB and cryptography about 10 MB, and neither is
+needed by the proxy process: certificates are read by plait.identity.x509_reader and keys
+and CSRs are made by a short-lived child (plait.identity.keygen); grpcio (about 14 MB) is
+not needed at all: the xDS client is plait.proxy.ads_h2 (docs/internals.md, "Memory").
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 # Never imported by `import plait.proxy.main` (or its bootstrap loading and CLI parsing).
 FORBIDDEN = (
@@ -27,6 +35,15 @@ FORBIDDEN = (
     "typer",
     "grpc",  # the xDS client speaks HTTP/2 itself (plait.proxy.ads_h2)
     "envoy.service.discovery.v3.ads_pb2_grpc",
+    "plait.ca.tokens",  # the bootstrap checks a token's shape with plait.ca.token_format
+    # standard modules the proxy does without (docs/internals.md, "Memory")
+    "urllib.request",
+    "http.client",
+    "email",
+    "tempfile",
+    "shutil",
+    "decimal",
+    "difflib",
 )
 
 PROBE = """
@@ -61,8 +78,87 @@ def test_the_proxy_imports_neither_pydantic_nor_cryptography() -> None:
     assert sorted(m for m in FORBIDDEN if m in loaded) == []
 
 
+MTLS_ONLY = ("plait.identity.manager", "plait.proxy.identities")
+
+MTLS_PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+import plait.proxy.main
+from plait.proxy.identities import ProxyIdentities
+from plait.identity.keygen import make_csr
+from plait.identity.manager import IdentityManager
+from plait.proxy.peer_identity import check_peer
+from plait.proxy.tls import LocalIdentity, TlsContexts
+from plait.identity.x509_reader import load_pem_certificates
+
+data = Path(sys.argv[1])
+m = IdentityManager("https://127.0.0.1:1", "orders", "t", data)
+ident = m.load_stored()  # reads key, chain and bundle, checks the certificate
+assert ident is not None, "stored identity not reused"
+tls = TlsContexts()
+tls.set_identity(LocalIdentity(ident.service, ident.spiffe_id, ident.chain_pem, ident.key_pem,
+    ident.not_before, ident.not_after, ident.serial, ident.bundle_pem))
+tls.set_sds_bundle(ident.bundle_pem)
+assert tls.server("orders") is not None and tls.client("orders") is not None
+leaf = load_pem_certificates(ident.chain_pem)[0]
+assert check_peer(leaf.der, "plait.local") == ident.spiffe_id
+made = asyncio.run(make_csr(ident.spiffe_id, None))  # the key child, for real
+assert made.created and b"CERTIFICATE REQUEST" in made.csr_pem
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def write_identity(data: Path) -> None:
+    """key.pem, cert.pem and bundle.pem of a valid identity for orders, as the CA makes
+    them (cryptography here, in the test process)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plait.local")])
+    root = (
+        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(root_name)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier("spiffe://plait.local/svc/orders")]), False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    data.mkdir(mode=0o700)
+    (data / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (data / "key.pem").chmod(0o600)
+    (data / "cert.pem").write_bytes(leaf.public_bytes(pem))
+    (data / "bundle.pem").write_bytes(root.public_bytes(pem))
+
+
+def test_a_proxy_with_an_identity_does_not_import_cryptography(tmp_path: Path) -> None:
+    # everything the proxy process does with an identity: load the stored one, build the
+    # TLS contexts, merge bundles, check a peer, make a key and CSR (in the key child)
+    write_identity(tmp_path / "id")
+    r = subprocess.run(
+        [sys.executable, "-c", MTLS_PROBE, str(tmp_path / "id")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    loaded = set(json.loads(r.stdout))
+    assert "plait.proxy.identities" in loaded and "plait.identity.manager" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in ("cryptography", "pydantic")) == []
+    assert sorted(m for m in FORBIDDEN if m in loaded and m not in MTLS_ONLY) == []
+    assert "plait.identity.csr" not in loaded  # only the key child imports it
+
+
 def test_identities_still_import_cryptography_when_needed() -> None:
-    # the lazy imports must still resolve: the mTLS side loads them on first use
+    # the lazy imports must still resolve: the CA side loads them on first use
     r = subprocess.run(
         [
             sys.executable,
