@@ -11,7 +11,7 @@ turn (A B C A B C …), 5 s each after 1 s of warm-up, and each run's proxy CPU 
 the proxy got, so this works on a noisy machine; differences under ~5% are noise.
 
 The patches name plait internals as they are today (``DataPlane.observe``,
-``AccessLog.log``/``request``, ``check_field_chars`` in ``http1_checks_request`` and
+``AccessLog.log``/``request``/``write``, ``check_field_chars`` in ``http1_checks_request`` and
 ``http1_checks_response``, ``Exchange._finish``); a variant whose target moved fails at
 start with an AttributeError in its log, or silently measures nothing (check its effect is
 plausible).
@@ -48,6 +48,8 @@ VARIANTS = {
         "import plait.proxy.accesslog as m\n"
         "m.AccessLog.log = lambda self, record: None\n"
         "m.AccessLog.request = lambda self, *args, **kwargs: None\n"
+        # DataPlane.observe formats the request line itself and hands it to .write
+        "m.AccessLog.write = property(lambda self: lambda line: None)\n"
     ),
     # neither access log nor metrics: DataPlane.observe does nothing
     "noobs": "import plait.proxy.dataplane as m\nm.DataPlane.observe = lambda self, ex: None\n",

@@ -9,7 +9,10 @@ error type as the header), ``""`` or ``null`` when the request succeeded.
 The caller supplies ``time`` (the proxy's injected clock) and everything else; this
 module formats and buffers, nothing more. Formatting is one ``json`` C-encoder call per
 record; the request path's line (:meth:`AccessLog.request`) skips the dict and is
-formatted from cached pieces, escaped by the same C encoder. :class:`BufferedWriter`
+formatted from cached pieces, escaped by the same C encoder. The proxy's
+``DataPlane.observe`` builds that same line itself (one f-string, no call per field,
+times through :func:`decimal3`) and hands it to :attr:`AccessLog.write`;
+tests/unit/proxy/test_observe.py holds it to :meth:`AccessLog.request`. :class:`BufferedWriter`
 batches lines in memory and writes whole lines only, in
 one ``write`` per flush, so lines never interleave or tear; the proxy flushes it on a
 timer and at shutdown (``close``). Neither class is thread-safe: both belong to the
@@ -24,7 +27,17 @@ import math
 from collections.abc import Callable, Mapping
 from typing import IO, Any, cast
 
-__all__ = ["KEYS", "AccessLog", "BufferedWriter", "request_prefix", "request_suffix"]
+__all__ = [
+    "KEYS",
+    "AccessLog",
+    "BufferedWriter",
+    "decimal3",
+    "json_quote",
+    "json_str",
+    "request_prefix",
+    "request_suffix",
+    "trim3",
+]
 
 KEYS: tuple[str, ...] = (
     "time",
@@ -82,6 +95,35 @@ def _str(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
+json_str = _str  # public names for a caller that formats request lines itself
+json_quote = _quote
+
+# Below this, ``f"{x:.3f}"`` with trailing zeros dropped is ``repr(round(x, 3))``: both
+# round correctly to 3 decimals (the same dtoa call), round() then yields the double
+# nearest that decimal D, and repr() the shortest string that reads back as that double.
+# D reads back as it; a different string of no more digits reads back to it only if
+# within one ulp of D: any other multiple of 0.001 is at least 0.001 away, and the ulp
+# is < 0.001 below 2**42; a string that is not a multiple of 0.001 has more significant
+# digits than D. repr() writes fixed-point (at least one digit after the point) from 1e-4
+# to 1e16 (and "-0.000" trims to "-0.0", as repr has it). test_observe.py checks
+# ties, their neighbours and the bounds.
+DECIMAL3_MAX = 1e12
+
+
+def trim3(text: str) -> str:
+    """``f"{x:.3f}"`` text without trailing zeros, keeping one digit after the point."""
+    text = text.rstrip("0")
+    return text + "0" if text[-1] == "." else text
+
+
+def decimal3(x: float) -> str:
+    """``repr(round(x, 3))``, byte for byte, at about a third of the cost."""
+    if 0.0 <= x < DECIMAL3_MAX:
+        text = f"{x:.3f}"
+        return trim3(text) if text[-1] == "0" else text
+    return repr(round(x, 3))
+
+
 class AccessLog:
     """Formats records and hands each line (ending in ``\\n``) to ``write``."""
 
@@ -89,6 +131,12 @@ class AccessLog:
 
     def __init__(self, write: Callable[[str], object]) -> None:
         self._write = write
+
+    @property
+    def write(self) -> Callable[[str], object]:
+        """Where lines go: for a caller that formats request lines itself (the proxy's
+        ``DataPlane.observe``, the same bytes as :meth:`request`)."""
+        return self._write
 
     def log(self, record: Mapping[str, Any]) -> None:
         self._write(format_record(record))
@@ -183,11 +231,11 @@ class BufferedWriter:
         """Queue one line (a missing trailing newline is added)."""
         if self._closed:
             raise ValueError("write to a closed BufferedWriter")
-        if not line.endswith("\n"):
+        if line[-1:] != "\n":
             line += "\n"
         self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= self._max:
+        size = self._size = self._size + len(line)
+        if size >= self._max:
             self.flush()
 
     @property

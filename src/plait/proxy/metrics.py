@@ -7,7 +7,9 @@ status) and ``reason`` (``""`` for a response from the app, else the Proxy-Statu
 type of the hop that failed it).
 
 Hot path: :meth:`Metrics.request` is one tuple, one dict lookup, four list updates and a
-bisect over the bucket bounds. Counts live in plain lists keyed by the label-value
+bisect over the bucket bounds; a caller that caches the series list
+(:meth:`Metrics.request_series`, as the proxy's ``DataPlane.observe`` does) skips the
+tuple and the lookup. Counts live in plain lists keyed by the label-value
 tuple; labels are escaped and lines sorted only in :meth:`Metrics.render`. The class is
 not thread-safe: it belongs to the proxy's event loop.
 
@@ -132,12 +134,36 @@ class Metrics:
         key = (direction, src_service, dst_service, code, reason)
         series = self._requests.get(key)
         if series is None:
-            series = self._requests[key] = [0, 0.0] + [0] * (len(self._bounds) + 1)
+            series = self.request_series(direction, src_service, dst_service, code, reason)
         if duration_s < 0.0:
             duration_s = 0.0
         series[0] += 1
         series[1] += duration_s
         series[2 + bisect_left(self._bounds, duration_s)] += 1
+
+    def request_series(
+        self, direction: str, src_service: str, dst_service: str, code: int, reason: str
+    ) -> list[float]:
+        """The live counts of one request series (created empty if new), for a caller
+        that caches it and records samples itself, exactly as :meth:`request` does::
+
+            s = 0.0 if duration_s < 0.0 else duration_s
+            series[0] += 1
+            series[1] += s
+            series[2 + bisect_left(metrics.bounds, s)] += 1
+
+        ``series[0]`` is the count, ``series[1]`` the sum of durations, then one count per
+        bucket of :attr:`bounds` and a last one for durations above them all."""
+        key = (direction, src_service, dst_service, code, reason)
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests[key] = [0, 0.0] + [0] * (len(self._bounds) + 1)
+        return series
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The duration histogram's bucket upper bounds (seconds), increasing."""
+        return self._bounds
 
     def upstream_connect(self, cluster: str, ok: bool) -> None:
         """Count one connection attempt to an endpoint of ``cluster``."""
