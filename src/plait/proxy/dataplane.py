@@ -81,6 +81,11 @@ def fast_request_id() -> str:
     return "%032x" % ((_getrandbits(128) & _UUID_MASK) | _UUID_BITS)
 
 
+def _fast_request_id_bytes() -> bytes:
+    """:func:`fast_request_id` as ASCII bytes, made as bytes (what exchanges use)."""
+    return b"%032x" % ((_getrandbits(128) & _UUID_MASK) | _UUID_BITS)
+
+
 @dataclass(eq=False)
 class ListenerSlot:
     """A bound listening socket, known by its xDS listener name."""
@@ -161,6 +166,12 @@ class DataPlane:
         self._access_log = access_log
         self.rng = rng or random.Random()
         self.new_request_id = request_id
+        # what exchanges call: the id as ASCII bytes (the default made without a str)
+        self.new_request_id_bytes: Callable[[], bytes] = (
+            _fast_request_id_bytes
+            if request_id is fast_request_id
+            else lambda: request_id().encode("ascii")
+        )
         self.clock = clock
         self.wall_clock = wall_clock
         self.via_text = via_entry(node_id)

@@ -98,7 +98,7 @@ class Dispatch:
             self.request_id = received
             self.new_request_id: bytes | None = None
         else:
-            self.request_id = self.new_request_id = dp.new_request_id().encode("ascii")
+            self.request_id = self.new_request_id = dp.new_request_id_bytes()
         self.request_done = head is None
         self.close_after = head is None or not head.keep_alive or head.upgrade is not None
         self.pending: list[bytes] | None = None  # body bytes held until a connection exists

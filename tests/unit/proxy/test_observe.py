@@ -285,3 +285,13 @@ def test_decimal3_edges() -> None:
     edges += [math.nextafter(1e12, 0.0), 2.0**42, math.inf, -math.inf, math.nan]
     for x in edges:
         assert decimal3(x) == repr(round(x, 3))
+
+
+def test_request_ids_are_uuid4_hex_bytes_and_a_custom_maker_is_used() -> None:
+    ids = {DataPlane(NODE).new_request_id_bytes() for _ in range(200)}
+    assert len(ids) == 200
+    for rid in ids:
+        assert len(rid) == 32 and int(rid, 16) >= 0
+        assert rid[12:13] == b"4" and rid[16:17] in b"89ab"  # version 4, RFC 4122 variant
+    custom = DataPlane(NODE, request_id=lambda: "req-1")
+    assert custom.new_request_id_bytes() == b"req-1"
