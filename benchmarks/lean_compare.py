@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""HAProxy vs the lean Python relay vs plait on one hop: CPU per request, user and system.
+
+    .venv/bin/python benchmarks/lean_compare.py [--rounds 3] [--duration 4]
+
+Same layout as ``run.py``'s 1-hop cases: the upstream nginx (1 KiB body) and wrk
+(``-t1 -c50``) on CPU 1, each proxy on CPU 0. ``benchmarks/lean_relay.py`` is the floor
+for a Python relay (parse both heads, route on Host, request id, Via, one log line; see
+its docstring); the gap between it and plait is what plait's request path costs beyond
+that basic work. Cases alternate within each round (1 s of warm-up each); per run it
+prints requests/s and the proxy's user and system CPU µs per request (``/proc``), then a
+table of medians with each figure's ratio to HAProxy in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import load  # noqa: E402
+import plait_case  # noqa: E402
+from peers import SERVICE, PeerSet  # noqa: E402
+from procs import CLK_TCK, Procs, descendants, free_port, parse_proc_stat, wait_http_ok  # noqa: E402
+
+PROXY_CPU, SIDE_CPU = 0, 1
+
+
+def user_sys(pids: list[int]) -> tuple[float, float]:
+    """utime and stime, in seconds, of ``pids`` and their descendants."""
+    user = system = 0
+    for root in pids:
+        for pid in descendants(root):
+            try:
+                text = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            _, utime, stime = parse_proc_stat(text)
+            user += utime
+            system += stime
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/lean_compare.py", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=4.0)
+    a = p.parse_args(argv)
+    os.sched_setaffinity(0, {SIDE_CPU})
+    work = HERE / "out" / "lean"
+    work.mkdir(parents=True, exist_ok=True)
+    procs = Procs(work / "logs")
+    pc = None
+    try:
+        side = PeerSet(procs, work, PROXY_CPU, SIDE_CPU)
+        upstream = side.start_upstream()
+        haproxy = side.chain("haproxy", 1, False)
+        port = free_port()
+        relay = procs.start(
+            "lean",
+            [
+                sys.executable,
+                str(HERE / "lean_relay.py"),
+                str(port),
+                str(upstream),
+                str(work / "lean.log"),
+            ],
+            cpu=PROXY_CPU,
+        )
+        wait_http_ok("127.0.0.1", port, headers={"Host": SERVICE}, procs=[relay], what="lean relay")
+        pc = plait_case.PlaitCase(
+            procs,
+            work / "plait",
+            hops=1,
+            upstream_port=upstream,
+            proxy_cpu=PROXY_CPU,
+            side_cpu=SIDE_CPU,
+        )
+        plait = pc.start()
+        cases = {
+            "haproxy": (haproxy.port, [x.pid for x in haproxy.procs]),
+            "lean": (port, [relay.pid]),
+            "plait": (plait.port, [x.pid for x in plait.procs]),
+        }
+        runs: dict[str, list[tuple[float, float, float]]] = {c: [] for c in cases}
+        for r in range(a.rounds):
+            for name, (cport, pids) in cases.items():
+                url = f"http://127.0.0.1:{cport}/"
+
+                def wrk(s: float, url: str = url) -> list[str]:
+                    return load.wrk_argv(url, host=SERVICE, connections=50, threads=1, duration=s)
+
+                load.run_wrk(wrk(1), cpu=SIDE_CPU, timeout=30)
+                u0, s0 = user_sys(pids)
+                res, _ = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 30)
+                u1, s1 = user_sys(pids)
+                n = res["requests"]
+                run = (res["rps"], (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6)
+                runs[name].append(run)
+                print(
+                    f"round {r + 1} {name}: {run[0]:,.0f} req/s, "
+                    f"user {run[1]:.1f} µs + system {run[2]:.1f} µs per request",
+                    flush=True,
+                )
+        print()
+        print("| proxy | req/s | × HAProxy | user µs/req | system µs/req | CPU × HAProxy |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, rs in runs.items():
+            base = runs["haproxy"]
+            rps_x = statistics.median(r[0] / b[0] for r, b in zip(rs, base, strict=True))
+            cpu_x = statistics.median(
+                (r[1] + r[2]) / (b[1] + b[2]) for r, b in zip(rs, base, strict=True)
+            )
+            print(
+                f"| {name} | {statistics.median(r[0] for r in rs):,.0f} | {rps_x:.2f}× | "
+                f"{statistics.median(r[1] for r in rs):.1f} | "
+                f"{statistics.median(r[2] for r in rs):.1f} | {cpu_x:.2f}× |"
+            )
+    finally:
+        if pc is not None:
+            pc.stop()
+        procs.stop_all()
+        for path in [*work.glob("*.log"), *(work / "plait").glob("access-*.log")]:
+            path.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
