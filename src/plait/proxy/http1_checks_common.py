@@ -23,6 +23,8 @@ _TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijk
 _FIELD_VALUE_OK: Final = bytes([0x09, 0x20]) + bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 _OWS: Final = b" \t"
 CRLF: Final = b"\r\n"
+# A (name, value) pair as a field line without its CRLF: ``map(_FIELD_LINE, fields)``.
+_FIELD_LINE: Final = b": ".join
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # Field names with a meaning for framing or hops. Value: how a request head treats them.

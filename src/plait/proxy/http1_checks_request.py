@@ -11,13 +11,14 @@ refused request for its answer and log line. Shared pieces live in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from plait.proxy.http1_checks_common import (
     _CONNECTION,
     _CONTENT_LENGTH,
     _EXPECT,
+    _FIELD_LINE,
     _HOST,
     _OWS,
     _REQUEST_ID,
@@ -159,16 +160,25 @@ class RequestHead:
     version: str  # "1.1" or "1.0"
     headers: list[tuple[bytes, bytes]]  # end-to-end fields to forward, in order
     keep_alive: bool
+    # Fields with defaults (parse_request_head names them; the fast path in http1_shapes
+    # sets every field of a head directly, without __init__: add a field there too).
     content_length: int | None = None
+    request_id: bytes | None = None  # x-request-id as received
+    absolute_form: bool = False
     chunked: bool = False
     upgrade: bytes | None = None  # Upgrade value when this is an upgrade request
     expect_continue: bool = False
-    request_id: bytes | None = None  # x-request-id as received
     via: bytes | None = None  # Via as received (joined)
     te_trailers: bool = False
-    absolute_form: bool = False
     # Transfer-Encoding to forward when ``chunked``: the codings, in order, chunked last.
     transfer_encoding: bytes = b"chunked"
+    # ``headers`` already rendered (CRLF before each field line), made by the fast path
+    # (http1_shapes) and used by render_request_head while ``headers`` is still the list
+    # it was made from (``fields_wire_of``). Replace ``headers`` rather than modify it.
+    fields_wire: bytes = field(default=b"", compare=False, repr=False)
+    fields_wire_of: list[tuple[bytes, bytes]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def has_body(self) -> bool:
@@ -327,15 +337,15 @@ def parse_request_head(
         version,
         forward,
         keep_alive,
-        content_length,
-        chunked,
-        upgrade_value,
-        expect_continue,
-        request_id,
-        b", ".join(via) if via else None,
-        te_trailers,
-        target[:1] != b"/" and target != b"*",
-        transfer_encoding,
+        content_length=content_length,
+        request_id=request_id,
+        absolute_form=target[:1] != b"/" and target != b"*",
+        chunked=chunked,
+        upgrade=upgrade_value,
+        expect_continue=expect_continue,
+        via=b", ".join(via) if via else None,
+        te_trailers=te_trailers,
+        transfer_encoding=transfer_encoding,
     )
 
 
@@ -345,22 +355,38 @@ def render_request_head(head: RequestHead, via: bytes, new_request_id: bytes | N
     ``via`` is this hop's Via entry (``b"1.1 node"``); ``new_request_id`` is added as
     x-request-id when the request did not carry one.
     """
-    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nhost: ", head.host, CRLF]
-    for name, value in head.headers:
-        parts += (name, b": ", value, CRLF)
-    if head.via:
-        parts += (b"via: ", head.via, b", ", via, CRLF)
+    # Each piece starts with the CRLF that ends the line before it; the forwarded fields
+    # come pre-rendered from the fast path, else are rendered in C (``b": ".join`` of
+    # each pair, joined by CRLF).
+    fields = head.headers
+    if head.fields_wire_of is fields:
+        block = head.fields_wire
+    elif fields:
+        block = CRLF + CRLF.join(map(_FIELD_LINE, fields))
     else:
-        parts += (b"via: ", via, CRLF)
-    if new_request_id is not None:
-        parts += (b"x-request-id: ", new_request_id, CRLF)
+        block = b""
     if head.chunked:
-        parts += (b"transfer-encoding: ", head.transfer_encoding, CRLF)
+        framing = b"\r\ntransfer-encoding: " + head.transfer_encoding
     elif head.content_length is not None:
-        parts += (b"content-length: ", b"%d" % head.content_length, CRLF)
-    if head.te_trailers:
-        parts.append(b"te: trailers\r\n")
-    if head.upgrade is not None:
-        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, CRLF)
-    parts.append(CRLF)
-    return b"".join(parts)
+        framing = b"\r\ncontent-length: %d" % head.content_length
+    else:
+        framing = b""
+    received_via = head.via
+    upgrade = head.upgrade
+    return b"".join(
+        (
+            head.method,
+            b" ",
+            head.target,
+            b" HTTP/1.1\r\nhost: ",
+            head.host,
+            block,
+            b"\r\nvia: ",
+            received_via + b", " + via if received_via else via,
+            b"" if new_request_id is None else b"\r\nx-request-id: " + new_request_id,
+            framing,
+            b"\r\nte: trailers" if head.te_trailers else b"",
+            b"" if upgrade is None else b"\r\nconnection: upgrade\r\nupgrade: " + upgrade,
+            b"\r\n\r\n",
+        )
+    )

@@ -9,7 +9,7 @@ decides how its body travels downstream (``BODY_*``), :func:`render_response_hea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from plait.proxy.http1_checks_common import (
@@ -17,6 +17,7 @@ from plait.proxy.http1_checks_common import (
     _CONNECTION_PLAIN,
     _CONTENT_LENGTH,
     _EXPECT,
+    _FIELD_LINE,
     _HOST,
     _OWS,
     _PROXY_STATUS,
@@ -63,7 +64,11 @@ def check_transfer_encoding(values: list[bytes]) -> None:
 
 @dataclass(slots=True)
 class ResponseHead:
-    """A validated upstream response head and how to frame it downstream."""
+    """A validated upstream response head and how to frame it downstream.
+
+    (The fast path in http1_shapes sets every field directly, without __init__: a new
+    field must be set there too.)
+    """
 
     status: int
     reason: bytes
@@ -75,6 +80,11 @@ class ResponseHead:
     proxy_status: bytes | None = None  # Proxy-Status as received (joined)
     via: bytes | None = None
     upgrade: bytes | None = None  # for 101
+    # ``headers`` pre-rendered by the fast path, as in RequestHead.
+    fields_wire: bytes = field(default=b"", compare=False, repr=False)
+    fields_wire_of: list[tuple[bytes, bytes]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 def parse_response_head(
@@ -164,6 +174,12 @@ def parse_response_head(
     )
 
 
+# "HTTP/1.1 200 ", by status (three digits, so at most 900 entries).
+_STATUS_LINES: dict[int, bytes] = {}
+# "\r\ncontent-length: 1024", by length (up to 1024 of them; then start over).
+_LENGTH_LINES: dict[int, bytes] = {}
+
+
 def render_response_head(
     head: ResponseHead,
     via: bytes,
@@ -172,33 +188,60 @@ def render_response_head(
     downstream_version: str,
 ) -> bytes:
     """The head to send downstream; ``proxy_status`` replaces the received value."""
-    reason = head.reason or b"-"
-    parts = [b"HTTP/1.1 %d " % head.status, reason, CRLF]
-    for name, value in head.headers:
-        parts += (name, b": ", value, CRLF)
-    if head.via:
-        parts += (b"via: ", head.via, b", ", via, CRLF)
+    status = head.status
+    try:
+        first = _STATUS_LINES[status]
+    except KeyError:
+        first = b"HTTP/1.1 %d " % status
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = first
+    # As in render_request_head: pieces start with the CRLF that ends the line before.
+    fields = head.headers
+    if head.fields_wire_of is fields:
+        block = head.fields_wire
+    elif fields:
+        block = CRLF + CRLF.join(map(_FIELD_LINE, fields))
     else:
-        parts += (b"via: ", via, CRLF)
-    if proxy_status is not None:
-        parts += (b"proxy-status: ", proxy_status, CRLF)
-    elif head.proxy_status is not None:
-        parts += (b"proxy-status: ", head.proxy_status, CRLF)
+        block = b""
+    if proxy_status is None:
+        proxy_status = head.proxy_status
     body = head.downstream_body
     if body == BODY_LENGTH or (
-        body == BODY_NONE and head.content_length is not None and head.status not in (204, 101)
+        body == BODY_NONE and head.content_length is not None and status != 204 and status != 101
     ):
-        parts += (b"content-length: ", b"%d" % (head.content_length or 0), CRLF)
+        length = head.content_length or 0
+        framing = _LENGTH_LINES.get(length)
+        if framing is None:
+            framing = b"\r\ncontent-length: %d" % length
+            if len(_LENGTH_LINES) >= 1024:
+                _LENGTH_LINES.clear()
+            _LENGTH_LINES[length] = framing
     elif body == BODY_CHUNKED:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if head.status == 101:
-        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade or b"", CRLF)
+        framing = b"\r\ntransfer-encoding: chunked"
+    else:
+        framing = b""
+    if status == 101:
+        connection = b"\r\nconnection: upgrade\r\nupgrade: " + (head.upgrade or b"")
     elif head.close_downstream:
-        parts.append(b"connection: close\r\n")
+        connection = b"\r\nconnection: close"
     elif downstream_version == "1.0":
-        parts.append(b"connection: keep-alive\r\n")
-    parts.append(CRLF)
-    return b"".join(parts)
+        connection = b"\r\nconnection: keep-alive"
+    else:
+        connection = b""
+    received_via = head.via
+    return b"".join(
+        (
+            first,
+            head.reason or b"-",
+            block,
+            b"\r\nvia: ",
+            received_via + b", " + via if received_via else via,
+            b"" if proxy_status is None else b"\r\nproxy-status: " + proxy_status,
+            framing,
+            connection,
+            b"\r\n\r\n",
+        )
+    )
 
 
 def render_interim(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -15,12 +15,28 @@ x-request-id and Connection (and, in responses, only Content-Length and Connecti
 the framing fields); any other framing or hop-relevant field (Transfer-Encoding, Upgrade,
 TE, Via, Expect, Proxy-Status, a second Host...) and any value the fast checks do not
 accept as plain sends the message through the full functions, which then decide -- and
-word the error -- exactly as before. The results are the same objects either way (a
-property test compares both paths on random heads).
+word the error -- exactly as before. The fast path never rejects a head by itself. The
+results are equal either way, and render to the same bytes (a property test compares
+both paths on random heads).
+
+Per message, what can be is remembered too, in small bounded dicts that start over when
+full: a Host value's authority, an origin-form target's path, a Content-Length value's
+number. The forwarded fields are also rendered here, in one ``%`` over a per-shape format
+(``b"\r\nServer: %s\r\nDate: %s"``), into the head's ``fields_wire``: the render functions
+use it while ``head.headers`` is the list it was made from.
+
+The code is written for what CPython 3.11 charges (measured with callgrind): a Python
+call costs more than most checks here, so helpers are inlined; ``tuple(map(...))`` over
+a few fields costs several times an unpacking assignment, so heads of up to 8 fields are
+unpacked by hand; a head's ``__init__`` frame costs about as much as its fields, so heads
+are made with ``object.__new__`` and their fields set here (all of them: an unset one
+fails the property test's comparison).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Final
 
 from plait.proxy.http1_checks_common import (
@@ -48,7 +64,6 @@ from plait.proxy.http1_checks_request import (
     path_of,
 )
 from plait.proxy.http1_checks_response import (
-    _NO_BODY_STATUS,
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_LENGTH,
@@ -58,13 +73,49 @@ from plait.proxy.http1_checks_response import (
 )
 
 MAX_SHAPES: Final = 512  # distinct name tuples remembered per direction; then start over
+MAX_HOSTS: Final = 256  # distinct Host values remembered; then start over
+MAX_PATHS: Final = 1024  # distinct request targets remembered; then start over
+MAX_MEMO_TARGET: Final = 256  # longer targets are not remembered
+MAX_LENGTHS: Final = 1024  # distinct Content-Length values remembered; then start over
+MAX_MEMO_VALUE: Final = 256  # longer Host and Content-Length values are not remembered
+MAX_MEMO_NAMES: Final = 2048  # shapes with more bytes of names are not remembered
 
 # A shape: (index of Host or Content-Length... or -1, ..., indices of forwarded fields)
 _ReqShape = tuple[int, int, int, int, tuple[int, ...]]  # host, cl, request_id, conn, fwd
 _RespShape = tuple[int, int, tuple[int, ...]]  # cl, conn, forwarded
 
-_request_shapes: dict[tuple[bytes, ...], _ReqShape | None] = {}
-_response_shapes: dict[tuple[bytes, ...], _RespShape | None] = {}
+Fields = list[tuple[bytes, bytes]]
+# What is done per message for a shape: the indices above, whether the field values need
+# the character check (False when every value is checked by a stricter rule: Host,
+# Content-Length, a plain Connection), and how to pick the forwarded fields.
+# Last, the forwarded fields' lines as a %-format (b"\r\nServer: %s\r\nDate: %s") and how
+# to pick their values: the head's ``fields_wire`` is ``fmt % pick(values)``.
+_Values = tuple[bytes, ...]
+_ReqPlan = tuple[
+    int, int, int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]
+]
+_RespPlan = tuple[int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]]
+
+# Keyed by the names, except a head of one field: by that name (a bytes key hashes and
+# compares more cheaply than a 1-tuple, and never equals a tuple).
+_request_plans: dict[tuple[bytes, ...] | bytes, _ReqPlan | None] = {}
+_response_plans: dict[tuple[bytes, ...], _RespPlan | None] = {}
+# Host field value -> the authority it names (OWS trimmed), for valid non-empty ones only.
+_hosts: dict[bytes, bytes] = {}
+# origin-form request target -> the path routes match on (path_of).
+_paths: dict[bytes, str] = {}
+# Content-Length field value -> its number, for plain ones (OWS and 1-18 digits) only.
+_lengths: dict[bytes, int] = {}
+# Plain Connection values (see _CONNECTION_PLAIN) as usually spelled: no lower() needed.
+_CONNECTION_SPELLED: Final = _CONNECTION_PLAIN | {b"Close", b"Keep-Alive", b"Upgrade"}
+
+_new_head: Final = object.__new__
+_name_of: Final = itemgetter(0)
+_value_of: Final = itemgetter(1)
+# A translation table that changes exactly the bytes a field value must not hold (CTLs
+# other than HTAB, and DEL: CR, LF, NUL among them). ``v.translate(_CTL_TABLE) is v``
+# says "v is a valid value": with nothing changed, translate returns v itself.
+_CTL_TABLE: Final = bytes(b if b in _FIELD_VALUE_OK else 0x20 for b in range(256))
 
 
 def _token(name: bytes) -> bool:
@@ -119,12 +170,95 @@ def response_shape(names: tuple[bytes, ...]) -> _RespShape | None:
     return cl, conn, tuple(forward)
 
 
-def _content_length(value: bytes) -> int | None:
-    """The digits of a plain Content-Length value, else None (the full path decides)."""
-    value = value.strip(_OWS)
-    if value.isdigit() and len(value) <= MAX_CONTENT_LENGTH_DIGITS:
-        return int(value)
-    return None
+def _picker(forward: tuple[int, ...]) -> Callable[[Fields], Fields]:
+    """A function returning the forwarded fields of a head of the shape, as a new list."""
+    if not forward or forward == tuple(range(forward[0], forward[-1] + 1)):
+        # Contiguous (or none): one slice, in C.
+        start = forward[0] if forward else 0
+        return itemgetter(slice(start, start + len(forward)))
+    pick = itemgetter(*forward)  # two or more indices: returns a tuple
+
+    def picked(fields: Fields) -> Fields:
+        return list(pick(fields))
+
+    return picked
+
+
+def _wire_format(
+    names: tuple[bytes, ...], forward: tuple[int, ...]
+) -> tuple[bytes, Callable[[_Values], _Values]]:
+    """The forwarded fields' lines as a %-format, and the picker of their values."""
+    fmt = b"".join(b"\r\n" + names[i].replace(b"%", b"%%") + b": %s" for i in forward)
+    if not forward or forward == tuple(range(forward[0], forward[-1] + 1)):
+        start = forward[0] if forward else 0
+        return fmt, itemgetter(slice(start, start + len(forward)))
+    return fmt, itemgetter(*forward)  # two or more indices: returns a tuple
+
+
+def _request_plan(key: tuple[bytes, ...] | bytes) -> _ReqPlan | None:
+    names = key if isinstance(key, tuple) else (key,)
+    if len(_request_plans) >= MAX_SHAPES:
+        _request_plans.clear()
+    shape = request_shape(names)
+    plan: _ReqPlan | None = None
+    if shape is not None:
+        host_i, cl_i, rid_i, conn_i, forward = shape
+        checked = sum(1 for i in (host_i, cl_i, conn_i) if i >= 0)
+        fmt, pick = _wire_format(names, forward)
+        plan = host_i, cl_i, rid_i, conn_i, len(names) > checked, _picker(forward), fmt, pick
+    if sum(map(len, names)) <= MAX_MEMO_NAMES:
+        _request_plans[key] = plan
+    return plan
+
+
+def _response_plan(names: tuple[bytes, ...]) -> _RespPlan | None:
+    if len(_response_plans) >= MAX_SHAPES:
+        _response_plans.clear()
+    shape = response_shape(names)
+    plan: _RespPlan | None = None
+    if shape is not None:
+        cl_i, conn_i, forward = shape
+        checked = sum(1 for i in (cl_i, conn_i) if i >= 0)
+        fmt, pick = _wire_format(names, forward)
+        plan = cl_i, conn_i, len(names) > checked, _picker(forward), fmt, pick
+    if sum(map(len, names)) <= MAX_MEMO_NAMES:
+        _response_plans[names] = plan
+    return plan
+
+
+def _authority(value: bytes) -> bytes:
+    """The authority a Host value names if valid and not empty (remembered); else b""."""
+    authority = value.strip(_OWS)
+    if not authority or authority.translate(None, _HOST_OK):
+        return b""
+    if len(value) <= MAX_MEMO_VALUE:
+        if len(_hosts) >= MAX_HOSTS:
+            _hosts.clear()
+        _hosts[value] = authority
+    return authority
+
+
+def _length(value: bytes) -> int | None:
+    """A plain Content-Length value's number (remembered), else None: the full path decides."""
+    digits = value.strip(_OWS)
+    if not digits.isdigit() or len(digits) > MAX_CONTENT_LENGTH_DIGITS:
+        return None
+    length = int(digits)
+    if len(value) <= MAX_MEMO_VALUE:
+        if len(_lengths) >= MAX_LENGTHS:
+            _lengths.clear()
+        _lengths[value] = length
+    return length
+
+
+def _path(target: bytes) -> str:
+    """path_of(target), remembered for short targets."""
+    path = path_of(target)
+    if len(target) <= MAX_MEMO_TARGET:
+        if len(_paths) >= MAX_PATHS:
+            _paths.clear()
+        _paths[target] = path
+    return path
 
 
 def fast_request_head(
@@ -134,55 +268,135 @@ def fast_request_head(
     headers: list[tuple[bytes, bytes]],
     keep_alive: bool,
 ) -> RequestHead:
-    """:func:`~plait.proxy.http1_checks.parse_request_head`, memoized on the names."""
-    if not headers:  # no Host: the full check decides (HTTP/1.0) or words the error
-        return parse_request_head(method, target, version, headers, keep_alive)
-    names, values = zip(*headers, strict=True)
+    """:func:`~plait.proxy.http1_checks.parse_request_head`, memoized on the names.
+
+    Whatever is not plainly acceptable here goes to the full check, which decides (and
+    words any error): this path never rejects by itself. Hot code, written for CPython
+    3.11's costs: helpers inlined (a Python call costs more than most of what is done
+    here), the names and values of up to 8 fields unpacked directly (``tuple(map(...))``
+    costs several times more), the head built without a call to ``__init__``.
+    """
+    names: tuple[bytes, ...] | bytes
+    values: tuple[bytes, ...]
+    n = len(headers)
+    if n == 1:
+        ((names, va),) = headers  # the plan's key: the name itself
+        values = (va,)
+    elif n == 2:
+        (a, va), (b, vb) = headers
+        names = (a, b)
+        values = (va, vb)
+    elif n == 3:
+        (a, va), (b, vb), (c, vc) = headers
+        names = (a, b, c)
+        values = (va, vb, vc)
+    elif n == 4:
+        (a, va), (b, vb), (c, vc), (d, vd) = headers
+        names = (a, b, c, d)
+        values = (va, vb, vc, vd)
+    elif n == 5:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve) = headers
+        names = (a, b, c, d, e)
+        values = (va, vb, vc, vd, ve)
+    elif n == 6:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf) = headers
+        names = (a, b, c, d, e, f)
+        values = (va, vb, vc, vd, ve, vf)
+    elif n == 7:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg) = headers
+        names = (a, b, c, d, e, f, g)
+        values = (va, vb, vc, vd, ve, vf, vg)
+    elif n == 8:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg), (h, vh) = headers
+        names = (a, b, c, d, e, f, g, h)
+        values = (va, vb, vc, vd, ve, vf, vg, vh)
+    else:
+        names = tuple(map(_name_of, headers))
+        values = tuple(map(_value_of, headers))
     try:
-        shape = _request_shapes[names]
+        plan = _request_plans[names]
     except KeyError:
-        if len(_request_shapes) >= MAX_SHAPES:
-            _request_shapes.clear()
-        shape = _request_shapes[names] = request_shape(names)
-    if shape is None or (version != "1.1" and version != "1.0") or method == b"CONNECT":
+        plan = _request_plan(names)
+    if plan is None or (version != "1.1" and version != "1.0") or method == b"CONNECT":
         return parse_request_head(method, target, version, headers, keep_alive)
-    host_i, cl_i, rid_i, conn_i, forward = shape
-    if b"\t".join(values).translate(None, _FIELD_VALUE_OK):
-        return parse_request_head(method, target, version, headers, keep_alive)
+    host_i, cl_i, rid_i, conn_i, check, forward, fmt, pick = plan
+    path = _paths.get(target)  # only origin-form targets are remembered
+    if path is not None or target[:1] == b"/":  # origin-form, by far the most common
+        if check:
+            joined = b"\t".join(values)
+            if joined.translate(_CTL_TABLE) is not joined:
+                return parse_request_head(method, target, version, headers, keep_alive)
+        try:
+            authority = _hosts[values[host_i]]  # valid: checks its characters too
+        except KeyError:
+            authority = _authority(values[host_i])
+            if not authority:  # empty (HTTP/1.0) or invalid
+                return parse_request_head(method, target, version, headers, keep_alive)
+        if path is None:
+            path = _path(target)
+        origin = target
+        absolute_form = False
+    else:
+        origin, authority, path = _odd_target(method, target, values, host_i)
+        if not authority:
+            return parse_request_head(method, target, version, headers, keep_alive)
+        absolute_form = target != b"*"
     content_length = None
     if cl_i >= 0:
-        content_length = _content_length(values[cl_i])
+        content_length = _lengths.get(values[cl_i])
         if content_length is None:
+            content_length = _length(values[cl_i])
+            if content_length is None:
+                return parse_request_head(method, target, version, headers, keep_alive)
+    if conn_i >= 0:
+        value = values[conn_i]
+        if value not in _CONNECTION_SPELLED and value.lower() not in _CONNECTION_PLAIN:
             return parse_request_head(method, target, version, headers, keep_alive)
-    if conn_i >= 0 and values[conn_i].lower() not in _CONNECTION_PLAIN:
-        return parse_request_head(method, target, version, headers, keep_alive)
-    if target[:1] == b"/":  # origin-form, by far the most common: no split needed
-        origin, authority = target, None
-    else:
+    # RequestHead(...) without its __init__ frame: every field is set (the property test
+    # compares with parse_request_head's heads, and an unset slot fails the comparison).
+    head = _new_head(RequestHead)
+    head.method = method
+    head.target = origin
+    head.path = path
+    head.host = authority
+    head.version = version
+    if fmt:
+        head.headers = head.fields_wire_of = forward(headers)
+        head.fields_wire = fmt % pick(values)
+    else:  # nothing forwarded
+        head.headers = head.fields_wire_of = []
+        head.fields_wire = b""
+    head.keep_alive = keep_alive
+    head.content_length = content_length
+    head.request_id = values[rid_i] if rid_i >= 0 else None
+    head.absolute_form = absolute_form
+    head.chunked = False
+    head.upgrade = None
+    head.expect_continue = False
+    head.via = None
+    head.te_trailers = False
+    head.transfer_encoding = b"chunked"
+    return head
+
+
+def _odd_target(
+    method: bytes, target: bytes, values: tuple[bytes, ...], host_i: int
+) -> tuple[bytes, bytes, str]:
+    """(origin, authority, path) for an absolute-form or ``*`` target; authority b"" when
+    the full check must decide. The Host value is not checked by the Host rule here (the
+    target may name the authority), so all values are checked."""
+    joined = b"\t".join(values)
+    if joined.translate(_CTL_TABLE) is not joined:
+        return target, b"", ""
+    try:
         origin, authority = _split_target(target, method)
+    except HeadRejected:
+        return target, b"", ""
     if authority is None:
-        authority = values[host_i].strip(_OWS)
-        if not authority and version == "1.1":
-            raise HeadRejected("empty Host header")
-    if authority.translate(None, _HOST_OK):
-        raise HeadRejected(f"invalid host {authority[:64]!r}")
-    return RequestHead(
-        method,
-        origin,
-        path_of(origin),
-        authority,
-        version,
-        [headers[i] for i in forward],
-        keep_alive,
-        content_length,
-        False,
-        None,
-        False,
-        values[rid_i] if rid_i >= 0 else None,
-        None,
-        False,
-        target[:1] != b"/" and target != b"*",
-    )
+        authority = _authority(values[host_i])
+    elif authority.translate(None, _HOST_OK):
+        authority = b""
+    return origin, authority, path_of(origin)
 
 
 def fast_response_head(
@@ -193,48 +407,124 @@ def fast_response_head(
     downstream_version: str,
     downstream_keep_alive: bool,
 ) -> ResponseHead:
-    """:func:`~plait.proxy.http1_checks.parse_response_head`, memoized on the names."""
-    names, values = zip(*headers, strict=True) if headers else ((), ())
+    """:func:`~plait.proxy.http1_checks.parse_response_head`, memoized on the names.
+
+    As for requests (and written the same way), anything not plainly acceptable goes to
+    the full check.
+    """
+    names: tuple[bytes, ...]
+    values: tuple[bytes, ...]
+    n = len(headers)
+    if n == 1:
+        ((a, va),) = headers
+        names = (a,)
+        values = (va,)
+    elif n == 2:
+        (a, va), (b, vb) = headers
+        names = (a, b)
+        values = (va, vb)
+    elif n == 3:
+        (a, va), (b, vb), (c, vc) = headers
+        names = (a, b, c)
+        values = (va, vb, vc)
+    elif n == 4:
+        (a, va), (b, vb), (c, vc), (d, vd) = headers
+        names = (a, b, c, d)
+        values = (va, vb, vc, vd)
+    elif n == 5:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve) = headers
+        names = (a, b, c, d, e)
+        values = (va, vb, vc, vd, ve)
+    elif n == 6:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf) = headers
+        names = (a, b, c, d, e, f)
+        values = (va, vb, vc, vd, ve, vf)
+    elif n == 7:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg) = headers
+        names = (a, b, c, d, e, f, g)
+        values = (va, vb, vc, vd, ve, vf, vg)
+    elif n == 8:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg), (h, vh) = headers
+        names = (a, b, c, d, e, f, g, h)
+        values = (va, vb, vc, vd, ve, vf, vg, vh)
+    else:
+        names = tuple(map(_name_of, headers))
+        values = tuple(map(_value_of, headers))
     try:
-        shape = _response_shapes[names]
+        plan = _response_plans[names]
     except KeyError:
-        if len(_response_shapes) >= MAX_SHAPES:
-            _response_shapes.clear()
-        shape = _response_shapes[names] = response_shape(names)
-    content_length = None
-    if shape is not None and not b"\t".join(values).translate(None, _FIELD_VALUE_OK):
-        cl_i, conn_i, forward = shape
-        plain = conn_i < 0 or values[conn_i].lower() in _CONNECTION_PLAIN
-        if cl_i >= 0:
-            content_length = _content_length(values[cl_i])
-            plain = plain and content_length is not None
-    else:
-        plain = False
-    if not plain:
-        return parse_response_head(
-            status,
-            reason,
-            headers,
-            request_method=request_method,
-            downstream_version=downstream_version,
-            downstream_keep_alive=downstream_keep_alive,
+        plan = _response_plan(names)
+    if plan is None:
+        return _full_response(
+            status, reason, headers, request_method, downstream_version, downstream_keep_alive
         )
-    close = not downstream_keep_alive
-    if request_method == b"HEAD" or status in _NO_BODY_STATUS or status < 200:
-        body = BODY_NONE
+    cl_i, conn_i, check, forward, fmt, pick = plan
+    if check:
+        joined = b"\t".join(values)
+        if joined.translate(_CTL_TABLE) is not joined:
+            return _full_response(
+                status, reason, headers, request_method, downstream_version, downstream_keep_alive
+            )
+    if conn_i >= 0:
+        value = values[conn_i]
+        if value not in _CONNECTION_SPELLED and value.lower() not in _CONNECTION_PLAIN:
+            return _full_response(
+                status, reason, headers, request_method, downstream_version, downstream_keep_alive
+            )
+    content_length = None
+    if cl_i >= 0:
+        content_length = _lengths.get(values[cl_i])
+        if content_length is None:
+            content_length = _length(values[cl_i])
+            if content_length is None:
+                return _full_response(
+                    status,
+                    reason,
+                    headers,
+                    request_method,
+                    downstream_version,
+                    downstream_keep_alive,
+                )
+    head = _new_head(ResponseHead)  # as in fast_request_head: every field is set
+    head.status = status
+    head.reason = reason
+    if fmt:
+        head.headers = head.fields_wire_of = forward(headers)
+        head.fields_wire = fmt % pick(values)
+    else:  # nothing forwarded
+        head.headers = head.fields_wire_of = []
+        head.fields_wire = b""
+    head.content_length = content_length
+    head.upstream_chunked = False
+    head.close_downstream = not downstream_keep_alive
+    if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
+        head.downstream_body = BODY_NONE  # (_NO_BODY_STATUS: 204, 304)
     elif content_length is not None:
-        body = BODY_LENGTH
+        head.downstream_body = BODY_LENGTH
     elif downstream_version == "1.0":
-        body = BODY_CLOSE
-        close = True
+        head.downstream_body = BODY_CLOSE
+        head.close_downstream = True
     else:
-        body = BODY_CHUNKED
-    return ResponseHead(
+        head.downstream_body = BODY_CHUNKED
+    head.proxy_status = None
+    head.via = None
+    head.upgrade = None
+    return head
+
+
+def _full_response(
+    status: int,
+    reason: bytes,
+    headers: Fields,
+    request_method: bytes,
+    downstream_version: str,
+    downstream_keep_alive: bool,
+) -> ResponseHead:
+    return parse_response_head(
         status,
         reason,
-        [headers[i] for i in forward] if len(forward) != len(headers) else list(headers),
-        content_length,
-        False,
-        body,
-        close,
+        headers,
+        request_method=request_method,
+        downstream_version=downstream_version,
+        downstream_keep_alive=downstream_keep_alive,
     )

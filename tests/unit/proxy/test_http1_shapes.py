@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plait.proxy import http1_shapes
-from plait.proxy.http1_checks import HeadRejected, parse_request_head, parse_response_head
+from plait.proxy.http1_checks import (
+    HeadRejected,
+    RequestHead,
+    parse_request_head,
+    parse_response_head,
+    render_request_head,
+    render_response_head,
+)
 from plait.proxy.http1_shapes import (
     MAX_SHAPES,
     fast_request_head,
@@ -46,6 +53,7 @@ NAMES = [
     b"",
     b"Server",
     b"Date",
+    b"X-%s%%",  # "%" is a token character: the rendering format must escape it
 ]
 VALUES = [
     b"bench",
@@ -76,36 +84,71 @@ VALUES = [
     b"caf\xe9",
     b"bad host!",
     b"[::1]:80",
+    b"a\x7fb",
+    b"a\tb",
+    b"\x80\xff",
+    b"%s %d",
 ]
 
 # Anything, and heads of the common shapes (one Host, plain fields), so both paths are hit.
-COMMON_NAMES = [b"Accept", b"User-Agent", b"X-Request-Id", b"Content-Length", b"Connection"]
-COMMON_VALUES = [b"bench", b"12", b"0", b"keep-alive", b"close", b"abc-123", b" 7 "]
+COMMON_NAMES = [
+    b"Accept",
+    b"User-Agent",
+    b"X-Request-Id",
+    b"Content-Length",
+    b"Connection",
+    b"Keep-Alive",
+    b"X-%d",
+]
+COMMON_VALUES = [
+    b"bench",
+    b"12",
+    b"0",
+    b"keep-alive",
+    b"Keep-Alive",
+    b"close",
+    b"abc-123",
+    b" 7 ",
+    b"%s",
+    b"a\x00b",
+]
 headers_st = st.one_of(
-    st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=7),
+    st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=10),
     st.builds(
         lambda rest, host, at: [*rest[:at], host, *rest[at:]],
         st.lists(
-            st.tuples(st.sampled_from(COMMON_NAMES), st.sampled_from(COMMON_VALUES)), max_size=4
+            st.tuples(st.sampled_from(COMMON_NAMES), st.sampled_from(COMMON_VALUES)), max_size=10
         ),
         st.tuples(st.sampled_from([b"Host", b"host"]), st.sampled_from([b"bench", b" a:1 "])),
-        st.integers(0, 4),
+        st.integers(0, 10),
     ),
 )
 
 
 def outcome(fn: Any, *args: Any, **kw: Any) -> Any:
+    """What a check decides, and for an accepted head how it is rendered."""
     try:
-        return ("ok", fn(*args, **kw))
+        head = fn(*args, **kw)
     except HeadRejected as exc:
         return ("rejected", exc.status, exc.error, exc.details)
+    if isinstance(head, RequestHead):
+        wires = [render_request_head(head, b"1.1 n", rid) for rid in (None, b"r-1")]
+    else:
+        wires = [
+            render_response_head(head, b"1.1 n", ps, downstream_version=v)
+            for ps in (None, b"p")
+            for v in ("1.1", "1.0")
+        ]
+    return ("ok", head, wires)
 
 
 @settings(max_examples=600, deadline=None)
 @given(
     headers=headers_st,
     method=st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b"OPTIONS"]),
-    target=st.sampled_from([b"/", b"/a?b", b"*", b"http://bench/x", b"https://a/", b"x"]),
+    target=st.sampled_from(
+        [b"/", b"/a?b", b"/p#f", b"/%20", b"*", b"http://bench/x", b"https://a/", b"x", b""]
+    ),
     version=st.sampled_from(["1.1", "1.0", "2.0"]),
     keep_alive=st.booleans(),
 )
@@ -172,7 +215,68 @@ def test_uncommon_request_shapes_take_the_full_path(names: tuple[bytes, ...]) ->
 
 
 def test_shape_cache_is_bounded() -> None:
-    http1_shapes._request_shapes.clear()
+    http1_shapes._request_plans.clear()
     for i in range(MAX_SHAPES + 10):
         fast_request_head(b"GET", b"/", "1.1", [(b"Host", b"a"), (b"X-%d" % i, b"v")], True)
-    assert len(http1_shapes._request_shapes) <= MAX_SHAPES
+    assert len(http1_shapes._request_plans) <= MAX_SHAPES
+
+
+def test_memos_are_bounded_and_skip_long_keys() -> None:
+    http1_shapes._hosts.clear()
+    http1_shapes._paths.clear()
+    http1_shapes._lengths.clear()
+    for i in range(2000):
+        fast_request_head(
+            b"POST",
+            b"/%d" % i,
+            "1.1",
+            [(b"Host", b"h%d" % i), (b"Content-Length", b"%d" % i)],
+            True,
+        )
+    assert len(http1_shapes._hosts) <= http1_shapes.MAX_HOSTS
+    assert len(http1_shapes._paths) <= http1_shapes.MAX_PATHS
+    assert len(http1_shapes._lengths) <= http1_shapes.MAX_LENGTHS
+    http1_shapes._hosts.clear()
+    http1_shapes._paths.clear()
+    long_host, long_target = b"h" * 300, b"/" + b"p" * 300
+    head = fast_request_head(b"GET", long_target, "1.1", [(b"Host", long_host)], True)
+    assert (head.host, head.path) == (long_host, long_target.decode())
+    assert long_host not in http1_shapes._hosts and long_target not in http1_shapes._paths
+    long_names = [(b"Host", b"a"), (b"X-" + b"n" * 3000, b"v")]
+    fast_request_head(b"GET", b"/", "1.1", long_names, True)
+    assert tuple(n for n, _ in long_names) not in http1_shapes._request_plans
+
+
+def test_rendering_follows_a_replaced_header_list() -> None:
+    nginx = [(b"Server", b"nginx"), (b"Content-Length", b"3")]
+    head = fast_response_head(200, b"OK", nginx, b"GET", "1.1", True)
+    assert b"\r\nServer: nginx\r\n" in render_response_head(
+        head, b"v", None, downstream_version="1.1"
+    )
+    head.headers = [(b"X-Other", b"1")]
+    out = render_response_head(head, b"v", None, downstream_version="1.1")
+    assert b"X-Other: 1" in out and b"Server" not in out
+    req = fast_request_head(b"GET", b"/", "1.1", [(b"Host", b"a"), (b"Accept", b"*/*")], True)
+    req.headers = []
+    assert render_request_head(req, b"v", None) == b"GET / HTTP/1.1\r\nhost: a\r\nvia: v\r\n\r\n"
+
+
+@pytest.mark.parametrize("count", range(0, 12))
+def test_every_field_count_takes_the_same_decision(count: int) -> None:
+    """The fast path unpacks up to 8 fields by hand; more go through map()."""
+    fields = [(b"Host", b"bench")] + [(b"X-%d" % i, b"v%d" % i) for i in range(count)]
+    args = (b"GET", b"/x?y", "1.1", fields, True)
+    assert outcome(fast_request_head, *args) == outcome(parse_request_head, *args)
+    head = fast_request_head(*args)
+    assert head.headers == fields[1:] and head.headers is not fields
+    response = [(b"X-%d" % i, b"v%d" % i) for i in range(count)] + [(b"Content-Length", b"1")]
+    full = outcome(
+        parse_response_head,
+        200,
+        b"OK",
+        response,
+        request_method=b"GET",
+        downstream_version="1.1",
+        downstream_keep_alive=True,
+    )
+    assert outcome(fast_response_head, 200, b"OK", response, b"GET", "1.1", True) == full
