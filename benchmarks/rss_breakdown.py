@@ -45,7 +45,7 @@ STEPS: list[tuple[str, str]] = [
     ("plait.proxy.bootstrap", "import plait.proxy.bootstrap"),
     ("plait.proxy.dataplane", "import plait.proxy.dataplane"),
     ("protobuf", "import google.protobuf.message"),
-    ("plait.proxy.xds_decode (envoy protos)", "import plait.proxy.xds_decode"),
+    ("plait.proxy.xds_decode (xds schema)", "import plait.proxy.xds_decode"),
     ("grpc", "import grpc"),
     ("plait.proxy.xds_client", "import plait.proxy.xds_client"),
     ("plait.proxy.main", "import plait.proxy.main"),

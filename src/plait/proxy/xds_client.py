@@ -43,10 +43,6 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2
-
 from plait import __version__
 from plait.proxy.ads_h2 import ADS_METHOD, StreamError, open_stream
 from plait.proxy.runtime import ProxyConfig, UnsupportedConfig
@@ -59,6 +55,7 @@ from plait.proxy.xds_decode import (
     raw_name,
     rds_names,
 )
+from plait.proxy.xds_schema import base_pb2, discovery_pb2, status_pb2
 from plait.xds.types import (
     CLUSTER,
     ENDPOINT,

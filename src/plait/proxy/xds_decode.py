@@ -31,6 +31,10 @@ are ``any`` and whose principals are ``authenticated.principal_name.exact`` or
 Invariant (fuzzed in the tests): any input either decodes or raises
 :class:`UnsupportedConfig`, never another exception.
 
+Messages are parsed with the classes of :mod:`plait.proxy.xds_schema` (a private
+descriptor pool: the proxy does not import the generated envoy modules, docs/internals.md
+"Memory"). The decoders only read fields, so generated messages decode the same.
+
 The decoders live in one module per resource type: :mod:`~plait.proxy.xds_decode_listener`
 (Listener, the HTTP connection manager, RBAC), :mod:`~plait.proxy.xds_decode_route`
 (RouteConfiguration), :mod:`~plait.proxy.xds_decode_cluster` (Cluster),
@@ -46,11 +50,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
@@ -60,6 +59,7 @@ from plait.proxy.xds_decode_endpoint import decode_load_assignment
 from plait.proxy.xds_decode_listener import decode_listener
 from plait.proxy.xds_decode_route import decode_route_configuration
 from plait.proxy.xds_decode_tls import decode_secret
+from plait.proxy.xds_schema import cluster_pb2, endpoint_pb2, listener_pb2, route_pb2, secret_pb2
 from plait.proxy.xds_subset import Ctx, Proto, unpack
 from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 

@@ -10,11 +10,10 @@ endpoints inline and no TLS.
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import cluster_pb2
-
 from plait.proxy.runtime import Cluster, LbPolicy
 from plait.proxy.xds_decode_endpoint import load_assignment_endpoints
 from plait.proxy.xds_decode_tls import upstream_tls
+from plait.proxy.xds_schema import cluster_pb2
 from plait.proxy.xds_subset import Ctx, Proto, ads_source, check, duration, enum_name
 
 DEFAULT_CONNECT_TIMEOUT = 5.0

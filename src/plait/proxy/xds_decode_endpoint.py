@@ -6,9 +6,8 @@ with a port; UNHEALTHY, DRAINING and TIMEOUT health statuses mark it unhealthy.
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import health_check_pb2
-
 from plait.proxy.runtime import Endpoint
+from plait.proxy.xds_schema import health_check_pb2
 from plait.proxy.xds_subset import Ctx, Proto, at, check, socket_address
 
 _UNHEALTHY = frozenset(

@@ -13,15 +13,6 @@ refused naming the field.
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import base_pb2
-from envoy.config.rbac.v3 import rbac_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
-
 from plait.proxy.runtime import (
     Direction,
     DownstreamTls,
@@ -32,6 +23,14 @@ from plait.proxy.runtime import (
 )
 from plait.proxy.xds_decode_route import decode_route_table
 from plait.proxy.xds_decode_tls import downstream_tls
+from plait.proxy.xds_schema import (
+    base_pb2,
+    hcm_pb2,
+    http_rbac_pb2,
+    rbac_pb2,
+    router_pb2,
+    tls_inspector_pb2,
+)
 from plait.proxy.xds_subset import (
     Ctx,
     Proto,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-
 from plait.model.names import SPIFFE_ID_RE
 from plait.proxy.runtime import DownstreamTls, Secret, UpstreamTls
+from plait.proxy.xds_schema import common_pb2, tls_pb2
 from plait.proxy.xds_subset import Ctx, Proto, ads_source, at, check, enum_name, unpack
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import unknown_fields
 
 from plait.proxy.runtime import UnsupportedConfig
+from plait.proxy.xds_schema import config_source_pb2
 
-Proto = Any  # a generated protobuf message (the envoy protos ship no type stubs)
+Proto = Any  # a protobuf message: plait.proxy.xds_schema's, or a generated one (no type stubs)
 
 _MAX_DURATION_SECONDS = 315_576_000_000
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3"

@@ -338,6 +338,9 @@ def test_inbound_listener_routes_to_the_local_app(env: Env) -> None:
     assert r.returncode == 0, r.stderr
     assert "orders-app GET /in" in r.stdout
     assert app.requests[0].header("x-request-id") == "from-caller"
+    deadline = time.monotonic() + 5  # the line is written just after the response
+    while not env.proxy.lines and time.monotonic() < deadline:
+        time.sleep(0.01)
     line = json.loads(env.proxy.lines[-1])
     assert line["direction"] == "inbound" and line["destination"] == "orders"
     assert line["request_id"] == "from-caller"

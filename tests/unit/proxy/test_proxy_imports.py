@@ -6,6 +6,8 @@ the resource models costs about 11 MB and cryptography about 10 MB, and neither 
 needed by the proxy process: certificates are read by plait.identity.x509_reader and keys
 and CSRs are made by a short-lived child (plait.identity.keygen); grpcio (about 14 MB) is
 not needed at all: the xDS client is plait.proxy.ads_h2 (docs/internals.md, "Memory").
+Nor are the generated envoy protos (about 8 MB with the udpa/xds/validate annotation
+modules they import): the proxy's messages come from plait.proxy.xds_schema's private pool.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ FORBIDDEN = (
     "typer",
     "grpc",  # the xDS client speaks HTTP/2 itself (plait.proxy.ads_h2)
     "envoy.service.discovery.v3.ads_pb2_grpc",
+    # the generated protos: plait.proxy.xds_schema stands in for them (top-level packages:
+    # "xds" is the cncf one, not plait.xds)
+    "envoy",
+    "udpa",
+    "xds",
+    "validate",
+    "google.protobuf.descriptor_pb2",  # the schema is read without it
+    "google.rpc",
+    "plait.proxy.xds_schema_gen",
     "plait.ca.tokens",  # the bootstrap checks a token's shape with plait.ca.token_format
     # standard modules the proxy does without (docs/internals.md, "Memory")
     "urllib.request",
@@ -75,6 +86,7 @@ def test_the_proxy_imports_neither_pydantic_nor_cryptography() -> None:
     loaded = modules_after_import()
     assert "plait.proxy.main" in loaded and "plait.proxy.bootstrap" in loaded
     assert "plait.proxy.xds_client" in loaded  # the probe did import the whole proxy
+    assert "plait.proxy.xds_schema" in loaded
     assert sorted(m for m in FORBIDDEN if m in loaded) == []
 
 

@@ -25,11 +25,13 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, descriptor, duration_pb2, wrappers_pb2
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plait.model.resources import Route as ModelRoute
 from plait.model.resources import Service
+from plait.proxy import xds_schema
 from plait.proxy.runtime import (
     Cluster,
     Endpoint,
@@ -46,14 +48,16 @@ from plait.proxy.xds_decode import (
     decode_cluster,
     decode_listener,
     decode_load_assignment,
+    decode_resources,
     decode_route_configuration,
+    decode_secret,
     eds_names,
     rds_names,
 )
 from plait.xds import builders as b
 from plait.xds.inputs import InboundPort, Instance, NodeInfo
 from plait.xds.translate import translate
-from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from plait.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 
 # --- valid resources ----------------------------------------------------------------------
 
@@ -988,3 +992,126 @@ def test_byte_mutations_decode_or_are_refused(
         else:
             raw[at] ^= data.draw(st.integers(1, 255))
     _check_invariant(type_url, [any_pb2.Any(type_url=type_url, value=bytes(raw))])
+
+
+# --- the proxy's private schema decodes like the generated protos --------------------------
+# The proxy parses what it receives with plait.proxy.xds_schema's classes (a private pool,
+# stripped of options); the decoders must do with those exactly what they do with the real
+# generated classes: same values, same refusals (test_xds_schema.py checks the fields).
+
+_TD = "plait.local"
+_PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def _mtls_inbound_listener() -> Any:
+    tls = b.make_downstream_tls(f"spiffe://{_TD}/svc/a", "trust-bundle", f"spiffe://{_TD}/")
+    rbac = [
+        b.make_rbac_filter("deny", "DENY", [f"spiffe://{_TD}/svc/x"]),
+        b.make_rbac_filter("audit", "ALLOW", shadow=True),
+    ]
+    return b.make_http_listener(
+        "inbound|a",
+        "127.0.0.1",
+        15006,
+        direction="inbound",
+        route_config=full_route_config("in"),
+        http_filters=rbac,
+        tls_mode="strict",
+        downstream_tls=tls,
+    )
+
+
+def _mtls_cluster() -> Any:
+    tls = b.make_upstream_tls("default", "trust-bundle", f"spiffe://{_TD}/svc/orders")
+    return b.make_eds_cluster("outbound|orders", connect_timeout=1, transport_socket=tls)
+
+
+_SCHEMA_SEEDS: list[tuple[str, Callable[[], Any]]] = [
+    *_SEEDS,
+    (LISTENER, _mtls_inbound_listener),
+    (CLUSTER, _mtls_cluster),
+    (SECRET, lambda: b.make_trust_bundle_secret("trust-bundle", _PEM)),
+]
+_SCHEMA_DECODERS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    LISTENER: (decode_listener, xds_schema.listener_pb2.Listener),
+    ROUTE: (decode_route_configuration, xds_schema.route_pb2.RouteConfiguration),
+    CLUSTER: (decode_cluster, xds_schema.cluster_pb2.Cluster),
+    ENDPOINT: (decode_load_assignment, xds_schema.endpoint_pb2.ClusterLoadAssignment),
+    SECRET: (decode_secret, xds_schema.secret_pb2.Secret),
+}
+
+
+def _outcome(decode: Callable[[Any], Any], msg: Any) -> tuple[str, Any]:
+    try:
+        return "decoded", decode(msg)
+    except UnsupportedConfig as err:
+        return "refused", str(err)
+
+
+def _decode_alike(type_url: str, real: Any, raw: bytes | None = None) -> None:
+    """``real`` (a generated message) and the schema message parsed from its bytes (or
+    from ``raw``, which ``real`` was parsed from) decode to the same value or refusal."""
+    decode, schema_class = _SCHEMA_DECODERS[type_url]
+    data = real.SerializeToString() if raw is None else raw
+    mine = schema_class.FromString(data)
+    assert mine.SerializeToString() == real.SerializeToString()  # unknown fields too
+    assert _outcome(decode, mine) == _outcome(decode, real)
+    # the whole path the xDS client takes: a response of schema Anys
+    packed = xds_schema.message_class("google.protobuf.Any")(type_url=type_url, value=data)
+    real_packed = any_pb2.Any(type_url=type_url, value=data)
+    assert _outcome(lambda r: decode_resources(type_url, [r]), packed) == _outcome(
+        lambda r: decode_resources(type_url, [r]), real_packed
+    )
+
+
+def test_schema_and_generated_seeds_decode_alike() -> None:
+    for type_url, make in _SCHEMA_SEEDS:
+        kind, value = _outcome(_SCHEMA_DECODERS[type_url][0], make())
+        assert kind == "decoded", value
+        _decode_alike(type_url, make())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(_SCHEMA_SEEDS), data=st.data())
+def test_schema_and_generated_messages_decode_alike_after_field_mutations(
+    seed: tuple[str, Callable[[], Any]], data: st.DataObject
+) -> None:
+    type_url, make = seed
+    msg = make()
+    if type_url == LISTENER and data.draw(st.booleans()):  # reach inside the packed HCM
+        manager = _mutated(hcm_of(msg), data)
+        msg.filter_chains[0].filters[0].typed_config.CopyFrom(b.pack(manager))
+    _decode_alike(type_url, _mutated(msg, data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.sampled_from(_SCHEMA_SEEDS), data=st.data())
+def test_schema_and_generated_messages_decode_alike_after_byte_mutations(
+    seed: tuple[str, Callable[[], Any]], data: st.DataObject
+) -> None:
+    type_url, make = seed
+    raw = bytearray(make().SerializeToString())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw)))
+        if data.draw(st.booleans()) or at == len(raw):  # extra (often unknown) fields
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        else:
+            raw[at] ^= data.draw(st.integers(1, 255))
+    real_class = type(make())
+    try:
+        real = real_class.FromString(bytes(raw))
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            _SCHEMA_DECODERS[type_url][1].FromString(bytes(raw))
+        return
+    _decode_alike(type_url, real, bytes(raw))
+
+
+def test_an_unknown_field_is_refused_alike_by_schema_and_generated_messages() -> None:
+    raw = eds_cluster().SerializeToString() + b"\xb8\x3e\x07"  # field 999 = 7
+    real = cluster_pb2.Cluster.FromString(raw)
+    _decode_alike(CLUSTER, real, raw)
+    assert _outcome(decode_cluster, real) == (
+        "refused",
+        "Cluster 'outbound|orders': #999: field number 999 is unknown to plait",
+    )
