@@ -47,6 +47,13 @@ log = logging.getLogger("plait.proxy.http1")
 LINGER = 2.0  # seconds to read and drop an unread request body after answering it
 
 
+class _Closed:
+    """What a closed connection's parser reports to (nothing is fed to it)."""
+
+
+_CLOSED_PARSER = HttpRequestParser(_Closed())
+
+
 class Http1Server(asyncio.Protocol):
     """One downstream connection."""
 
@@ -142,6 +149,10 @@ class Http1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.dp.connections.discard(self)
+        # The parser holds this protocol: drop the cycle so that reference counting frees
+        # both now, not a rare full collection (see UpstreamConnection.connection_lost).
+        self.parser = _CLOSED_PARSER
+        self.current = self.upgrading = None  # each holds this connection (Exchange.server)
         if self._linger is not None:
             self._linger.cancel()
         tunnel = self.tunnel

@@ -94,6 +94,13 @@ MAX_RESPONSE_HEAD = 64 * 1024
 HEAD_TOO_LARGE = "http_response_header_section_size"
 
 
+class _Closed:
+    """What a closed connection's parser reports to (nothing is fed to it)."""
+
+
+_CLOSED_PARSER = HttpResponseParser(_Closed())
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; serves one request at a time."""
 
@@ -209,6 +216,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The parser holds this protocol: a cycle that only a full collection would find
+        # once a long-lived connection is in the oldest generation (and main.settle_gc
+        # makes those rare). Dropping the parser lets reference counting free both now.
+        self.parser = _CLOSED_PARSER
         if self.pool is not None:
             self.pool.forget(self)
         if self.tunnel is not None:
