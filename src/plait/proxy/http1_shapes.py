@@ -96,9 +96,8 @@ _ReqPlan = tuple[
 ]
 _RespPlan = tuple[int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]]
 
-# Keyed by the names, except a head of one field: by that name (a bytes key hashes and
-# compares more cheaply than a 1-tuple, and never equals a tuple).
-_request_plans: dict[tuple[bytes, ...] | bytes, _ReqPlan | None] = {}
+# Keyed by the tuple of field names.
+_request_plans: dict[tuple[bytes, ...], _ReqPlan | None] = {}
 _response_plans: dict[tuple[bytes, ...], _RespPlan | None] = {}
 # Host field value -> the authority it names (OWS trimmed), for valid non-empty ones only.
 _hosts: dict[bytes, bytes] = {}
@@ -195,8 +194,40 @@ def _wire_format(
     return fmt, itemgetter(*forward)  # two or more indices: returns a tuple
 
 
-def _request_plan(key: tuple[bytes, ...] | bytes) -> _ReqPlan | None:
-    names = key if isinstance(key, tuple) else (key,)
+def _split_fields(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The names and the values of a head's fields, as two tuples. Up to 8 fields are
+    unpacked directly (``tuple(map(...))`` costs several times more in CPython 3.11)."""
+    n = len(headers)
+    if n == 1:
+        ((a, va),) = headers
+        return (a,), (va,)
+    if n == 2:
+        (a, va), (b, vb) = headers
+        return (a, b), (va, vb)
+    if n == 3:
+        (a, va), (b, vb), (c, vc) = headers
+        return (a, b, c), (va, vb, vc)
+    if n == 4:
+        (a, va), (b, vb), (c, vc), (d, vd) = headers
+        return (a, b, c, d), (va, vb, vc, vd)
+    if n == 5:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve) = headers
+        return (a, b, c, d, e), (va, vb, vc, vd, ve)
+    if n == 6:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf) = headers
+        return (a, b, c, d, e, f), (va, vb, vc, vd, ve, vf)
+    if n == 7:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg) = headers
+        return (a, b, c, d, e, f, g), (va, vb, vc, vd, ve, vf, vg)
+    if n == 8:
+        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg), (h, vh) = headers
+        return (a, b, c, d, e, f, g, h), (va, vb, vc, vd, ve, vf, vg, vh)
+    return tuple(map(_name_of, headers)), tuple(map(_value_of, headers))
+
+
+def _request_plan(names: tuple[bytes, ...]) -> _ReqPlan | None:
     if len(_request_plans) >= MAX_SHAPES:
         _request_plans.clear()
     shape = request_shape(names)
@@ -207,7 +238,7 @@ def _request_plan(key: tuple[bytes, ...] | bytes) -> _ReqPlan | None:
         fmt, pick = _wire_format(names, forward)
         plan = host_i, cl_i, rid_i, conn_i, len(names) > checked, _picker(forward), fmt, pick
     if sum(map(len, names)) <= MAX_MEMO_NAMES:
-        _request_plans[key] = plan
+        _request_plans[names] = plan
     return plan
 
 
@@ -273,46 +304,10 @@ def fast_request_head(
     Whatever is not plainly acceptable here goes to the full check, which decides (and
     words any error): this path never rejects by itself. Hot code, written for CPython
     3.11's costs: helpers inlined (a Python call costs more than most of what is done
-    here), the names and values of up to 8 fields unpacked directly (``tuple(map(...))``
-    costs several times more), the head built without a call to ``__init__``.
+    here), the names and values split by :func:`_split_fields`, the head built without a
+    call to ``__init__``.
     """
-    names: tuple[bytes, ...] | bytes
-    values: tuple[bytes, ...]
-    n = len(headers)
-    if n == 1:
-        ((names, va),) = headers  # the plan's key: the name itself
-        values = (va,)
-    elif n == 2:
-        (a, va), (b, vb) = headers
-        names = (a, b)
-        values = (va, vb)
-    elif n == 3:
-        (a, va), (b, vb), (c, vc) = headers
-        names = (a, b, c)
-        values = (va, vb, vc)
-    elif n == 4:
-        (a, va), (b, vb), (c, vc), (d, vd) = headers
-        names = (a, b, c, d)
-        values = (va, vb, vc, vd)
-    elif n == 5:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve) = headers
-        names = (a, b, c, d, e)
-        values = (va, vb, vc, vd, ve)
-    elif n == 6:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf) = headers
-        names = (a, b, c, d, e, f)
-        values = (va, vb, vc, vd, ve, vf)
-    elif n == 7:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg) = headers
-        names = (a, b, c, d, e, f, g)
-        values = (va, vb, vc, vd, ve, vf, vg)
-    elif n == 8:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg), (h, vh) = headers
-        names = (a, b, c, d, e, f, g, h)
-        values = (va, vb, vc, vd, ve, vf, vg, vh)
-    else:
-        names = tuple(map(_name_of, headers))
-        values = tuple(map(_value_of, headers))
+    names, values = _split_fields(headers)
     try:
         plan = _request_plans[names]
     except KeyError:
@@ -412,44 +407,7 @@ def fast_response_head(
     As for requests (and written the same way), anything not plainly acceptable goes to
     the full check.
     """
-    names: tuple[bytes, ...]
-    values: tuple[bytes, ...]
-    n = len(headers)
-    if n == 1:
-        ((a, va),) = headers
-        names = (a,)
-        values = (va,)
-    elif n == 2:
-        (a, va), (b, vb) = headers
-        names = (a, b)
-        values = (va, vb)
-    elif n == 3:
-        (a, va), (b, vb), (c, vc) = headers
-        names = (a, b, c)
-        values = (va, vb, vc)
-    elif n == 4:
-        (a, va), (b, vb), (c, vc), (d, vd) = headers
-        names = (a, b, c, d)
-        values = (va, vb, vc, vd)
-    elif n == 5:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve) = headers
-        names = (a, b, c, d, e)
-        values = (va, vb, vc, vd, ve)
-    elif n == 6:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf) = headers
-        names = (a, b, c, d, e, f)
-        values = (va, vb, vc, vd, ve, vf)
-    elif n == 7:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg) = headers
-        names = (a, b, c, d, e, f, g)
-        values = (va, vb, vc, vd, ve, vf, vg)
-    elif n == 8:
-        (a, va), (b, vb), (c, vc), (d, vd), (e, ve), (f, vf), (g, vg), (h, vh) = headers
-        names = (a, b, c, d, e, f, g, h)
-        values = (va, vb, vc, vd, ve, vf, vg, vh)
-    else:
-        names = tuple(map(_name_of, headers))
-        values = tuple(map(_value_of, headers))
+    names, values = _split_fields(headers)
     try:
         plan = _response_plans[names]
     except KeyError:
