@@ -8,8 +8,9 @@ bundle de-duplication, :mod:`plait.proxy.tls`). Reading them here keeps ``crypto
 here verifies a signature: chains are verified by OpenSSL (the ``ssl`` module) before
 any of this is asked.
 
-Strict DER only; anything else raises :class:`DerError` (a ``ValueError``) saying what is
-wrong and where, never a crash and never a half-read certificate:
+Strict DER only (read by :mod:`plait.identity.der`); anything else raises
+:class:`DerError` (a ``ValueError``) saying what is wrong and where, never a crash and
+never a half-read certificate:
 
 - one-byte tags, definite minimal lengths, no trailing bytes at any level;
 - INTEGERs minimally encoded, BOOLEANs ``00``/``FF``, BIT STRINGs with zero padding;
@@ -29,7 +30,37 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+
+from plait.identity.der import (
+    BIT_STRING,
+    BMP_STRING,
+    BOOLEAN,
+    IA5_STRING,
+    INTEGER,
+    NUMERIC_STRING,
+    OCTET_STRING,
+    OID,
+    PRINTABLE_STRING,
+    SEQUENCE,
+    SET,
+    T61_STRING,
+    UNIVERSAL_STRING,
+    UTF8_STRING,
+    VISIBLE_STRING,
+    DerError,
+    DerReader,
+    check_named_bits,
+    check_nesting,
+    read_ascii,
+    read_bit_string,
+    read_boolean,
+    read_integer,
+    read_oid,
+    read_string,
+    read_time,
+    sub_reader,
+)
 
 __all__ = [
     "BasicConstraints",
@@ -45,26 +76,6 @@ __all__ = [
     "read_private_key",
 ]
 
-# universal tags
-BOOLEAN = 0x01
-INTEGER = 0x02
-BIT_STRING = 0x03
-OCTET_STRING = 0x04
-NULL = 0x05
-OID = 0x06
-UTF8_STRING = 0x0C
-NUMERIC_STRING = 0x12
-PRINTABLE_STRING = 0x13
-T61_STRING = 0x14
-IA5_STRING = 0x16
-UTC_TIME = 0x17
-GENERALIZED_TIME = 0x18
-VISIBLE_STRING = 0x1A
-UNIVERSAL_STRING = 0x1C
-BMP_STRING = 0x1E
-SEQUENCE = 0x30
-SET = 0x31
-
 # object identifiers (dotted)
 OID_BASIC_CONSTRAINTS = "2.5.29.19"
 OID_SUBJECT_ALT_NAME = "2.5.29.17"
@@ -73,244 +84,13 @@ OID_COMMON_NAME = "2.5.4.3"
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_P256 = "1.2.840.10045.3.1.7"
 
-MAX_DEPTH = 32  # nesting, far beyond any certificate (directoryName in a SAN: about 6)
 SAN_URI = 0x86  # uniformResourceIdentifier [6] IMPLICIT IA5String
-
-_PRINTABLE = re.compile(rb"[A-Za-z0-9 '()+,\-./:=?]*")
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END ([A-Z0-9 ]+)-----", re.DOTALL
 )
 _B64 = re.compile(rb"[A-Za-z0-9+/=\s]*")
 # the DER prefix of a P-256 SubjectPublicKeyInfo, up to the 65-byte uncompressed point
 _P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
-
-
-class DerError(ValueError):
-    """The bytes are not the strict DER structure expected; the message says where."""
-
-
-# -- TLV reading ----------------------------------------------------------------------
-
-
-class _Reader:
-    """Sequential TLV reader over ``data[pos:end]``."""
-
-    __slots__ = ("data", "end", "pos", "what")
-
-    def __init__(self, data: bytes, what: str, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-        self.what = what
-
-    def at_end(self) -> bool:
-        return self.pos >= self.end
-
-    def peek(self) -> int | None:
-        return None if self.pos >= self.end else self.data[self.pos]
-
-    def read(self) -> tuple[int, bytes, bytes]:
-        """``(tag, content, whole TLV)``; the next element, strictly checked."""
-        data, start, end = self.data, self.pos, self.end
-        if start >= end:
-            raise DerError(f"{self.what}: truncated (an element is missing)")
-        tag = data[start]
-        if tag & 0x1F == 0x1F:
-            raise DerError(f"{self.what}: multi-byte tags are not supported")
-        if tag == 0:
-            raise DerError(f"{self.what}: tag 0 (end-of-contents) in DER")
-        if start + 1 >= end:
-            raise DerError(f"{self.what}: truncated length")
-        first = data[start + 1]
-        pos = start + 2
-        if first < 0x80:
-            length = first
-        elif first == 0x80:
-            raise DerError(f"{self.what}: indefinite length is not DER")
-        else:
-            count = first & 0x7F
-            if count > 4:
-                raise DerError(f"{self.what}: length too large")
-            if pos + count > end:
-                raise DerError(f"{self.what}: truncated length")
-            raw = data[pos : pos + count]
-            if raw[0] == 0:
-                raise DerError(f"{self.what}: non-minimal length encoding")
-            length = int.from_bytes(raw, "big")
-            if length < 0x80:
-                raise DerError(f"{self.what}: non-minimal length encoding")
-            pos += count
-        if pos + length > end:
-            raise DerError(f"{self.what}: truncated (length {length} past the end)")
-        self.pos = pos + length
-        return tag, data[pos : pos + length], data[start : pos + length]
-
-    def expect(self, tag: int, name: str) -> bytes:
-        got, content, _ = self.read()
-        if got != tag:
-            raise DerError(f"{self.what}: expected {name} (tag 0x{tag:02x}), got tag 0x{got:02x}")
-        return content
-
-    def expect_tlv(self, tag: int, name: str) -> tuple[bytes, bytes]:
-        got, content, whole = self.read()
-        if got != tag:
-            raise DerError(f"{self.what}: expected {name} (tag 0x{tag:02x}), got tag 0x{got:02x}")
-        return content, whole
-
-    def done(self) -> None:
-        if self.pos != self.end:
-            raise DerError(f"{self.what}: {self.end - self.pos} unexpected trailing bytes")
-
-
-def _sub(content: bytes, what: str) -> _Reader:
-    return _Reader(content, what)
-
-
-def _check_nesting(data: bytes, what: str, depth: int = 0) -> None:
-    """Every constructed element parses as TLVs all the way down (no junk hidden inside)."""
-    if depth > MAX_DEPTH:
-        raise DerError(f"{what}: nested too deeply")
-    r = _Reader(data, what)
-    while not r.at_end():
-        tag, content, _ = r.read()
-        if tag & 0x20:
-            _check_nesting(content, what, depth + 1)
-
-
-# -- primitive values -----------------------------------------------------------------
-
-
-def _integer(content: bytes, what: str) -> int:
-    if not content:
-        raise DerError(f"{what}: empty INTEGER")
-    if len(content) > 1 and (
-        (content[0] == 0x00 and content[1] < 0x80) or (content[0] == 0xFF and content[1] >= 0x80)
-    ):
-        raise DerError(f"{what}: non-minimal INTEGER encoding")
-    return int.from_bytes(content, "big", signed=True)
-
-
-def _boolean(content: bytes, what: str) -> bool:
-    if content == b"\xff":
-        return True
-    if content == b"\x00":
-        return False
-    raise DerError(f"{what}: a DER BOOLEAN is one byte, 00 or FF")
-
-
-def _bit_string(content: bytes, what: str) -> bytes:
-    """The bits as bytes; only whole bytes (no unused bits) are accepted."""
-    if not content:
-        raise DerError(f"{what}: empty BIT STRING")
-    if content[0] != 0:
-        raise DerError(f"{what}: BIT STRING with unused bits")
-    return content[1:]
-
-
-def _named_bits(content: bytes, what: str) -> None:
-    """A BIT STRING that may have unused bits (KeyUsage): they must be zero."""
-    if not content or content[0] > 7 or (len(content) == 1 and content[0] != 0):
-        raise DerError(f"{what}: malformed BIT STRING")
-    if content[-1] & ((1 << content[0]) - 1):
-        raise DerError(f"{what}: BIT STRING padding bits are not zero")
-
-
-_OID_CACHE: dict[bytes, str] = {}  # the few OIDs certificates use, decoded once
-_OID_CACHE_MAX = 512
-
-
-def _oid(content: bytes, what: str) -> str:
-    cached = _OID_CACHE.get(content)
-    if cached is not None:
-        return cached
-    text = _decode_oid(content, what)
-    if len(_OID_CACHE) < _OID_CACHE_MAX:
-        _OID_CACHE[content] = text
-    return text
-
-
-def _decode_oid(content: bytes, what: str) -> str:
-    if not content:
-        raise DerError(f"{what}: empty OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    value = 0
-    started = False
-    for byte in content:
-        if not started and byte == 0x80:
-            raise DerError(f"{what}: non-minimal OBJECT IDENTIFIER encoding")
-        started = True
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            arcs.append(value)
-            value = 0
-            started = False
-    if started:
-        raise DerError(f"{what}: truncated OBJECT IDENTIFIER")
-    first = arcs[0]
-    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
-    return ".".join(str(a) for a in head + arcs[1:])
-
-
-def _ascii(content: bytes, what: str) -> str:
-    try:
-        return content.decode("ascii")
-    except UnicodeDecodeError:
-        raise DerError(f"{what}: IA5String with a non-ASCII byte") from None
-
-
-def _string(tag: int, content: bytes, what: str) -> str:
-    """A directory string attribute value as text."""
-    try:
-        if tag == UTF8_STRING:
-            return content.decode("utf-8")
-        if tag == PRINTABLE_STRING:
-            if not _PRINTABLE.fullmatch(content):
-                raise DerError(f"{what}: PrintableString with a character it cannot hold")
-            return content.decode("ascii")
-        if tag in (IA5_STRING, VISIBLE_STRING, NUMERIC_STRING):
-            return _ascii(content, what)
-        if tag == T61_STRING:
-            return content.decode("latin-1")
-        if tag == BMP_STRING:
-            return content.decode("utf-16-be")
-        if tag == UNIVERSAL_STRING:
-            return content.decode("utf-32-be")
-    except UnicodeDecodeError:
-        raise DerError(f"{what}: a string that does not decode") from None
-    raise DerError(f"{what}: not a string type (tag 0x{tag:02x})")
-
-
-def _time(tag: int, content: bytes, what: str) -> datetime:
-    try:
-        text = content.decode("ascii")
-    except UnicodeDecodeError:
-        raise DerError(f"{what}: a time with a non-ASCII byte") from None
-    if tag == UTC_TIME:
-        if len(text) != 13 or not text[:12].isdigit() or text[12] != "Z":
-            raise DerError(f"{what}: UTCTime must be YYMMDDHHMMSSZ, got {text!r}")
-        yy = int(text[0:2])
-        year = 1900 + yy if yy >= 50 else 2000 + yy
-        rest = text[2:12]
-    elif tag == GENERALIZED_TIME:
-        if len(text) != 15 or not text[:14].isdigit() or text[14] != "Z":
-            raise DerError(f"{what}: GeneralizedTime must be YYYYMMDDHHMMSSZ, got {text!r}")
-        year = int(text[0:4])
-        rest = text[4:14]
-    else:
-        raise DerError(f"{what}: expected UTCTime or GeneralizedTime, got tag 0x{tag:02x}")
-    try:
-        return datetime(
-            year,
-            int(rest[0:2]),
-            int(rest[2:4]),
-            int(rest[4:6]),
-            int(rest[6:8]),
-            int(rest[8:10]),
-            tzinfo=UTC,
-        )
-    except ValueError:
-        raise DerError(f"{what}: not a valid date and time: {text!r}") from None
-
 
 _NULL = b"\x05\x00"
 # The algorithms a certificate may use, with their parameters: "oid" a named curve, "null"
@@ -348,15 +128,15 @@ _CURVES = frozenset(
 def _algorithm(content: bytes, what: str, known: dict[str, str]) -> tuple[str, bytes]:
     """An AlgorithmIdentifier of ``known``: its OID and its parameters' TLV (b"" when
     absent)."""
-    r = _sub(content, what)
-    oid = _oid(r.expect(OID, "an algorithm OBJECT IDENTIFIER"), what)
+    r = sub_reader(content, what)
+    oid = read_oid(r.expect(OID, "an algorithm OBJECT IDENTIFIER"), what)
     params = b""
     tag = 0
     value = b""
     if not r.at_end():
         tag, value, params = r.read()
         if tag & 0x20:
-            _check_nesting(value, what)
+            check_nesting(value, what)
     r.done()
     kind = known.get(oid)
     if kind is None:
@@ -372,7 +152,7 @@ def _algorithm(content: bytes, what: str, known: dict[str, str]) -> tuple[str, b
     if not ok:
         raise DerError(f"{what}: parameters that algorithm {oid} does not take")
     if kind == "oid":
-        curve = _oid(value, what)
+        curve = read_oid(value, what)
         if curve not in _CURVES:
             raise DerError(f"{what}: unsupported elliptic curve {curve}")
     return oid, params
@@ -398,19 +178,19 @@ _STRING_TAGS = frozenset(
 def _name(content: bytes, what: str) -> tuple[tuple[str, str], ...]:
     """A Name as ``(oid, text)`` pairs in order (every value must be a string type)."""
     out: list[tuple[str, str]] = []
-    rdns = _sub(content, what)
+    rdns = sub_reader(content, what)
     while not rdns.at_end():
-        rdn = _sub(rdns.expect(SET, "a relative distinguished name (SET)"), what)
+        rdn = sub_reader(rdns.expect(SET, "a relative distinguished name (SET)"), what)
         if rdn.at_end():
             raise DerError(f"{what}: an empty relative distinguished name")
         while not rdn.at_end():
-            atv = _sub(rdn.expect(SEQUENCE, "an attribute (SEQUENCE)"), what)
-            oid = _oid(atv.expect(OID, "an attribute type"), what)
+            atv = sub_reader(rdn.expect(SEQUENCE, "an attribute (SEQUENCE)"), what)
+            oid = read_oid(atv.expect(OID, "an attribute type"), what)
             tag, value, _ = atv.read()
             atv.done()
             if tag not in _STRING_TAGS:
                 raise DerError(f"{what}: attribute {oid} is not a string (tag 0x{tag:02x})")
-            text = _string(tag, value, f"{what} ({oid})")
+            text = read_string(tag, value, f"{what} ({oid})")
             out.append((oid, text))
     return tuple(out)
 
@@ -433,15 +213,15 @@ class BasicConstraints:
 
 def _extensions(content: bytes) -> tuple[Extension, ...]:
     what = "extensions"
-    r = _sub(content, what)
+    r = sub_reader(content, what)
     out: list[Extension] = []
     seen: set[str] = set()
     while not r.at_end():
-        e = _sub(r.expect(SEQUENCE, "an extension (SEQUENCE)"), what)
-        oid = _oid(e.expect(OID, "an extension id"), what)
+        e = sub_reader(r.expect(SEQUENCE, "an extension (SEQUENCE)"), what)
+        oid = read_oid(e.expect(OID, "an extension id"), what)
         critical = False
         if e.peek() == BOOLEAN:
-            critical = _boolean(e.expect(BOOLEAN, "critical"), f"extension {oid}")
+            critical = read_boolean(e.expect(BOOLEAN, "critical"), f"extension {oid}")
             if not critical:
                 raise DerError(f"extension {oid}: critical FALSE must be omitted in DER")
         value = e.expect(OCTET_STRING, "an extension value (OCTET STRING)")
@@ -464,11 +244,11 @@ def _check_extension(ext: Extension) -> None:
     """The value is one well-formed TLV; the extensions plait's CA writes (and the two it
     reads) are checked field by field."""
     what = f"extension {ext.oid}"
-    r = _Reader(ext.value, what)
+    r = DerReader(ext.value, what)
     tag, content, _ = r.read()
     r.done()
     if tag & 0x20:
-        _check_nesting(content, what)
+        check_nesting(content, what)
     if ext.oid == OID_BASIC_CONSTRAINTS:
         _basic_constraints(ext.value)
     elif ext.oid in (OID_SUBJECT_ALT_NAME, OID_ISSUER_ALT_NAME):
@@ -476,27 +256,27 @@ def _check_extension(ext: Extension) -> None:
     elif ext.oid == OID_KEY_USAGE:
         if tag != BIT_STRING:
             raise DerError(f"{what}: KeyUsage is a BIT STRING")
-        _named_bits(content, what)
+        check_named_bits(content, what)
     elif ext.oid == OID_EXTENDED_KEY_USAGE:
         if tag != SEQUENCE:
             raise DerError(f"{what}: ExtendedKeyUsage is a SEQUENCE")
-        er = _sub(content, what)
+        er = sub_reader(content, what)
         while not er.at_end():
-            _oid(er.expect(OID, "a key purpose OBJECT IDENTIFIER"), what)
+            read_oid(er.expect(OID, "a key purpose OBJECT IDENTIFIER"), what)
     elif ext.oid == OID_SUBJECT_KEY_ID:
         if tag != OCTET_STRING:
             raise DerError(f"{what}: SubjectKeyIdentifier is an OCTET STRING")
     elif ext.oid == OID_AUTHORITY_KEY_ID:
         if tag != SEQUENCE:
             raise DerError(f"{what}: AuthorityKeyIdentifier is a SEQUENCE")
-        ar = _sub(content, what)
+        ar = sub_reader(content, what)
         for want in (0x80, 0xA1, 0x82):
             if ar.peek() == want:
                 _, field, _ = ar.read()
                 if want == 0xA1:
                     _general_names(tlv_sequence(field))
                 elif want == 0x82:
-                    _integer(field, what)
+                    read_integer(field, what)
         ar.done()
 
 
@@ -511,17 +291,17 @@ def tlv_sequence(content: bytes) -> bytes:
 
 def _basic_constraints(value: bytes) -> BasicConstraints:
     what = "BasicConstraints"
-    outer = _Reader(value, what)
-    r = _sub(outer.expect(SEQUENCE, "SEQUENCE"), what)
+    outer = DerReader(value, what)
+    r = sub_reader(outer.expect(SEQUENCE, "SEQUENCE"), what)
     outer.done()
     ca = False
     path_length: int | None = None
     if r.peek() == BOOLEAN:
-        ca = _boolean(r.expect(BOOLEAN, "cA"), what)
+        ca = read_boolean(r.expect(BOOLEAN, "cA"), what)
         if not ca:
             raise DerError(f"{what}: cA FALSE must be omitted in DER")
     if r.peek() == INTEGER:
-        path_length = _integer(r.expect(INTEGER, "pathLenConstraint"), what)
+        path_length = read_integer(r.expect(INTEGER, "pathLenConstraint"), what)
         if path_length < 0:
             raise DerError(f"{what}: negative pathLenConstraint")
     r.done()
@@ -531,31 +311,31 @@ def _basic_constraints(value: bytes) -> BasicConstraints:
 def _general_names(value: bytes) -> tuple[tuple[int, bytes], ...]:
     """SubjectAltName: ``(tag, content)`` per GeneralName, each checked for its type."""
     what = "SubjectAltName"
-    outer = _Reader(value, what)
-    r = _sub(outer.expect(SEQUENCE, "SEQUENCE"), what)
+    outer = DerReader(value, what)
+    r = sub_reader(outer.expect(SEQUENCE, "SEQUENCE"), what)
     outer.done()
     out: list[tuple[int, bytes]] = []
     while not r.at_end():
         tag, content, _ = r.read()
         if tag in (0x81, 0x82, SAN_URI):  # rfc822Name, dNSName, URI: IA5String
-            _ascii(content, what)
+            read_ascii(content, what)
         elif tag == 0x87:  # iPAddress
             if len(content) not in (4, 16):
                 raise DerError(f"{what}: an iPAddress of {len(content)} bytes")
         elif tag == 0x88:  # registeredID
-            _oid(content, what)
+            read_oid(content, what)
         elif tag == 0xA4:  # directoryName: [4] EXPLICIT Name
-            dr = _sub(content, what)
+            dr = sub_reader(content, what)
             _name(dr.expect(SEQUENCE, "a directoryName (Name)"), what)
             dr.done()
         elif tag == 0xA0:  # otherName: type-id OID, [0] EXPLICIT value
-            orr = _sub(content, what)
-            _oid(orr.expect(OID, "an otherName type"), what)
-            vr = _sub(orr.expect(0xA0, "an otherName value [0]"), what)
+            orr = sub_reader(content, what)
+            read_oid(orr.expect(OID, "an otherName type"), what)
+            vr = sub_reader(orr.expect(0xA0, "an otherName value [0]"), what)
             vr.read()
             vr.done()
             orr.done()
-            _check_nesting(content, what)
+            check_nesting(content, what)
         else:
             # x400Address and ediPartyName too: nothing plait meets uses them
             raise DerError(f"{what}: unsupported GeneralName tag 0x{tag:02x}")
@@ -621,42 +401,42 @@ def read_certificate(der: bytes) -> Certificate:
     if not isinstance(der, bytes | bytearray | memoryview):
         raise DerError(f"a certificate is bytes, got {type(der).__name__}")
     der = bytes(der)
-    top = _Reader(der, "certificate")
+    top = DerReader(der, "certificate")
     cert_body, whole = top.expect_tlv(SEQUENCE, "Certificate (SEQUENCE)")
     top.done()
-    cert = _sub(cert_body, "certificate")
+    cert = sub_reader(cert_body, "certificate")
     tbs_body = cert.expect(SEQUENCE, "TBSCertificate (SEQUENCE)")
     outer_alg = cert.expect(SEQUENCE, "signatureAlgorithm (SEQUENCE)")
-    _bit_string(cert.expect(BIT_STRING, "signatureValue (BIT STRING)"), "signatureValue")
+    read_bit_string(cert.expect(BIT_STRING, "signatureValue (BIT STRING)"), "signatureValue")
     cert.done()
 
-    tbs = _sub(tbs_body, "TBSCertificate")
+    tbs = sub_reader(tbs_body, "TBSCertificate")
     version = 0
     if tbs.peek() == 0xA0:
-        vr = _sub(tbs.expect(0xA0, "version [0]"), "version")
-        version = _integer(vr.expect(INTEGER, "version INTEGER"), "version")
+        vr = sub_reader(tbs.expect(0xA0, "version [0]"), "version")
+        version = read_integer(vr.expect(INTEGER, "version INTEGER"), "version")
         vr.done()
         if version != 2:
             raise DerError(f"certificate version {version + 1} is not supported (v1 or v3 only)")
-    serial = _integer(tbs.expect(INTEGER, "serialNumber"), "serialNumber")
+    serial = read_integer(tbs.expect(INTEGER, "serialNumber"), "serialNumber")
     inner_alg = tbs.expect(SEQUENCE, "signature (SEQUENCE)")
     if inner_alg != outer_alg:
         raise DerError("the TBSCertificate signature algorithm differs from the outer one")
     _algorithm(inner_alg, "signature algorithm", _SIGNATURE_ALGORITHMS)
     issuer = _name(tbs.expect(SEQUENCE, "issuer (Name)"), "issuer")
-    validity = _sub(tbs.expect(SEQUENCE, "validity (SEQUENCE)"), "validity")
+    validity = sub_reader(tbs.expect(SEQUENCE, "validity (SEQUENCE)"), "validity")
     tag, content, _ = validity.read()
-    not_before = _time(tag, content, "notBefore")
+    not_before = read_time(tag, content, "notBefore")
     tag, content, _ = validity.read()
-    not_after = _time(tag, content, "notAfter")
+    not_after = read_time(tag, content, "notAfter")
     validity.done()
     subject = _name(tbs.expect(SEQUENCE, "subject (Name)"), "subject")
     spki_body, spki = tbs.expect_tlv(SEQUENCE, "subjectPublicKeyInfo (SEQUENCE)")
-    sr = _sub(spki_body, "subjectPublicKeyInfo")
+    sr = sub_reader(spki_body, "subjectPublicKeyInfo")
     key_alg, key_params = _algorithm(
         sr.expect(SEQUENCE, "algorithm (SEQUENCE)"), "public key algorithm", _KEY_ALGORITHMS
     )
-    public_key = _bit_string(sr.expect(BIT_STRING, "subjectPublicKey"), "subjectPublicKey")
+    public_key = read_bit_string(sr.expect(BIT_STRING, "subjectPublicKey"), "subjectPublicKey")
     sr.done()
     if tbs.peek() in (0x81, 0x82):
         raise DerError("issuer/subject unique identifiers are not supported")
@@ -664,7 +444,7 @@ def read_certificate(der: bytes) -> Certificate:
     if tbs.peek() == 0xA3:
         if version != 2:
             raise DerError("extensions in a certificate that is not v3")
-        er = _sub(tbs.expect(0xA3, "extensions [3]"), "extensions")
+        er = sub_reader(tbs.expect(0xA3, "extensions [3]"), "extensions")
         extensions = _extensions(er.expect(SEQUENCE, "Extensions (SEQUENCE)"))
         er.done()
         for ext in extensions:
@@ -756,21 +536,21 @@ _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 def _ec_private_key(content: bytes, curve_params: bytes | None, what: str) -> bytes | None:
     """An ECPrivateKey (RFC 5915); its public point or None. ``curve_params`` is the
     curve from the PKCS#8 wrapper (None for a bare SEC1 key, which must name it)."""
-    r = _sub(content, what)
-    if _integer(r.expect(INTEGER, "version"), what) != 1:
+    r = sub_reader(content, what)
+    if read_integer(r.expect(INTEGER, "version"), what) != 1:
         raise DerError(f"{what}: ECPrivateKey version must be 1")
     scalar = r.expect(OCTET_STRING, "privateKey (OCTET STRING)")
     if not 1 <= len(scalar) <= 32 or not any(scalar):
         raise DerError(f"{what}: not a P-256 private key (bad length)")
     params: bytes | None = None
     if r.peek() == 0xA0:
-        pr = _sub(r.expect(0xA0, "parameters [0]"), what)
+        pr = sub_reader(r.expect(0xA0, "parameters [0]"), what)
         _, _, params = pr.read()
         pr.done()
     point: bytes | None = None
     if r.peek() == 0xA1:
-        pk = _sub(r.expect(0xA1, "publicKey [1]"), what)
-        point = _bit_string(pk.expect(BIT_STRING, "publicKey (BIT STRING)"), what)
+        pk = sub_reader(r.expect(0xA1, "publicKey [1]"), what)
+        point = read_bit_string(pk.expect(BIT_STRING, "publicKey (BIT STRING)"), what)
         pk.done()
     r.done()
     curve = params if params is not None else curve_params
@@ -794,11 +574,11 @@ def read_private_key(pem: bytes, what: str = "key") -> PrivateKeyInfo:
     if name == "EC PRIVATE KEY":
         point = _ec_private_key(_one(der, what), None, what)
     elif name == "PRIVATE KEY":
-        r = _sub(_one(der, what), what)
-        if _integer(r.expect(INTEGER, "version"), what) not in (0, 1):
+        r = sub_reader(_one(der, what), what)
+        if read_integer(r.expect(INTEGER, "version"), what) not in (0, 1):
             raise DerError(f"{what}: unknown PKCS#8 version")
-        alg_r = _sub(r.expect(SEQUENCE, "privateKeyAlgorithm"), what)
-        alg = _oid(alg_r.expect(OID, "an algorithm OBJECT IDENTIFIER"), what)
+        alg_r = sub_reader(r.expect(SEQUENCE, "privateKeyAlgorithm"), what)
+        alg = read_oid(alg_r.expect(OID, "an algorithm OBJECT IDENTIFIER"), what)
         if alg != OID_EC_PUBLIC_KEY:
             raise DerError(f"{what}: expected an ECDSA P-256 key (algorithm {alg})")
         _, _, params = alg_r.read()
@@ -814,7 +594,7 @@ def read_private_key(pem: bytes, what: str = "key") -> PrivateKeyInfo:
 
 
 def _one(der: bytes, what: str) -> bytes:
-    r = _Reader(der, what)
+    r = DerReader(der, what)
     content = r.expect(SEQUENCE, "SEQUENCE")
     r.done()
     return content

@@ -341,16 +341,16 @@ def test_malformed_outer_structure(edit: object, message: str) -> None:
 def split_tbs(tbs: bytes) -> tuple[bytes, bytes]:
     """``(the TBS fields before the extensions, the Extensions SEQUENCE's content)``,
     walked element by element (a 0xA3 byte may also occur inside the key or serial)."""
-    from plait.identity.x509_reader import _Reader
+    from plait.identity.der import DerReader
 
-    body = _Reader(tbs, "t").expect(0x30, "TBSCertificate")
-    r = _Reader(body, "t")
+    body = DerReader(tbs, "t").expect(0x30, "TBSCertificate")
+    r = DerReader(body, "t")
     head = b""
     while not r.at_end():
         tag, content, whole = r.read()
         if tag == 0xA3:
             assert r.at_end()
-            return head, _Reader(content, "t").expect(0x30, "Extensions")
+            return head, DerReader(content, "t").expect(0x30, "Extensions")
         head += whole
     raise AssertionError("no extensions")
 
