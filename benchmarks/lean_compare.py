@@ -26,24 +26,9 @@ sys.path.insert(0, str(HERE))
 import load  # noqa: E402
 import plait_case  # noqa: E402
 from peers import SERVICE, PeerSet  # noqa: E402
-from procs import CLK_TCK, Procs, descendants, free_port, parse_proc_stat, wait_http_ok  # noqa: E402
+from procs import Procs, cpu_times, free_port, wait_http_ok  # noqa: E402
 
 PROXY_CPU, SIDE_CPU = 0, 1
-
-
-def user_sys(pids: list[int]) -> tuple[float, float]:
-    """utime and stime, in seconds, of ``pids`` and their descendants."""
-    user = system = 0
-    for root in pids:
-        for pid in descendants(root):
-            try:
-                text = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            _, utime, stime = parse_proc_stat(text)
-            user += utime
-            system += stime
-    return user / CLK_TCK, system / CLK_TCK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                     return load.wrk_argv(url, host=SERVICE, connections=50, threads=1, duration=s)
 
                 load.run_wrk(wrk(1), cpu=SIDE_CPU, timeout=30)
-                u0, s0 = user_sys(pids)
+                u0, s0 = cpu_times(pids)
                 res, _ = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 30)
-                u1, s1 = user_sys(pids)
+                u1, s1 = cpu_times(pids)
                 n = res["requests"]
                 run = (res["rps"], (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6)
                 runs[name].append(run)

@@ -90,16 +90,22 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime, in seconds, of ``pids`` and their descendants."""
-    total = 0
+def cpu_times(pids: Sequence[int]) -> tuple[float, float]:
+    """(utime, stime), in seconds, of ``pids`` and their descendants."""
+    user = system = 0
     for root in pids:
         for p in descendants(root):
             text = _read(f"/proc/{p}/stat")
             if text is not None:
                 _, utime, stime = parse_proc_stat(text)
-                total += utime + stime
-    return total / CLK_TCK
+                user += utime
+                system += stime
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime, in seconds, of ``pids`` and their descendants."""
+    return sum(cpu_times(pids))
 
 
 def cpu_busy_ticks() -> dict[int, tuple[int, int]]:

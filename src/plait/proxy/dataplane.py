@@ -86,6 +86,17 @@ def _fast_request_id_bytes() -> bytes:
     return b"%032x" % ((_getrandbits(128) & _UUID_MASK) | _UUID_BITS)
 
 
+def _method_path(ex: Any) -> tuple[str | None, str | None]:
+    """An exchange's method and path for its log line; of a rejected head, what
+    identify_rejected() could tell (else None)."""
+    head = ex.head
+    if head is not None:
+        return head.method.decode("latin-1"), head.path
+    rejected = ex.rejection
+    method = rejected.method.decode("latin-1") if rejected and rejected.method else None
+    return method, rejected.path if rejected is not None else None
+
+
 @dataclass(eq=False)
 class ListenerSlot:
     """A bound listening socket, known by its xDS listener name."""
@@ -513,9 +524,7 @@ class DataPlane:
 
     def _rejected_text(self, ex: Any) -> tuple[str, str]:
         """The method and path of a request whose head was rejected (JSON texts)."""
-        rejected = ex.rejection
-        method = rejected.method.decode("latin-1") if rejected and rejected.method else None
-        path = rejected.path if rejected is not None else None
+        method, path = _method_path(ex)
         return json_str(method), json_str(path)
 
     def _upstream_of(self, addr: tuple[str, int] | None) -> str:
@@ -531,14 +540,7 @@ class DataPlane:
 
     def _log_record(self, ex: Any, slot: ListenerSlot, destination: str, duration: float) -> None:
         """A custom logger: the record as a dict."""
-        head = ex.head
-        if head is not None:
-            method: str | None = head.method.decode("latin-1")
-            path: str | None = head.path
-        else:
-            rejected = ex.rejection
-            method = rejected.method.decode("latin-1") if rejected and rejected.method else None
-            path = rejected.path if rejected is not None else None
+        method, path = _method_path(ex)
         upstream = ex.upstream_addr
         self._access_log.log(
             {

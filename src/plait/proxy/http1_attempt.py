@@ -84,9 +84,7 @@ class Attempt:
         if conn is not None and conn.transport is not None:
             if not self.sent:
                 self.sent = True
-                endpoint = self.endpoint  # endpoint.start(), inlined: a request sent to it
-                endpoint.active += 1
-                endpoint.total += 1
+                self.endpoint.start()
             if len(pieces) == 1:
                 conn.transport.write(pieces[0])  # the usual head-only request: no iovec
             else:

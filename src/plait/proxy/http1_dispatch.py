@@ -176,8 +176,7 @@ class Dispatch:
     def _attempt(self) -> None:
         cluster = self.cluster
         assert cluster is not None
-        tried = self.tried
-        ep = cluster.balancer.pick() if not tried else pick_endpoint(cluster.balancer, tried)
+        ep = pick_endpoint(cluster.balancer, self.tried)
         if ep is None:
             details = f"no healthy endpoint in cluster {cluster.name!r}"
             self.local_reply(503, DESTINATION_UNAVAILABLE, details)

@@ -64,6 +64,7 @@ from plait.proxy.http1_checks_request import (
     path_of,
 )
 from plait.proxy.http1_checks_response import (
+    _NO_BODY_STATUS,
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_LENGTH,
@@ -227,6 +228,23 @@ def _split_fields(
     return tuple(map(_name_of, headers)), tuple(map(_value_of, headers))
 
 
+def _set_forwarded(
+    head: RequestHead | ResponseHead,
+    fmt: bytes,
+    forward: Callable[[Fields], Fields],
+    pick: Callable[[_Values], _Values],
+    headers: Fields,
+    values: tuple[bytes, ...],
+) -> None:
+    """The head's forwarded fields, and their wire form from the shape's ``%`` format."""
+    if fmt:
+        head.headers = head.fields_wire_of = forward(headers)
+        head.fields_wire = fmt % pick(values)
+    else:  # nothing forwarded
+        head.headers = head.fields_wire_of = []
+        head.fields_wire = b""
+
+
 def _request_plan(names: tuple[bytes, ...]) -> _ReqPlan | None:
     if len(_request_plans) >= MAX_SHAPES:
         _request_plans.clear()
@@ -355,12 +373,7 @@ def fast_request_head(
     head.path = path
     head.host = authority
     head.version = version
-    if fmt:
-        head.headers = head.fields_wire_of = forward(headers)
-        head.fields_wire = fmt % pick(values)
-    else:  # nothing forwarded
-        head.headers = head.fields_wire_of = []
-        head.fields_wire = b""
+    _set_forwarded(head, fmt, forward, pick, headers, values)
     head.keep_alive = keep_alive
     head.content_length = content_length
     head.request_id = values[rid_i] if rid_i >= 0 else None
@@ -446,17 +459,12 @@ def fast_response_head(
     head = _new_head(ResponseHead)  # as in fast_request_head: every field is set
     head.status = status
     head.reason = reason
-    if fmt:
-        head.headers = head.fields_wire_of = forward(headers)
-        head.fields_wire = fmt % pick(values)
-    else:  # nothing forwarded
-        head.headers = head.fields_wire_of = []
-        head.fields_wire = b""
+    _set_forwarded(head, fmt, forward, pick, headers, values)
     head.content_length = content_length
     head.upstream_chunked = False
     head.close_downstream = not downstream_keep_alive
-    if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
-        head.downstream_body = BODY_NONE  # (_NO_BODY_STATUS: 204, 304)
+    if status < 200 or status in _NO_BODY_STATUS or request_method == b"HEAD":
+        head.downstream_body = BODY_NONE
     elif content_length is not None:
         head.downstream_body = BODY_LENGTH
     elif downstream_version == "1.0":

@@ -61,7 +61,7 @@ class EndpointState:
         return self.endpoint.healthy
 
     def start(self) -> None:
-        """A request was sent to this endpoint (``Attempt.write`` does the same inline)."""
+        """A request was sent to this endpoint."""
         self.active += 1
         self.total += 1
 
