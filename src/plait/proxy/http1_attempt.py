@@ -2,11 +2,12 @@
 
 Theory of operation. The :class:`~plait.proxy.http1_exchange.Exchange` decides (route,
 retry, answer locally, relay); an Attempt only carries out one try and reports what
-happened. It is the :class:`~plait.proxy.upstream.UpstreamHandler` of the connection it
-uses: it takes an idle keep-alive connection from the cluster's pool or opens one (with
-mTLS, pooled per local identity), writes the request head and body, and passes the
-response events back to its exchange -- while it is still the exchange's current try
-(``live``): a late event from an abandoned try is dropped.
+happened. It takes an idle keep-alive connection from the cluster's pool or opens one
+(with mTLS, pooled per local identity), binds it to its exchange -- the exchange is the
+connection's :class:`~plait.proxy.upstream.UpstreamHandler`, so response events reach it
+without a hop -- and writes the request head and body. A try that is over (``live``
+false) has unbound its connection (released to the pool, closed, or handed to a tunnel),
+so no late event of an abandoned try can reach the exchange.
 
 An Attempt owns its endpoint's load counter -- started when the first byte of the request
 leaves, finished exactly once by :meth:`Attempt.end` (a try that never sent anything only
@@ -14,7 +15,7 @@ counts a failure, if it failed) -- and its connection until it releases it to th
 (clean keep-alive end) or closes it (anything else).
 
 The flow-control reasons below (``P_*``) are why the *downstream* connection stops
-reading; an Attempt sets ``P_UPSTREAM_FULL`` when its socket's buffer fills.
+reading; the exchange sets ``P_UPSTREAM_FULL`` when its attempt's socket buffer fills.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from plait.proxy.proxy_status import (
     DESTINATION_UNAVAILABLE,
-    HTTP_PROTOCOL_ERROR,
     HTTP_RESPONSE_TIMEOUT,
     PROXY_INTERNAL_ERROR,
 )
@@ -149,7 +149,7 @@ class Attempt:
         assert head is not None
         self.conn = conn
         self.reused = reused
-        conn.begin(self, head.method == b"HEAD")
+        conn.begin(ex, head.method == b"HEAD")
         if ex.pending:
             ex.send_up([ex.head_bytes, *ex.take_pending()])
         else:
@@ -218,55 +218,3 @@ class Attempt:
         if self.paused and conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
         self.paused = False
-
-    # -- UpstreamHandler -----------------------------------------------------------------
-
-    def upstream_head(
-        self,
-        conn: UpstreamConnection,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        if self.live:
-            self.ex.response_head(self, status, reason, headers, keep_alive)
-
-    def upstream_body(self, data: bytes) -> None:
-        if self.live:
-            self.ex.response_body(data)
-
-    def uncork(self) -> None:
-        ex = self.ex
-        if ex.corked is not None:
-            ex.uncork()
-
-    def upstream_complete(
-        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
-    ) -> None:
-        if self.live:
-            self.ex.response_complete(self, trailers)
-
-    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
-        if self.live:
-            self.ex.response_upgraded(self, rest)
-        else:
-            conn.close()
-
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.live:
-            self.conn = None
-            self.ex.upstream_gone(self, conn.received, exc)
-
-    def upstream_error(
-        self, conn: UpstreamConnection, details: str, error: str = HTTP_PROTOCOL_ERROR
-    ) -> None:
-        if self.live:
-            self.conn = None
-            self.ex.attempt_failed(self, error, details, NO_RETRY)
-
-    def upstream_write_paused(self) -> None:
-        self.ex.server.pause(P_UPSTREAM_FULL)
-
-    def upstream_write_resumed(self) -> None:
-        self.ex.server.resume(P_UPSTREAM_FULL)

@@ -64,7 +64,7 @@ from plait.proxy.http1_shapes import fast_response_head
 from plait.proxy.proxy_status import CONNECTION_TERMINATED, HTTP_PROTOCOL_ERROR, HTTP_REQUEST_ERROR
 
 if TYPE_CHECKING:
-    from plait.proxy.http1_attempt import Attempt
+    from plait.proxy.upstream import UpstreamConnection
 
 __all__ = ["MAX_PENDING", "Exchange", "HeaderView"]
 
@@ -173,15 +173,21 @@ class Exchange(Dispatch):
 
     # -- responses (from the current attempt) --------------------------------------------
 
-    def response_head(
+    # The Exchange is the UpstreamHandler of its current attempt's connection: a
+    # connection reports to it only while that attempt holds it (Attempt.end, detach and
+    # the connection's own failures unbind it first), so every event here is the
+    # current attempt's.
+
+    def upstream_head(
         self,
-        attempt: Attempt,
+        conn: UpstreamConnection,
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
     ) -> None:
-        if self.done or attempt is not self.attempt:
+        attempt = self.attempt
+        if self.done or attempt is None:
             return
         head = self.head
         assert head is not None
@@ -221,7 +227,7 @@ class Exchange(Dispatch):
         self.started = True
         self.corked = render_response_head(resp, self.dp.via, ps, downstream_version=head.version)
 
-    def response_body(self, data: bytes) -> None:
+    def upstream_body(self, data: bytes) -> None:
         resp = self.resp
         if resp is None or self.done:
             return
@@ -243,9 +249,12 @@ class Exchange(Dispatch):
         else:
             transport.write(corked)
 
-    def response_complete(self, attempt: Attempt, trailers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_complete(
+        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
+    ) -> None:
         resp = self.resp
-        if self.done or attempt is not self.attempt or resp is None:
+        attempt = self.attempt
+        if self.done or attempt is None or resp is None:
             return
         tail = render_last_chunk(trailers) if resp.downstream_body == BODY_CHUNKED else b""
         corked = self.corked
@@ -262,9 +271,13 @@ class Exchange(Dispatch):
             self.close_after = True
         self._finish()
 
-    def response_upgraded(self, attempt: Attempt, rest: bytes) -> None:
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         resp = self.resp
-        if self.done or attempt is not self.attempt or resp is None or resp.status != 101:
+        attempt = self.attempt
+        if attempt is None:
+            conn.close()
+            return
+        if self.done or resp is None or resp.status != 101:
             self.attempt_failed(attempt, HTTP_PROTOCOL_ERROR, "unexpected upgrade", NO_RETRY)
             return
         conn = attempt.detach()
@@ -281,9 +294,29 @@ class Exchange(Dispatch):
         server.resume(P_UPGRADE | P_QUEUE | P_PENDING | P_UPSTREAM_FULL)
         self._finish()
 
-    def upstream_gone(self, attempt: Attempt, received: bool, exc: Exception | None) -> None:
+    def upstream_error(
+        self, conn: UpstreamConnection, details: str, error: str = HTTP_PROTOCOL_ERROR
+    ) -> None:
+        """The response is malformed; the connection is already closed."""
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.conn = None
+            self.attempt_failed(attempt, error, details, NO_RETRY)
+
+    def upstream_write_paused(self) -> None:
+        self.server.pause(P_UPSTREAM_FULL)
+
+    def upstream_write_resumed(self) -> None:
+        self.server.resume(P_UPSTREAM_FULL)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
         """The attempt's connection closed before the response was complete."""
-        if self.done or attempt is not self.attempt:
+        attempt = self.attempt
+        if attempt is None:
+            return
+        attempt.conn = None
+        received = conn.received
+        if self.done:
             attempt.end(False)
             return
         resp = self.resp
