@@ -3,10 +3,15 @@
 One mesh for the module (starting one takes seconds). Its processes are stopped by PID in
 teardown even when a test fails; ``test_down_stops_every_pid`` runs last (file order).
 Everything binds 127.0.0.1 with ports chosen by the kernel.
+
+The demo Services declare ``calls`` (examples/demo-mesh.yaml), so each proxy is scoped to
+what its app calls: requests enter at frontend's inbound listener, and
+``test_each_demo_proxy_gets_only_what_its_service_calls`` checks every proxy's clusters.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -23,6 +28,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PLAIT = Path(sys.executable).with_name("plait")
 HOSTS = ("host-frontend", "host-orders-v1", "host-orders-v2", "host-inventory")
+# What each demo proxy may call: the services its app calls (spec.calls in the demo YAML).
+SCOPES = {
+    "host-frontend": {"orders"},
+    "host-orders-v1": {"inventory"},
+    "host-orders-v2": {"inventory"},
+    "host-inventory": set(),
+}
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl"),
@@ -116,7 +128,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
             for log in sorted((state_dir / "logs").glob("*.log"))
         )
         assert up.returncode == 0, f"plait up failed:\n{out}\n{err}\n{logs}"
-        assert "curl -x http://127.0.0.1:" in out
+        assert "curl http://127.0.0.1:" in out and "/clusters" in out
         state = json.loads((state_dir / "up.json").read_text())
         yield state_dir, state
     finally:
@@ -125,12 +137,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
 
 def test_curl_through_the_mesh_goes_frontend_orders_inventory(mesh) -> None:
     _, state = mesh
-    outbound = state["hosts"]["host-frontend"]["outbound"]
+    inbound = state["hosts"]["host-frontend"]["inbound"]["frontend"]
     versions = set()
     for i in range(20):
-        reply = json.loads(
-            curl("-x", f"http://{outbound}", "-H", f"x-request-id: e2e-{i}", "http://frontend/hi")
-        )
+        reply = json.loads(curl("-H", f"x-request-id: e2e-{i}", f"http://{inbound}/hi"))
         services = [hop.split("/")[0] for hop in reply["chain"]]
         assert services == ["frontend", "orders", "inventory"], reply
         assert reply["service"] == "frontend" and reply["path"] == "/hi"
@@ -146,6 +156,56 @@ def test_the_printed_curl_commands_work(mesh) -> None:
         assert args[0] == "curl"
         reply = json.loads(curl(*args[1:]))
         assert [hop.split("/")[0] for hop in reply["chain"]] == ["frontend", "orders", "inventory"]
+
+
+def clusters_of(state: dict[str, Any], host: str) -> dict[str, Any]:
+    """``host``'s proxy's clusters (admin ``/clusters``)."""
+    admin = state["hosts"][host]["admin"].rstrip("/")
+    return dict(json.loads(curl(f"{admin}/clusters"))["clusters"])
+
+
+def outbound_services(clusters: dict[str, Any]) -> set[str]:
+    """The services of the ``outbound|<svc>`` (and ``outbound|<svc>|<subset>``) clusters."""
+    return {name.split("|")[1] for name in clusters if name.startswith("outbound|")}
+
+
+def via_outbound(state: dict[str, Any], host: str, url: str) -> tuple[int, str, bytes]:
+    """``GET url`` through ``host``'s outbound proxy: status, Proxy-Status, body."""
+    address, _, port = state["hosts"][host]["outbound"].rpartition(":")
+    conn = http.client.HTTPConnection(address, int(port), timeout=10)
+    try:
+        conn.request("GET", url)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("proxy-status") or "", resp.read()
+    finally:
+        conn.close()
+
+
+def test_each_demo_proxy_gets_only_what_its_service_calls(mesh) -> None:
+    """Scoping by ``spec.calls``: each proxy has the clusters (with endpoints) of the
+    services its app calls and no other; a service not called is not routed."""
+    _, state = mesh
+    for host, scope in SCOPES.items():
+        clusters = clusters_of(state, host)
+        assert outbound_services(clusters) == scope, (host, sorted(clusters))
+        for svc in scope:
+            assert clusters[f"outbound|{svc}"]["endpoints"], (host, clusters[f"outbound|{svc}"])
+    subsets = {n for n in clusters_of(state, "host-frontend") if n.startswith("outbound|orders|")}
+    assert subsets == {"outbound|orders|version=v1", "outbound|orders|version=v2"}
+    # The printed inspection command shows the same thing.
+    printed = state["clusters"].split()
+    assert printed[0] == "curl"
+    assert outbound_services(json.loads(curl(*printed[1:]))["clusters"]) == SCOPES["host-frontend"]
+    # frontend calls orders, so its proxy routes there; inventory it does not call.
+    status, _, body = via_outbound(state, "host-frontend", "http://orders/scoped")
+    assert status == 200, body
+    assert [hop.split("/")[0] for hop in json.loads(body)["chain"]] == ["orders", "inventory"]
+    status, proxy_status, body = via_outbound(state, "host-frontend", "http://inventory/scoped")
+    assert status == 404, body
+    assert proxy_status.startswith('"host-frontend/outbound"'), proxy_status
+    assert "error=destination_not_found" in proxy_status, proxy_status
+    status, proxy_status, _ = via_outbound(state, "host-inventory", "http://orders/scoped")
+    assert status == 404 and "error=destination_not_found" in proxy_status, proxy_status
 
 
 def test_status_and_proxy_status_show_every_node_synced(mesh) -> None:

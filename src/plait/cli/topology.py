@@ -10,7 +10,10 @@
         mesh.add_host("host-inventory", [App("inventory")], wait=False)
         mesh.wait_started()
         mesh.wait_ready()
-        status, headers, body = mesh.request("host-orders", "http://orders/hello")
+        # orders calls inventory (its Service's spec.calls), so its proxy routes there:
+        status, headers, body = mesh.request("host-orders", "http://inventory/hello")
+        # and a client outside the mesh enters orders through its inbound listener:
+        status, headers, body = mesh.request("host-orders", "http://orders/hello", inbound=True)
     finally:
         mesh.stop()
 
@@ -348,15 +351,23 @@ class Mesh:
                 time.sleep(0.1)
 
     def wait_for_request(
-        self, via: str, url: str, check: Check | None = None, timeout: float = 60.0
+        self,
+        via: str,
+        url: str,
+        check: Check | None = None,
+        timeout: float = 60.0,
+        *,
+        inbound: bool = False,
     ) -> tuple[int, bytes]:
-        """Repeat a request through host ``via``'s proxy until ``check`` (default: 200) holds."""
+        """Repeat a request through host ``via``'s proxy until ``check`` (default: 200) holds.
+
+        ``inbound`` as for :meth:`request`."""
         check = check or (lambda status, _body: status == 200)
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             try:
-                status, _, body = self.request(via, url, timeout=5.0)
+                status, _, body = self.request(via, url, timeout=5.0, inbound=inbound)
             except OSError as exc:
                 status, body = 0, str(exc).encode()
             if check(status, body):
@@ -376,12 +387,25 @@ class Mesh:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
+        *,
+        inbound: bool = False,
     ) -> tuple[int, dict[str, str], bytes]:
-        """Send ``url`` (absolute, e.g. ``http://orders/x``) through host ``via``'s outbound."""
-        host, port = self.hosts[via].outbound
+        """Send ``url`` (absolute, e.g. ``http://orders/x``) through host ``via``'s outbound.
+
+        With ``inbound``, send it instead to ``via``'s inbound listener of the service the
+        URL names, as a client outside the mesh would (``GET /x``): that works whatever
+        the service's ``spec.calls``, which decide what its outbound proxy routes to.
+        """
+        if inbound:
+            parts = urlsplit(url)
+            host, port = self.hosts[via].inbound(parts.hostname or "")
+            target = parts.path or "/"
+            target += f"?{parts.query}" if parts.query else ""
+        else:
+            (host, port), target = self.hosts[via].outbound, url
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
-            conn.request(method, url, body=body, headers=dict(headers or {}))
+            conn.request(method, target, body=body, headers=dict(headers or {}))
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:

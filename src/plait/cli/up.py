@@ -2,12 +2,17 @@
 
 ``plait up`` starts the control plane, applies ``examples/demo-mesh.yaml``, and starts
 four demo hosts -- each one proxy and its app -- then waits until every proxy is ready
-and a request through the frontend's proxy has gone frontend -> orders -> inventory::
+and a request to frontend's inbound listener has gone frontend -> orders -> inventory::
 
     host-frontend    frontend v1  --next orders
     host-orders-v1   orders v1    --next inventory     (90% of orders traffic)
     host-orders-v2   orders v2    --next inventory     (10%)
     host-inventory   inventory v1
+
+Each demo Service declares ``calls``, exactly the ``--next`` services of its app (a unit
+test keeps ``DEMO_HOSTS`` and the YAML in step), so each proxy gets only the services its
+apps call: host-frontend's proxy has no route to frontend itself, and a client outside
+the mesh enters through frontend's inbound listener.
 
 It writes ``<state-dir>/up.json`` (API address, PIDs, ports, logs) for the other commands.
 In the foreground, Ctrl-C or SIGTERM stops everything; with ``--detach`` it returns once
@@ -86,10 +91,8 @@ def build_state(mesh: Mesh, detach: bool) -> dict[str, Any]:
         supervisor=None
         if detach
         else {"pid": os.getpid(), "start_time": process_start_time(os.getpid())},
-        curl=[
-            f"curl -x {entry.proxy_url} http://{ENTRY_SERVICE}/hello",
-            f"curl http://127.0.0.1:{entry.inbound_port(ENTRY_SERVICE)}/hello",
-        ],
+        curl=[f"curl http://127.0.0.1:{entry.inbound_port(ENTRY_SERVICE)}/hello"],
+        clusters=f"curl {entry.admin_url}/clusters",
     )
     return state
 
@@ -110,10 +113,14 @@ def print_summary(mesh: Mesh, state: dict[str, Any], first_answer: bytes, detach
     console.print(f"[bold green]plait mesh is up[/bold green] (state and logs in {where})")
     console.print(f"control plane API {mesh.api_url}  xDS {mesh.xds_address}")
     console.print(table)
-    console.print("try it (through the frontend host's outbound proxy, then its inbound directly):")
+    console.print("try it (frontend's inbound listener, as a client outside the mesh):")
     for command in state["curl"]:
         console.print(f"  {command}", soft_wrap=True, markup=False)
     console.print(f"first answer: {first_answer.decode().strip()}", soft_wrap=True, markup=False)
+    console.print(
+        f"each proxy gets only what its services call (spec.calls); {ENTRY_HOST}'s clusters:"
+    )
+    console.print(f"  {state['clusters']}", soft_wrap=True, markup=False)
     console.print("inspect: plait status | plait proxy-status | plait get Route")
     if detach:
         console.print("stop it: plait down" + _state_dir_flag(mesh.state_dir))
@@ -188,7 +195,7 @@ def up(
             mesh.wait_ready(timeout)
             progress.update("waiting for frontend -> orders -> inventory")
             _, body = mesh.wait_for_request(
-                ENTRY_HOST, f"http://{ENTRY_SERVICE}/hello", chain_ok, timeout
+                ENTRY_HOST, f"http://{ENTRY_SERVICE}/hello", chain_ok, timeout, inbound=True
             )
         state = build_state(mesh, detach)
         write_state(state_dir, state)

@@ -50,6 +50,7 @@ from mesh_harness import (
     RDS,
     RequestLoop,
     all_endpoints_known,
+    apply_unscoped,
     config_dump,
     describe_failures,
     get_json,
@@ -330,7 +331,7 @@ def test_etcd_leader_and_a_replica_killed_while_changes_are_applied(
         replicas += [start_replica(mesh, i, store_url) for i in range(1, REPLICAS)]
         bundles = {get_json(r.api + "/v1/ca/bundle", timeout=5.0)["version"] for r in replicas}
         assert len(bundles) == 1, f"the replicas serve different trust bundles: {bundles}"
-        mesh.apply(DEMO_MESH)
+        apply_unscoped(mesh, DEMO_MESH)  # every proxy gets every service (mesh_harness)
         for n, (name, apps) in enumerate(DEMO_HOSTS):
             order = [replicas[(n + k) % REPLICAS] for k in range(REPLICAS)]
             cp = {"xds": [r.xds for r in order], "api": [r.api for r in order]}

@@ -8,6 +8,13 @@ every process by PID and checks that none is left running.
 
 Health checks and heartbeats run every 0.5 s so that health changes travel through the
 mesh in about a second.
+
+The demo config is applied *unscoped* (:func:`unscoped`: without the Services'
+``spec.calls``), so that every proxy gets every service, as these tests expect: they enter
+the mesh through host-frontend's outbound listener (``http://frontend/...``), send
+requests to services other than what a host's app calls, and check that every proxy
+knows every instance. Scoping of the demo mesh as ``plait up`` runs it is tested in
+tests/e2e/test_cli_up.py and tests/unit/cli/test_demo_mesh_calls.py.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import yaml
 
 from plait.cli.supervisor import pid_alive, tail
 from plait.cli.topology import App, Mesh
+from plait.model.yaml_dialect import Loader
 
 REPO = Path(__file__).resolve().parents[3]
 DEMO_MESH = REPO / "examples" / "demo-mesh.yaml"
@@ -67,12 +75,27 @@ CURL_ENV = {
 # -- the mesh ----------------------------------------------------------------------------
 
 
+def unscoped(config: Path) -> str:
+    """``config``'s YAML without any Service's ``spec.calls``: every proxy gets everything."""
+    docs = list(yaml.load_all(config.read_text(), Loader=Loader))  # plait's dialect
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Service":
+            (doc.get("spec") or {}).pop("calls", None)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def apply_unscoped(mesh: Mesh, config: Path = DEMO_MESH) -> dict[str, Any]:
+    """Apply ``config`` (default: the demo mesh) without ``spec.calls`` (:func:`unscoped`)."""
+    return mesh.apply(config, text=unscoped(config))
+
+
 def start_mesh(
     state_dir: Path,
     hosts: Sequence[tuple[str, Sequence[App]]] = DEMO_HOSTS,
     config: Path = DEMO_MESH,
 ) -> Mesh:
-    """Start control plane, apply ``config``, start every host; wait until a request works."""
+    """Start control plane, apply ``config`` (unscoped), start every host; wait until a
+    request works."""
     mesh = Mesh(
         state_dir,
         health_check=HEALTH_CHECK,
@@ -81,7 +104,7 @@ def start_mesh(
     )
     try:
         mesh.start_control()
-        mesh.apply(config)
+        apply_unscoped(mesh, config)
         for name, apps in hosts:
             mesh.add_host(name, list(apps), wait=False)
         mesh.wait_started()

@@ -19,6 +19,7 @@ from mesh_harness import (
     RDS,
     RequestLoop,
     all_synced,
+    apply_unscoped,
     chain_of,
     config_dump,
     describe_failures,
@@ -159,11 +160,11 @@ def flip_under_load(
     with RequestLoop(entry, "http://orders/flip", rate=rate) as loop:
         origin = time.monotonic()
         for i in range(flips):
-            mesh.apply(configs[i % 2])
+            apply_unscoped(mesh, configs[i % 2])
             time.sleep(pause)
         results = loop.stop()
-    # Leave the module's mesh as it found it: the demo split.
-    mesh.apply(DEMO_MESH)
+    # Leave the module's mesh as it found it: the demo split (unscoped, as mesh_harness).
+    apply_unscoped(mesh)
     return results, origin
 
 
