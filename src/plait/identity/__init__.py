@@ -5,8 +5,9 @@ Every local service gets its own X.509-SVID: an ECDSA P-256 key made *on the hos
 service's SPIFFE id as its only URI SAN (:mod:`~plait.identity.csr`), and a certificate
 signed by the control plane's CA over HTTPS (``POST /v1/ca/sign``, docs/security.md).
 The key and the CSRs are made by a short-lived child process
-(:mod:`~plait.identity.keygen`) and certificates are read by a pure DER reader
-(:mod:`~plait.identity.x509_reader`), so the proxy process never imports cryptography.
+(:mod:`~plait.identity.keygen`), and certificates and key files are read by pure DER
+readers (:mod:`~plait.identity.x509_reader`, :mod:`~plait.identity.pem_keys`), so the
+proxy process never imports cryptography.
 
 :class:`~plait.identity.manager.IdentityManager` keeps one identity current: it asks for
 the first certificate, renews at about half-life (:mod:`~plait.identity.renewal`, pure:

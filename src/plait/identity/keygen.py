@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from plait.identity.x509_reader import DerError, pem_blocks, read_private_key
+from plait.identity.pem_keys import DerError, pem_blocks, read_private_key
 
 MODULE = "plait.identity.keygen"
 TIMEOUT = 30.0

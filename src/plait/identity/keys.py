@@ -23,7 +23,7 @@ from pathlib import Path
 
 from plait.fsutil import write_atomic
 from plait.identity.files import ensure_private_dir
-from plait.identity.x509_reader import DerError, PrivateKeyInfo, read_private_key
+from plait.identity.pem_keys import DerError, PrivateKeyInfo, read_private_key
 
 __all__ = ["KeyFileError", "PrivateKeyInfo", "load_key", "read_key", "store_key"]
 

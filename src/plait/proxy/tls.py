@@ -43,7 +43,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from plait.identity.x509_reader import DerError, der_to_pem, load_pem_certificates
+from plait.identity.pem_keys import der_to_pem
+from plait.identity.x509_reader import DerError, load_pem_certificates
 
 TRUST_BUNDLE = "trust-bundle"
 

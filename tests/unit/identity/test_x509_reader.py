@@ -11,81 +11,28 @@ from __future__ import annotations
 import ipaddress
 import warnings
 from datetime import UTC, datetime, timedelta
-from functools import cache
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from x509_factory import keys, sign, simple_cert
 
+from plait.identity.pem_keys import der_to_pem
 from plait.identity.x509_reader import (
     OID_BASIC_CONSTRAINTS,
     OID_ORGANIZATION,
     DerError,
-    der_to_pem,
     load_pem_certificates,
-    p256_spki,
-    pem_blocks,
     read_certificate,
-    read_private_key,
 )
 
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
-
-
-@cache
-def keys() -> dict[str, object]:
-    return {
-        "p256": ec.generate_private_key(ec.SECP256R1()),
-        "p384": ec.generate_private_key(ec.SECP384R1()),
-        "ed25519": ed25519.Ed25519PrivateKey.generate(),
-        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-    }
-
-
-def sign(builder: x509.CertificateBuilder, key: object) -> x509.Certificate:
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return builder.sign(key, algorithm)  # type: ignore[arg-type]
-
-
-def simple_cert(
-    uris: list[str] | None = None,
-    *,
-    ca: bool | None = False,
-    org: str | None = None,
-    extra: list[x509.ExtensionType] | None = None,
-) -> x509.Certificate:
-    key = keys()["p256"]
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, "t")]
-    if org is not None:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    name = x509.Name(attrs)
-    now = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())  # type: ignore[attr-defined]
-        .serial_number(0x1234)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(hours=1))
-    )
-    if ca is not None:
-        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    if uris is not None:
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-            critical=False,
-        )
-    for ext in extra or []:
-        b = b.add_extension(ext, critical=False)
-    return sign(b, key)
 
 
 # -- certificates cryptography makes ----------------------------------------------------
@@ -431,84 +378,3 @@ def test_bad_times_are_refused() -> None:
     for bad in (b"301302030405Z", b"300102030405+", b"3001020304x5Z"):
         with pytest.raises(DerError, match="notBefore"):
             read_certificate(der.replace(b"300102030405Z", bad, 1))
-
-
-# -- PEM ------------------------------------------------------------------------------
-
-
-def test_pem_blocks() -> None:
-    a = simple_cert(["spiffe://a/svc/a"]).public_bytes(PEM)
-    b = simple_cert(None, org="o").public_bytes(PEM)
-    key = keys()["p256"].private_bytes(  # type: ignore[attr-defined]
-        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    certs = load_pem_certificates(a + key + b)
-    assert [c.der for c in certs] == [
-        x509.load_pem_x509_certificate(a).public_bytes(DER),
-        x509.load_pem_x509_certificate(b).public_bytes(DER),
-    ]
-    assert load_pem_certificates(b"") == []
-    assert [n for n, _ in pem_blocks(a + key)] == ["CERTIFICATE", "PRIVATE KEY"]
-    with pytest.raises(DerError, match="base64"):
-        load_pem_certificates(a.replace(b"\n", b"\n*", 2))
-    with pytest.raises(DerError, match="END"):
-        load_pem_certificates(a[:-30])
-    with pytest.raises(DerError, match="ends with END"):
-        load_pem_certificates(a.replace(b"END CERTIFICATE", b"END X509 CRL"))
-    with pytest.raises(DerError):
-        load_pem_certificates(a.replace(b"M", b"N", 3))  # base64 of something else
-
-
-# -- private keys ---------------------------------------------------------------------
-
-
-def pem_of(key: object, fmt: serialization.PrivateFormat, password: bytes | None = None) -> bytes:
-    enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
-    )
-    return key.private_bytes(PEM, fmt, enc)  # type: ignore[attr-defined, no-any-return]
-
-
-@pytest.mark.parametrize(
-    "fmt", [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL]
-)
-def test_p256_private_keys_and_their_public_key(fmt: serialization.PrivateFormat) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    info = read_private_key(pem_of(key, fmt))
-    assert info.spki == key.public_key().public_bytes(DER, SPKI)
-    point = key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    assert p256_spki(point) == info.spki
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda: pem_of(keys()["p384"], serialization.PrivateFormat.PKCS8), "P-256"),
-        (lambda: pem_of(keys()["p384"], serialization.PrivateFormat.TraditionalOpenSSL), "P-256"),
-        (lambda: pem_of(keys()["rsa"], serialization.PrivateFormat.PKCS8), "P-256"),
-        (lambda: pem_of(keys()["rsa"], serialization.PrivateFormat.TraditionalOpenSSL), "RSA"),
-        (lambda: pem_of(keys()["ed25519"], serialization.PrivateFormat.PKCS8), "P-256"),
-        (lambda: pem_of(keys()["p256"], serialization.PrivateFormat.PKCS8, b"pw"), "ENCRYPTED"),
-        (lambda: b"hello", "not a PEM private key"),
-        (lambda: simple_cert(None).public_bytes(PEM), "not a PEM private key"),
-        (lambda: 2 * pem_of(keys()["p256"], serialization.PrivateFormat.PKCS8), "more than one"),
-    ],
-    ids=["p384", "p384-sec1", "rsa", "rsa-pkcs1", "ed25519", "encrypted", "junk", "cert", "two"],
-)
-def test_other_keys_are_refused(make: object, message: str) -> None:
-    with pytest.raises(DerError, match=message):
-        read_private_key(make())  # type: ignore[operator]
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.data())
-def test_truncated_keys_are_a_clean_error(data: st.DataObject) -> None:
-    pem = pem_of(keys()["p256"], serialization.PrivateFormat.PKCS8)
-    ((_, der),) = pem_blocks(pem)
-    cut = data.draw(st.integers(0, 2**20)) % len(der)
-    with pytest.raises(DerError):
-        read_private_key(der_to_pem(der[:cut], "PRIVATE KEY"))
