@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The plait proxy's request path in one process, without sockets: Python cost per request.
 
-    .venv/bin/python benchmarks/hotpath.py [--requests 200000] [--profile]
+    .venv/bin/python benchmarks/hotpath.py [--requests 200000] [--profile] [--hop inbound]
 
 A real :class:`~plait.proxy.dataplane.DataPlane` (metrics and an access log writing to
 an in-memory buffer, one ``outbound`` listener routing Host ``bench`` to one endpoint) is
@@ -15,6 +15,21 @@ prints cProfile's top functions.
 
 It checks what it measures: the upstream must receive a request head naming ``bench``,
 and the client must receive a 200 with the body, on every request.
+
+``--hop`` picks which proxy of `benchmarks/run.py`'s layouts is driven:
+
+* ``outbound`` (the default): the 1-hop proxy ``bench-out`` as above, wrk's request
+  (``Host: bench``) on its ``outbound`` listener.
+* ``inbound``: the second proxy of the 2-hop plaintext case, ``bench-in``. Its config is
+  what the control plane gives that node (``plait.xds.translate`` for Service ``bench``
+  with ``bench-in`` fronting it, decoded by the proxy's own ``xds_decode``): the
+  ``inbound|bench`` listener, its inline ``*`` route without timeout, the STATIC
+  cluster of the app. Its requests are the exact bytes the outbound proxy sends
+  upstream (``host``, ``via: 1.1 bench-out``, a fresh ``x-request-id`` each), captured
+  from an outbound rig at start-up: a ring of 4096, so no per-value memo hits on the id.
+* ``outbound-2hop``: the first proxy of the 2-hop case: the outbound rig, answered with
+  the exact response the inbound proxy sends downstream (nginx's head plus
+  ``via: 1.1 bench-in``), captured from an inbound rig at start-up.
 """
 
 from __future__ import annotations
@@ -22,8 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import importlib
 import io
+import itertools
 import pstats
 import sys
 import time
@@ -117,6 +134,60 @@ def config(route_timeout: float | None = 15.0) -> ProxyConfig:
     )
 
 
+INBOUND_NODE = "bench-in"
+INBOUND = "inbound|bench"
+SERVICE_YAML = """\
+apiVersion: plait/v1
+kind: Service
+metadata:
+  name: bench
+spec:
+  protocol: http
+  ports:
+    - name: http
+      port: 80
+"""
+
+
+def inbound_config(inbound_port: int) -> ProxyConfig:
+    """What the control plane sends ``bench-in`` (2-hop case): translated for the node
+    that fronts ``bench`` (app: the upstream) and decoded as the proxy decodes it."""
+    from google.protobuf import any_pb2
+    from plait.model.load import load_text
+    from plait.proxy.xds_decode import apply_response
+    from plait.xds.inputs import InboundPort, Instance, NodeInfo
+    from plait.xds.translate import translate
+    from plait.xds.types import PUSH_ORDER
+
+    host, app_port = UPSTREAM
+    node = NodeInfo(
+        INBOUND_NODE,
+        plait_proxy=True,
+        inbound=(InboundPort("bench", host, inbound_port, app_port=app_port, app_address=host),),
+    )
+    instances = [Instance("bench", INBOUND_NODE, host, inbound_port, {"version": "v1"})]
+    snapshot = translate(load_text(SERVICE_YAML, "bench.yaml"), instances, node)
+    cfg = ProxyConfig()
+    for type_url in PUSH_ORDER:
+        packed = []
+        for message in snapshot.items(type_url).values():
+            any_msg = any_pb2.Any()
+            any_msg.Pack(message)
+            packed.append(any_msg)
+        cfg = apply_response(cfg, type_url, packed, version="1")
+    return cfg
+
+
+def wall_clock(step_us: float | None) -> Callable[[], float]:
+    """The access log's clock: the real one (None), or one that advances ``step_us``
+    per reading. Under valgrind a request takes milliseconds, so with the real clock
+    every request formats its time text, which the proxy does once per millisecond
+    (at most): ``--wall-step-us 20`` counts what a request costs at 50k requests/s."""
+    if step_us is None:
+        return time.time
+    return functools.partial(next, itertools.count(time.time(), step_us / 1e6))
+
+
 class Rig:
     """One DataPlane, one downstream connection, one pooled upstream connection."""
 
@@ -126,6 +197,7 @@ class Rig:
         route_timeout: float | None = 15.0,
         metrics: bool = True,
         access_log: bool = True,
+        wall_step: float | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.log = io.BytesIO()  # the access log file: BufferedWriter batches into it
@@ -135,6 +207,7 @@ class Rig:
             metrics=Metrics() if metrics else None,
             access_log=AccessLog(self.writer.write) if access_log else None,
             request_id=request_id,
+            wall_clock=wall_clock(wall_step),
         )
 
         async def bind() -> None:
@@ -156,6 +229,10 @@ class Rig:
         self.server.data_received(REQUEST)
         self.conn.data_received(RESPONSE)
 
+    def sample(self) -> tuple[bytes, bytes]:
+        """A request this rig sends the proxy, and the response its upstream answers."""
+        return REQUEST, RESPONSE
+
     def check(self) -> None:
         sent = self.up.last
         if not sent.startswith(b"GET / HTTP/1.1\r\nhost: bench\r\n"):
@@ -170,9 +247,113 @@ class Rig:
         self.loop.close()
 
 
-def measure(requests: int, repeat: int = 5, **options: Any) -> list[float]:
-    """Microseconds per request, one figure per repetition (``options``: for :class:`Rig`)."""
-    rig = Rig(**options)
+def _captured(rig: Rig, n: int, what: Callable[[Rig], bytes]) -> list[bytes]:
+    """``what(rig)`` after each of ``n`` requests through ``rig`` (then closed)."""
+    out = []
+    try:
+        for _ in range(n):
+            rig.one()
+            rig.check()
+            out.append(what(rig))
+    finally:
+        rig.close()
+    return out
+
+
+RING = 4096  # distinct inbound requests (request ids), cycled
+
+
+class InboundRig(Rig):
+    """The second proxy of the 2-hop plaintext case (``--hop inbound``): ``bench-in``,
+    its ``inbound|bench`` listener fed what ``bench-out`` sends upstream."""
+
+    def __init__(
+        self,
+        request_id: Callable[[], str] = fast_request_id,
+        route_timeout: float | None = 15.0,  # unused: the inbound route has no timeout
+        metrics: bool = True,
+        access_log: bool = True,
+        wall_step: float | None = None,
+    ) -> None:
+        # what the outbound proxy sends upstream, request by request (distinct ids)
+        self.requests = _captured(Rig(), RING, lambda r: r.up.last)
+        self.next_request = itertools.cycle(self.requests).__next__
+        self.sent = b""
+        self.loop = asyncio.new_event_loop()
+        self.log = io.BytesIO()
+        self.writer = BufferedWriter(self.log)
+        self.dp = DataPlane(
+            INBOUND_NODE,
+            local_services=["bench"],
+            metrics=Metrics() if metrics else None,
+            access_log=AccessLog(self.writer.write) if access_log else None,
+            request_id=request_id,
+            wall_clock=wall_clock(wall_step),
+        )
+
+        async def bind() -> int:
+            await self.dp.bind("outbound", "127.0.0.1", 0, "outbound")
+            return (await self.dp.bind(INBOUND, "127.0.0.1", 0, "inbound", "bench"))[1]
+
+        port = self.loop.run_until_complete(bind())
+        self.dp.apply(inbound_config(port))
+        self.server = Http1Server(self.dp, self.dp.listeners[INBOUND])
+        self.down = RecordingTransport()
+        self.server.connection_made(self.down)  # type: ignore[arg-type]
+        state = self.dp.snapshot.clusters[INBOUND]  # type: ignore[union-attr]
+        self.conn = UpstreamConnection(state.pool, UPSTREAM)
+        self.up = RecordingTransport()
+        self.conn.connection_made(self.up)  # type: ignore[arg-type]
+        state.pool.release(self.conn)
+
+    def sample(self) -> tuple[bytes, bytes]:
+        return self.requests[0], RESPONSE
+
+    def one(self) -> None:
+        self.sent = request = self.next_request()
+        self.server.data_received(request)
+        self.conn.data_received(RESPONSE)
+
+    def check(self) -> None:
+        super().check()
+        sent = self.up.last
+        rid = self.sent.partition(b"x-request-id: ")[2][:32]
+        if b"\r\nvia: 1.1 bench-out, 1.1 bench-in\r\n" not in sent or rid not in sent:
+            raise SystemExit(f"upstream got {sent[:200]!r} for {self.sent!r}")
+
+
+class TwoHopOutboundRig(Rig):
+    """The first proxy of the 2-hop case (``--hop outbound-2hop``): the outbound rig,
+    answered by what ``bench-in`` sends downstream instead of nginx's response."""
+
+    def __init__(self, **options: Any) -> None:
+        (self.response,) = _captured(InboundRig(), 1, lambda r: r.down.last)
+        super().__init__(**options)
+
+    def one(self) -> None:
+        self.server.data_received(REQUEST)
+        self.conn.data_received(self.response)
+
+    def sample(self) -> tuple[bytes, bytes]:
+        return REQUEST, self.response
+
+    def check(self) -> None:
+        super().check()
+        if b"\r\nvia: 1.1 bench-in, 1.1 bench-out\r\n" not in self.down.last:
+            raise SystemExit(f"client got {self.down.last[:300]!r}")
+
+
+RIGS: dict[str, type[Rig]] = {
+    "outbound": Rig,
+    "inbound": InboundRig,
+    "outbound-2hop": TwoHopOutboundRig,
+}
+
+
+def measure(requests: int, repeat: int = 5, hop: str = "outbound", **options: Any) -> list[float]:
+    """Microseconds per request, one figure per repetition (``hop``: a key of
+    :data:`RIGS`; ``options``: for :class:`Rig`)."""
+    rig = RIGS[hop](**options)
     try:
         for _ in range(2000):  # warm-up: caches, pools, the allocator
             rig.one()
@@ -242,18 +423,59 @@ def _patch(module: str, dotted: str, value: Any) -> tuple[Any, str, Any]:
     return obj, name, old
 
 
-def breakdown(requests: int, repeat: int) -> dict[str, float]:
-    """Best µs per request of each variant (the production path first)."""
+class _Fields:
+    """httptools callbacks keeping a message's target, reason and fields."""
+
+    def __init__(self) -> None:
+        self.url = self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+def canned_heads(hop: str = "outbound") -> tuple[Any, Any]:
+    """The request and response heads the hop's rig gets (what the checks make of its
+    first request and its response), for the canned-heads variant."""
+    from httptools import HttpRequestParser, HttpResponseParser
     from plait.proxy.http1_shapes import fast_request_head, fast_response_head
 
-    _CANNED["request"] = fast_request_head(b"GET", b"/", "1.1", [(b"Host", b"bench")], True)
-    nginx = [(n, v) for n, v in _RESPONSE_FIELDS if n not in (b"Connection",)]
-    _CANNED["response"] = fast_response_head(200, b"OK", nginx, b"GET", "1.1", True)
+    rig = RIGS[hop]()
+    try:
+        request, response = rig.sample()
+    finally:
+        rig.close()
+    req = _Fields()
+    parser = HttpRequestParser(req)
+    parser.feed_data(request)
+    version = parser.get_http_version()
+    method = parser.get_method()
+    request_head = fast_request_head(
+        method, req.url, version, req.headers, parser.should_keep_alive()
+    )
+    resp = _Fields()
+    rparser = HttpResponseParser(resp)
+    rparser.feed_data(response)
+    status = rparser.get_status_code()
+    response_head = fast_response_head(status, resp.reason, resp.headers, method, version, True)
+    return request_head, response_head
+
+
+def breakdown(requests: int, repeat: int, hop: str = "outbound", **common: Any) -> dict[str, float]:
+    """Best µs per request of each variant (the production path first); ``common``:
+    :class:`Rig` options for all of them."""
+    _CANNED["request"], _CANNED["response"] = canned_heads(hop)
     out = {}
     for label, (patches, options) in VARIANTS.items():
         undo = [_patch(*p) for p in patches]
         try:
-            out[label] = min(measure(requests, repeat, **options))
+            out[label] = min(measure(requests, repeat, hop, **common, **options))
         finally:
             for obj, name, old in reversed(undo):
                 setattr(obj, name, old)
@@ -268,9 +490,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--breakdown", action="store_true", help="price each part by measuring without it"
     )
+    ap.add_argument(
+        "--hop",
+        choices=list(RIGS),
+        default="outbound",
+        help="which proxy: the 1-hop outbound one (default), or the 2-hop case's inbound "
+        "(second) or outbound (first) one",
+    )
+    ap.add_argument(
+        "--wall-step-us",
+        type=float,
+        default=None,
+        help="the access log's wall clock advances this much per reading instead of "
+        "being read (default: read it); see wall_clock()",
+    )
     args = ap.parse_args(argv)
+    opts = {} if args.wall_step_us is None else {"wall_step": args.wall_step_us}
     if args.breakdown:
-        costs = breakdown(args.requests, args.repeat)
+        costs = breakdown(args.requests, args.repeat, args.hop, **opts)
         base = costs["production defaults"]
         for label, us in costs.items():
             saved = f"  (-{base - us:.2f} us)" if us != base else ""
@@ -279,13 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        measure(args.requests, 1)
+        measure(args.requests, 1, args.hop, **opts)
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         return 0
-    times = measure(args.requests, args.repeat)
+    times = measure(args.requests, args.repeat, args.hop, **opts)
     best, median = min(times), sorted(times)[len(times) // 2]
-    print(f"request path: {best:.2f} us/request (best of {args.repeat}), median {median:.2f}")
+    label = "request path" if args.hop == "outbound" else f"request path ({args.hop})"
+    print(f"{label}: {best:.2f} us/request (best of {args.repeat}), median {median:.2f}")
     return 0
 
 

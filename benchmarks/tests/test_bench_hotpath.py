@@ -50,3 +50,47 @@ def test_breakdown_prices_every_variant() -> None:
     costs = hotpath.breakdown(100, 1)
     assert list(costs) == list(hotpath.VARIANTS)
     assert all(us > 0 for us in costs.values())
+
+
+def test_inbound_rig_relays_what_the_outbound_proxy_sends() -> None:
+    rig = hotpath.InboundRig()
+    try:
+        assert len(set(rig.requests)) == hotpath.RING  # a fresh request id each
+        first = rig.requests[0]
+        assert first.startswith(b"GET / HTTP/1.1\r\nhost: bench\r\nvia: 1.1 bench-out\r\n")
+        assert b"\r\nx-request-id: " in first
+        slot = rig.dp.listeners[hotpath.INBOUND]
+        assert slot.direction == "inbound" and slot.service == "bench"
+        route = rig.dp.snapshot.config.listeners[hotpath.INBOUND].route_table  # inline, "*"
+        assert route is not None and route.virtual_hosts[0].domains == ("*",)
+        assert route.virtual_hosts[0].routes[0].timeout is None  # the caller owns the deadline
+        for _ in range(3):
+            rig.one()
+            rig.check()
+        rig.writer.flush()
+        line = rig.log.getvalue()
+        assert b'"direction":"inbound"' in line and b'"destination":"bench"' in line
+        rid = rig.sent.partition(b"x-request-id: ")[2][:32]
+        assert b'"request_id":"' + rid + b'"' in line  # the caller's id, not a new one
+    finally:
+        rig.close()
+
+
+def test_two_hop_outbound_rig_gets_the_inbound_proxys_answer() -> None:
+    rig = hotpath.TwoHopOutboundRig()
+    try:
+        assert b"\r\nvia: 1.1 bench-in\r\n" in rig.response
+        rig.one()
+        rig.check()
+    finally:
+        rig.close()
+
+
+def test_every_hop_measures_and_breaks_down() -> None:
+    for hop in hotpath.RIGS:
+        assert len(hotpath.measure(50, repeat=1, hop=hop)) == 1
+    argv = ["--hop", "inbound", "--requests", "50", "--repeat", "1", "--wall-step-us", "20"]
+    assert hotpath.main(argv) == 0
+    request, response = hotpath.canned_heads("inbound")
+    assert request.via == b"1.1 bench-out" and request.request_id is not None
+    assert response.status == 200

@@ -506,15 +506,17 @@ class DataPlane:
         """``repr(round(t, 3))``; the text is kept for the clock readings sure to round
         to the same millisecond (0.49 ms either side of it: float error here is below
         0.001 ms), so requests within one millisecond format the time once."""
-        text = decimal3(t)
         if 0.0 < t < 4e9:  # t * 1000 < 2**42: exact enough for the bounds below
-            fixed = f"{t:.3f}"
+            fixed = f"{t:.3f}"  # decimal3(t), inlined: one formatting gives both
+            text = trim3(fixed) if fixed[-1] == "0" else fixed
             k = int(fixed[:-4] + fixed[-3:])  # round(t, 3) * 1000, exactly
             # never down to 0.0: -0.0 == 0.0, and round() keeps the sign of a zero
-            self._time_lo = max((k - 0.49) / 1000.0, 5e-324)
+            lo = (k - 0.49) / 1000.0
+            self._time_lo = lo if lo >= 5e-324 else 5e-324
             self._time_hi = (k + 0.49) / 1000.0
             self._time_text = text
-        return text
+            return text
+        return decimal3(t)
 
     def _method_of(self, method: bytes) -> str:
         if len(self._method_text) >= 64:

@@ -80,10 +80,12 @@ def select_target(
     router = snap.routers.get(listener)
     if router is None:
         raise Unroutable(503, DESTINATION_UNAVAILABLE, f"listener {listener!r} has no routes")
-    host = head.host.decode("latin-1")
-    route = router.match(host, head.path, HeaderView(head) if router.uses_headers else _NO_HEADERS)
+    # the Host as the head holds it (bytes): a repeated value is the same object, hashed once
+    route = router.match(
+        head.host, head.path, HeaderView(head) if router.uses_headers else _NO_HEADERS
+    )
     if route is None:
-        details = f"no route for host {host!r} path {head.path!r}"
+        details = f"no route for host {head.host.decode('latin-1')!r} path {head.path!r}"
         raise Unroutable(404, DESTINATION_NOT_FOUND, details)
     cluster_name = router.pick_cluster(route, rng)
     cluster = snap.clusters.get(cluster_name)

@@ -11,13 +11,14 @@ remain: one ``translate`` over all values, the Content-Length digits, the Host
 characters, a plain ``Connection`` value.
 
 Only *common* shapes take this path: at most one of each of Host, Content-Length,
-x-request-id and Connection (and, in responses, only Content-Length and Connection among
-the framing fields); any other framing or hop-relevant field (Transfer-Encoding, Upgrade,
-TE, Via, Expect, Proxy-Status, a second Host...) and any value the fast checks do not
-accept as plain sends the message through the full functions, which then decide -- and
-word the error -- exactly as before. The fast path never rejects a head by itself. The
-results are equal either way, and render to the same bytes (a property test compares
-both paths on random heads).
+x-request-id, Connection and Via (and, in responses, only Content-Length, Connection and
+Via among the framing and hop fields); any other framing or hop-relevant field
+(Transfer-Encoding, Upgrade, TE, Expect, Proxy-Status, a second Host or Via...) and any
+value the fast checks do not accept as plain sends the message through the full
+functions, which then decide -- and word the error -- exactly as before. (One Via is
+common: every message between two plait proxies carries the first one's.) The fast
+path never rejects a head by itself. The results are equal either way, and render to
+the same bytes (a property test compares both paths on random heads).
 
 Per message, what can be is remembered too, in small bounded dicts that start over when
 full: a Host value's authority, an origin-form target's path, a Content-Length value's
@@ -28,9 +29,11 @@ use it while ``head.headers`` is the list it was made from.
 The code is written for what CPython 3.11 charges (measured with callgrind): a Python
 call costs more than most checks here, so helpers are inlined; ``tuple(map(...))`` over
 a few fields costs several times an unpacking assignment, so heads of up to 8 fields are
-unpacked by hand; a head's ``__init__`` frame costs about as much as its fields, so heads
-are made with ``object.__new__`` and their fields set here (all of them: an unset one
-fails the property test's comparison).
+unpacked by hand (:func:`_split_fields`); hashing a tuple of new names
+costs twice comparing it with the last one, so the last shape is looked at before the
+dict; a head's ``__init__`` frame costs about as much as its fields, so heads are made
+with ``object.__new__`` and their fields set here (all of them: an unset one fails the
+property test's comparison).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from plait.proxy.http1_checks_common import (
     _SPECIAL,
     _TCHAR,
     _TE,
+    _VIA,
     MAX_CONTENT_LENGTH_DIGITS,
     HeadRejected,
     _is_alias,
@@ -82,24 +86,34 @@ MAX_MEMO_VALUE: Final = 256  # longer Host and Content-Length values are not rem
 MAX_MEMO_NAMES: Final = 2048  # shapes with more bytes of names are not remembered
 
 # A shape: (index of Host or Content-Length... or -1, ..., indices of forwarded fields)
-_ReqShape = tuple[int, int, int, int, tuple[int, ...]]  # host, cl, request_id, conn, fwd
-_RespShape = tuple[int, int, tuple[int, ...]]  # cl, conn, forwarded
+_ReqShape = tuple[int, int, int, int, int, tuple[int, ...]]  # host, cl, rid, conn, via, fwd
+_RespShape = tuple[int, int, int, tuple[int, ...]]  # cl, conn, via, forwarded
 
 Fields = list[tuple[bytes, bytes]]
 # What is done per message for a shape: the indices above, whether the field values need
 # the character check (False when every value is checked by a stricter rule: Host,
-# Content-Length, a plain Connection), and how to pick the forwarded fields.
+# Content-Length, a plain Connection; a Via value is checked by it), and how to pick the
+# forwarded fields.
 # Last, the forwarded fields' lines as a %-format (b"\r\nServer: %s\r\nDate: %s") and how
 # to pick their values: the head's ``fields_wire`` is ``fmt % pick(values)``.
 _Values = tuple[bytes, ...]
 _ReqPlan = tuple[
-    int, int, int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]
+    int, int, int, int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]
 ]
-_RespPlan = tuple[int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]]
+_RespPlan = tuple[
+    int, int, int, bool, Callable[[Fields], Fields], bytes, Callable[[_Values], _Values]
+]
 
 # Keyed by the tuple of field names.
 _request_plans: dict[tuple[bytes, ...], _ReqPlan | None] = {}
 _response_plans: dict[tuple[bytes, ...], _RespPlan | None] = {}
+# The names of the last head seen and their plan, per direction (a plan is a function of
+# the names alone, so this is never stale). Consecutive heads mostly share a shape, and
+# comparing the names with the last ones costs half of hashing them for the dicts (each
+# name is a new bytes object, its hash not computed yet). The first value holds: a name
+# that is not a token has no plan.
+_last_request: tuple[tuple[bytes, ...], _ReqPlan | None] = ((b"\x00",), None)
+_last_response: tuple[tuple[bytes, ...], _RespPlan | None] = ((b"\x00",), None)
 # Host field value -> the authority it names (OWS trimmed), for valid non-empty ones only.
 _hosts: dict[bytes, bytes] = {}
 # origin-form request target -> the path routes match on (path_of).
@@ -124,7 +138,7 @@ def _token(name: bytes) -> bool:
 
 def request_shape(names: tuple[bytes, ...]) -> _ReqShape | None:
     """What the request checks decide from the names alone; None: use the full path."""
-    host = cl = rid = conn = -1
+    host = cl = rid = conn = via = -1
     forward: list[int] = []
     for i, name in enumerate(names):
         if not _token(name):
@@ -144,16 +158,18 @@ def request_shape(names: tuple[bytes, ...]) -> _ReqShape | None:
             forward.append(i)
         elif kind == _CONNECTION and conn < 0:
             conn = i
+        elif kind == _VIA and via < 0:
+            via = i
         elif kind != _DROP:
             return None
     if host < 0:
         return None
-    return host, cl, rid, conn, tuple(forward)
+    return host, cl, rid, conn, via, tuple(forward)
 
 
 def response_shape(names: tuple[bytes, ...]) -> _RespShape | None:
     """What the response checks decide from the names alone; None: use the full path."""
-    cl = conn = -1
+    cl = conn = via = -1
     forward: list[int] = []
     for i, name in enumerate(names):
         if not _token(name):
@@ -165,9 +181,11 @@ def response_shape(names: tuple[bytes, ...]) -> _RespShape | None:
             cl = i
         elif kind == _CONNECTION and conn < 0:
             conn = i
+        elif kind == _VIA and via < 0:
+            via = i
         elif kind != _DROP and kind != _TE:
             return None
-    return cl, conn, tuple(forward)
+    return cl, conn, via, tuple(forward)
 
 
 def _picker(forward: tuple[int, ...]) -> Callable[[Fields], Fields]:
@@ -251,10 +269,11 @@ def _request_plan(names: tuple[bytes, ...]) -> _ReqPlan | None:
     shape = request_shape(names)
     plan: _ReqPlan | None = None
     if shape is not None:
-        host_i, cl_i, rid_i, conn_i, forward = shape
+        host_i, cl_i, rid_i, conn_i, via_i, forward = shape
         checked = sum(1 for i in (host_i, cl_i, conn_i) if i >= 0)
         fmt, pick = _wire_format(names, forward)
-        plan = host_i, cl_i, rid_i, conn_i, len(names) > checked, _picker(forward), fmt, pick
+        check = len(names) > checked
+        plan = host_i, cl_i, rid_i, conn_i, via_i, check, _picker(forward), fmt, pick
     if sum(map(len, names)) <= MAX_MEMO_NAMES:
         _request_plans[names] = plan
     return plan
@@ -266,10 +285,10 @@ def _response_plan(names: tuple[bytes, ...]) -> _RespPlan | None:
     shape = response_shape(names)
     plan: _RespPlan | None = None
     if shape is not None:
-        cl_i, conn_i, forward = shape
+        cl_i, conn_i, via_i, forward = shape
         checked = sum(1 for i in (cl_i, conn_i) if i >= 0)
         fmt, pick = _wire_format(names, forward)
-        plan = cl_i, conn_i, len(names) > checked, _picker(forward), fmt, pick
+        plan = cl_i, conn_i, via_i, len(names) > checked, _picker(forward), fmt, pick
     if sum(map(len, names)) <= MAX_MEMO_NAMES:
         _response_plans[names] = plan
     return plan
@@ -322,17 +341,21 @@ def fast_request_head(
     Whatever is not plainly acceptable here goes to the full check, which decides (and
     words any error): this path never rejects by itself. Hot code, written for CPython
     3.11's costs: helpers inlined (a Python call costs more than most of what is done
-    here), the names and values split by :func:`_split_fields`, the head built without a
-    call to ``__init__``.
+    here), the names and values split by :func:`_split_fields`, the head built
+    without a call to ``__init__``.
     """
+    global _last_request
     names, values = _split_fields(headers)
-    try:
-        plan = _request_plans[names]
-    except KeyError:
-        plan = _request_plan(names)
+    last, plan = _last_request
+    if names != last:  # most heads have the shape of the one before: no hashing then
+        try:
+            plan = _request_plans[names]
+        except KeyError:
+            plan = _request_plan(names)
+        _last_request = names, plan
     if plan is None or (version != "1.1" and version != "1.0") or method == b"CONNECT":
         return parse_request_head(method, target, version, headers, keep_alive)
-    host_i, cl_i, rid_i, conn_i, check, forward, fmt, pick = plan
+    host_i, cl_i, rid_i, conn_i, via_i, check, forward, fmt, pick = plan
     path = _paths.get(target)  # only origin-form targets are remembered
     if path is not None or target[:1] == b"/":  # origin-form, by far the most common
         if check:
@@ -381,7 +404,7 @@ def fast_request_head(
     head.chunked = False
     head.upgrade = None
     head.expect_continue = False
-    head.via = None
+    head.via = values[via_i] if via_i >= 0 else None
     head.te_trailers = False
     head.transfer_encoding = b"chunked"
     return head
@@ -420,16 +443,20 @@ def fast_response_head(
     As for requests (and written the same way), anything not plainly acceptable goes to
     the full check.
     """
+    global _last_response
     names, values = _split_fields(headers)
-    try:
-        plan = _response_plans[names]
-    except KeyError:
-        plan = _response_plan(names)
+    last, plan = _last_response
+    if names != last:  # as for requests
+        try:
+            plan = _response_plans[names]
+        except KeyError:
+            plan = _response_plan(names)
+        _last_response = names, plan
     if plan is None:
         return _full_response(
             status, reason, headers, request_method, downstream_version, downstream_keep_alive
         )
-    cl_i, conn_i, check, forward, fmt, pick = plan
+    cl_i, conn_i, via_i, check, forward, fmt, pick = plan
     if check:
         joined = b"\t".join(values)
         if joined.translate(_CTL_TABLE) is not joined:
@@ -473,7 +500,7 @@ def fast_response_head(
     else:
         head.downstream_body = BODY_CHUNKED
     head.proxy_status = None
-    head.via = None
+    head.via = values[via_i] if via_i >= 0 else None
     head.upgrade = None
     return head
 

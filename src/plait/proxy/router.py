@@ -2,7 +2,8 @@
 
 Rules (the xDS RouteConfiguration semantics, for the subset plait accepts):
 
-* A :class:`Router` is built once per :class:`RouteTable` and is immutable afterwards;
+* A :class:`Router` is built once per :class:`RouteTable` and is immutable afterwards
+  (but for a bounded memo: Host value as sent -> its virtual host's compiled routes);
   a new table means a new Router. Everything a request needs is compiled here: domain
   lookup tables, per-route match kinds, header matchers as tuples, cumulative weights.
 * Virtual host selection, host compared case-insensitively, first hit wins:
@@ -54,6 +55,9 @@ _CompiledHeader = tuple[str, int, str, bool, bool]
 _CompiledRoute = tuple[int, str, tuple[_CompiledHeader, ...], Route]
 # (single cluster or None, cumulative weights, cluster names, total, last drawable index)
 _Picker = tuple[str | None, tuple[float, ...], tuple[str, ...], float, int]
+
+MAX_HOSTS = 1024  # Host values whose routes a Router remembers; then it starts over
+MAX_MEMO_HOST = 256  # longer Host values are not remembered
 
 
 def strip_port(host: str) -> str:
@@ -160,7 +164,15 @@ def _headers_match(matchers: tuple[_CompiledHeader, ...], headers: Mapping[str, 
 class Router:
     """Matches requests against one :class:`RouteTable`. Build once per table."""
 
-    __slots__ = ("_exact", "_pickers", "_routes", "_wildcard", "table", "uses_headers")
+    __slots__ = (
+        "_by_host",
+        "_exact",
+        "_pickers",
+        "_routes",
+        "_wildcard",
+        "table",
+        "uses_headers",
+    )
 
     def __init__(self, table: RouteTable) -> None:
         self.table = table
@@ -182,36 +194,56 @@ class Router:
                     wildcard = vh
         self._exact = exact
         self._wildcard = wildcard
+        # Host value as sent (str, or bytes as the request head holds it) -> the compiled
+        # routes of its virtual host (() for none): what virtual_host() decides,
+        # remembered (bounded: starts over when full)
+        self._by_host: dict[str | bytes, tuple[_CompiledRoute, ...]] = {}
         # whether any route matches on headers: if none, callers need not offer them
         self.uses_headers = any(c[2] for routes in self._routes.values() for c in routes)
 
     def virtual_host(self, host: str) -> VirtualHost | None:
         """The virtual host for ``host`` (a ``Host`` header value), or ``None``."""
-        vh = self._exact.get(host)
+        exact = self._exact
+        if not exact:  # only "*" (an inbound listener's table): every host is its
+            return self._wildcard
+        vh = exact.get(host)
         if vh is not None:
             return vh
         host = host.lower()
-        vh = self._exact.get(host)
+        vh = exact.get(host)
         if vh is not None:
             return vh
         bare = strip_port(host)
         if bare is not host:
-            vh = self._exact.get(bare)
+            vh = exact.get(bare)
             if vh is not None:
                 return vh
         return self._wildcard
 
-    def match(self, host: str, path: str, headers: Mapping[str, str]) -> Route | None:
+    def _routes_of(self, host: str | bytes) -> tuple[_CompiledRoute, ...]:
+        """The compiled routes of ``host``'s virtual host (``()`` for none), remembered."""
+        vh = self.virtual_host(host.decode("latin-1") if isinstance(host, bytes) else host)
+        routes = self._routes[id(vh)] if vh is not None else ()
+        if len(host) <= MAX_MEMO_HOST:
+            memo = self._by_host
+            if len(memo) >= MAX_HOSTS:
+                memo.clear()
+            memo[host] = routes
+        return routes
+
+    def match(self, host: str | bytes, path: str, headers: Mapping[str, str]) -> Route | None:
         """The first route of the host's virtual host that matches, or ``None``.
 
+        ``host`` is a ``Host`` value (bytes are read as latin-1: pass a request head's
+        ``host`` as it is, a repeated one is then the same object, its hash kept);
         ``path`` is the request target in origin form and may carry a query string;
         ``headers`` maps lowercase header names to values.
         """
-        vh = self.virtual_host(host)
-        if vh is None:
-            return None
+        routes = self._by_host.get(host)
+        if routes is None:
+            routes = self._routes_of(host)
         query = -1  # computed on first need
-        for kind, value, matchers, route in self._routes[id(vh)]:
+        for kind, value, matchers, route in routes:
             if kind == _PREFIX:
                 # A prefix holds no "?", so comparing against the whole target is the
                 # same as comparing against the path without its query string.

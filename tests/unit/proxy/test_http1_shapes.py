@@ -99,6 +99,8 @@ COMMON_NAMES = [
     b"Connection",
     b"Keep-Alive",
     b"X-%d",
+    b"Via",  # one Via is a common shape (what a plait hop sends the next one)
+    b"via",
 ]
 COMMON_VALUES = [
     b"bench",
@@ -111,6 +113,9 @@ COMMON_VALUES = [
     b" 7 ",
     b"%s",
     b"a\x00b",
+    b"1.1 bench-out",
+    b"",
+    b"a\rb",
 ]
 headers_st = st.one_of(
     st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=10),
@@ -187,16 +192,49 @@ def test_fast_response_head_decides_as_the_full_check(
 
 
 def test_common_shapes_take_the_fast_path() -> None:
-    assert request_shape((b"Host",)) == (0, -1, -1, -1, ())
+    assert request_shape((b"Host",)) == (0, -1, -1, -1, -1, ())
     assert request_shape((b"Host", b"User-Agent", b"X-Request-Id", b"Content-Length")) == (
         0,
         3,
         2,
         -1,
+        -1,
         (1, 2),
     )
+    # what a plait outbound proxy sends the inbound one
+    assert request_shape((b"host", b"via", b"x-request-id")) == (0, -1, 2, -1, 1, (2,))
     nginx = (b"Server", b"Date", b"Content-Type", b"Content-Length", b"Connection")
-    assert response_shape(nginx) == (3, 4, (0, 1, 2))
+    assert response_shape(nginx) == (3, 4, -1, (0, 1, 2))
+    # what a plait inbound proxy answers the outbound one
+    relayed = (b"Server", b"Date", b"Content-Type", b"via", b"content-length")
+    assert response_shape(relayed) == (4, -1, 3, (0, 1, 2))
+
+
+def test_one_via_is_kept_and_checked_on_the_fast_path() -> None:
+    fields = [(b"host", b"bench"), (b"via", b"1.1 bench-out"), (b"x-request-id", b"ab12")]
+    head = fast_request_head(b"GET", b"/", "1.1", fields, True)
+    assert head == parse_request_head(b"GET", b"/", "1.1", fields, True)
+    assert head.via == b"1.1 bench-out" and head.request_id == b"ab12"
+    assert render_request_head(head, b"1.1 bench-in", None) == (
+        b"GET / HTTP/1.1\r\nhost: bench\r\nx-request-id: ab12"
+        b"\r\nvia: 1.1 bench-out, 1.1 bench-in\r\n\r\n"
+    )
+    for bad in (b"1.1 a\x00", b"1.1 a\rb", b"\x7f"):  # the Via value is checked too
+        with pytest.raises(HeadRejected):
+            fast_request_head(b"GET", b"/", "1.1", [(b"host", b"a"), (b"via", bad)], True)
+        with pytest.raises(HeadRejected):
+            fast_response_head(200, b"OK", [(b"via", bad)], b"GET", "1.1", True)
+    response = [(b"Server", b"nginx"), (b"via", b"1.1 bench-in"), (b"content-length", b"3")]
+    resp = fast_response_head(200, b"OK", response, b"GET", "1.1", True)
+    assert resp.via == b"1.1 bench-in"
+    assert resp == parse_response_head(
+        200,
+        b"OK",
+        response,
+        request_method=b"GET",
+        downstream_version="1.1",
+        downstream_keep_alive=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,6 +246,7 @@ def test_common_shapes_take_the_fast_path() -> None:
         (b"Host", b"Transfer_Encoding"),
         (b"Host", b"Bad Name"),
         (b"User-Agent",),  # no Host
+        (b"Host", b"Via", b"via"),  # a second Via: the full check joins them
     ],
 )
 def test_uncommon_request_shapes_take_the_full_path(names: tuple[bytes, ...]) -> None:
@@ -280,3 +319,33 @@ def test_every_field_count_takes_the_same_decision(count: int) -> None:
         downstream_keep_alive=True,
     )
     assert outcome(fast_response_head, 200, b"OK", response, b"GET", "1.1", True) == full
+
+
+def test_the_last_shape_is_reused_only_for_the_same_names() -> None:
+    """The last names and plan are looked at before the dict: alternating shapes (and a
+    cleared dict) decide as the full check every time."""
+    heads = [
+        [(b"Host", b"a")],
+        [(b"host", b"a"), (b"via", b"1.1 x"), (b"x-request-id", b"r1")],
+        [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")],  # no plan: the full path
+        [(b"Host", b"a"), (b"Via", b"1.1 y"), (b"Via", b"1.1 z")],  # two Via: the full path
+        [(b"Host", b"a"), (b"Content-Length", b"5")],
+    ]
+    for i in range(3 * len(heads)):
+        fields = heads[(i * 3) % len(heads)] if i % 2 else heads[i % len(heads)]
+        if i == 7:
+            http1_shapes._request_plans.clear()
+            http1_shapes._response_plans.clear()
+        args = (b"POST", b"/", "1.1", fields, True)
+        assert outcome(fast_request_head, *args) == outcome(parse_request_head, *args)
+        resp = (200, b"OK", fields, b"GET", "1.1", True)
+        full = outcome(
+            parse_response_head,
+            200,
+            b"OK",
+            fields,
+            request_method=b"GET",
+            downstream_version="1.1",
+            downstream_keep_alive=True,
+        )
+        assert outcome(fast_response_head, *resp) == full

@@ -123,6 +123,43 @@ def test_empty_table() -> None:
     assert router.match("orders", "/", {}) is None
 
 
+SELECTION_HOSTS = ["orders", "ORDERS", "orders:9090", "Orders:9090", "orders:1", "[::1]:80"]
+SELECTION_HOSTS += ["[::1]", "10.0.0.1:80", "unknown", "", "::1", "x" * 300, "PAYMENTS:1"]
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 3])
+def test_remembered_hosts_match_as_the_first_time(repeat: int) -> None:
+    """match() remembers each Host value's routes: a hit decides as virtual_host()."""
+    router = Router(MESH.table)
+    for _ in range(repeat):
+        for host in [*SELECTION_HOSTS, "caf\u00e9", "ORDERS\u00ff:1"]:
+            vhost = router.virtual_host(host)
+            name = vhost.name if vhost is not None else "-"
+            assert hit(router, host) == name
+            route = router.match(host.encode("latin-1"), "/", {})  # as a request head has it
+            assert (route.name if route is not None else "-") == name
+    assert hit(router, "x" * 300) == "any" and "x" * 300 not in router._by_host  # too long
+
+
+def test_host_memo_is_bounded() -> None:
+    from plait.proxy.router import MAX_HOSTS
+
+    router = Router(MESH.table)
+    for i in range(MAX_HOSTS * 2 + 5):
+        assert hit(router, f"h{i}") == "any"
+        assert len(router._by_host) <= MAX_HOSTS
+    assert hit(router, "orders") == "orders" and hit(router, "ORDERS:8080") == "orders"
+    assert hit(Router(table(vh("orders", ("orders",)))), "nowhere") == "-"  # remembered as ()
+
+
+def test_a_wildcard_only_table_takes_every_host() -> None:
+    """An inbound listener's table: one ``*`` virtual host."""
+    router = Router(table(vh("inbound|bench", ("*",))))
+    for host in ["bench", "BENCH:80", "", "[::1]", "a.b.c:1"]:
+        assert hit(router, host) == "inbound|bench"
+        assert router.virtual_host(host) is router.table.virtual_hosts[0]
+
+
 @pytest.mark.parametrize(
     ("host", "bare"),
     [
