@@ -41,7 +41,6 @@ STEPS: list[tuple[str, str]] = [
     ("python", "pass"),
     ("asyncio + ssl", "import asyncio, ssl"),
     ("uvloop + httptools", "import uvloop, httptools"),
-    ("yaml", "import yaml"),
     ("plait.proxy.bootstrap", "import plait.proxy.bootstrap"),
     ("plait.proxy.dataplane", "import plait.proxy.dataplane"),
     ("protobuf", "import google.protobuf.message"),
@@ -50,6 +49,8 @@ STEPS: list[tuple[str, str]] = [
     ("plait.proxy.xds_client", "import plait.proxy.xds_client"),
     ("plait.proxy.main", "import plait.proxy.main"),
     ("(mTLS only) plait.proxy.identities", "import plait.proxy.identities"),
+    # the bootstrap is parsed by a child (plait.proxy.bootstrap_reader), not the proxy
+    ("(not in the proxy) yaml + plait.model.source", "import plait.model.source"),
     ("(not in the proxy) pydantic", "import pydantic"),
 ]
 

@@ -3,9 +3,10 @@
 A tour, following one request from an app to its destination and back.
 
 **The process** (:mod:`~plait.proxy.main`, ``python -m plait.proxy --config b.yaml``)
-composes the stack in one place: it reads the bootstrap (:mod:`~plait.proxy.bootstrap`),
-binds the outbound listener and one inbound listener per local service *before* talking
-to the control plane (so their real ports go into the node metadata), starts the admin
+composes the stack in one place: it reads the bootstrap (:mod:`~plait.proxy.bootstrap`,
+parsed in a short-lived child by :mod:`~plait.proxy.bootstrap_reader`), binds the
+outbound listener and one inbound listener per local service *before* talking to the
+control plane (so their real ports go into the node metadata), starts the admin
 server (:mod:`~plait.proxy.admin`), health checks (:mod:`~plait.proxy.health`),
 registration heartbeats (:mod:`~plait.proxy.registration`) and the xDS client
 (:mod:`~plait.proxy.xds_client`), then writes the ready file.

@@ -22,10 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from plait.model.errors import ConfigError
+from plait.model.errors import ConfigError, FieldError, format_path
 from plait.model.errors import Path as FieldPath
 from plait.model.names import LABEL_KEY_RE, parse_duration
-from plait.model.source import Where
 
 
 class BootstrapError(ConfigError, ValueError):
@@ -233,7 +232,9 @@ class Model:
         problems: Problems = []
         self._fill(values, (), problems)
         if problems:
-            raise BootstrapError([Where("", 0).error(p, m) for p, m in problems])
+            raise BootstrapError(
+                [FieldError("", 0, None, None, format_path(p), None, m) for p, m in problems]
+            )
 
     @classmethod
     def _validate(cls, data: Mapping[Any, Any], loc: FieldPath, problems: Problems) -> Any:
@@ -294,6 +295,11 @@ class Model:
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.FIELDS)
 
+    def to_data(self) -> dict[str, Any]:
+        """The checked values as JSON-able data: ``type(self)(**data)`` makes an equal model
+        (how :mod:`plait.proxy.bootstrap_reader` hands a bootstrap to the proxy)."""
+        return {name: _plain(getattr(self, name)) for name in self.FIELDS}
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
@@ -308,6 +314,16 @@ class Model:
             f"{name}={getattr(self, name)!r}" for name, spec in self.FIELDS.items() if spec.repr
         )
         return f"{type(self).__name__}({shown})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.to_data()
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def const(value: Any) -> Callable[[], Any]:

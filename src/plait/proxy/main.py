@@ -2,7 +2,8 @@
 
 The stack, one step per line in :func:`run_proxy`:
 
-1. load and validate the bootstrap (docs/internals.md);
+1. load and validate the bootstrap (docs/internals.md), in a short-lived child process
+   (:mod:`plait.proxy.bootstrap_reader`: the proxy never imports PyYAML);
 2. bind the outbound listener, and per local service an inbound listener and its own
    outbound listener ``outbound|<svc>`` (port 0 allowed), before anything talks to the
    control plane, so the real ports go into the node metadata; until a config arrives
@@ -63,9 +64,9 @@ from plait.proxy.bootstrap import (
     BootstrapError,
     BoundPorts,
     LocalService,
-    load_bootstrap,
 )
 from plait.proxy.bootstrap import node_metadata as make_node_metadata
+from plait.proxy.bootstrap_reader import read_bootstrap
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.guard import EndpointGuard
 from plait.proxy.health import HealthChecker
@@ -185,7 +186,7 @@ async def run_proxy(
     (:mod:`plait.proxy.workers`): it runs the bootstrap given there, under its own xDS
     node id, registers the local services only if it is the registering worker, and
     reports its ready info to the supervisor."""
-    boot = worker.boot if worker is not None else load_bootstrap(bootstrap_path)
+    boot = worker.boot if worker is not None else read_bootstrap(bootstrap_path)
     # the proxy's name in Via, Proxy-Status and the access log: the same for every worker
     hop_node = worker.hop_node_id if worker is not None else boot.node_id
     register = worker is None or worker.register
@@ -388,9 +389,21 @@ def ready_info(boot: Bootstrap, bound: BoundPorts, admin: tuple[str, int]) -> di
     }
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given: without it, argparse imports shutil
+    (with bz2 and lzma, about 0.3 MB for the life of the proxy) to ask for the terminal's
+    width, already when an argument is added."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(1).columns
+    except (ValueError, OSError):
+        columns = 80
+    return argparse.HelpFormatter(prog, width=max(columns - 2, 40))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="plait proxy",
+        formatter_class=_help_formatter,
         description="Run the plait data-plane proxy: listeners from the bootstrap, config "
         "over xDS from the control plane (docs/internals.md).",
     )

@@ -395,9 +395,13 @@ class UpstreamPool:
     async def _connect_tls(
         self, key: EndpointKey, tls: TlsOrigin, timeout: float
     ) -> UpstreamConnection:
+        # TlsBuffered: decrypted reads go into one shared buffer, not a 256 KiB bytes each
+        from plait.proxy.tls_buffered import TlsBuffered
+
         ctx, sans = tls
-        _, conn = await asyncio.get_running_loop().create_connection(
-            lambda: UpstreamConnection(self, key),
+        conn = UpstreamConnection(self, key)
+        await asyncio.get_running_loop().create_connection(
+            lambda: TlsBuffered(conn),
             key[0],
             key[1],
             ssl=ctx,

@@ -68,8 +68,8 @@ from plait.proxy.bootstrap import (
     Bootstrap,
     BootstrapError,
     LocalService,
-    load_bootstrap,
 )
+from plait.proxy.bootstrap_reader import read_bootstrap
 
 log = logging.getLogger("plait.proxy.workers")
 
@@ -400,6 +400,6 @@ def supervise(
     grace: float,
 ) -> int:
     """Run ``count`` workers of the proxy in ``bootstrap_path`` until SIGTERM/SIGINT."""
-    boot = load_bootstrap(bootstrap_path)
+    boot = read_bootstrap(bootstrap_path)
     check_worker_node_ids(boot, count)
     return Supervisor(boot, count, run_worker, ready_file=ready_file, grace=grace).run()

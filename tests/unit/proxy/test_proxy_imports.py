@@ -221,3 +221,27 @@ def test_other_commands_still_reach_the_typer_app() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "proxy" in r.stdout and "apply" in r.stdout
+
+
+MAIN_PROBE = """
+import json, sys
+from plait.proxy.main import main
+status = main(["--config", sys.argv[1]])  # parses the arguments, reads the bootstrap (a child)
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_running_main_keeps_shutil_and_yaml_out(tmp_path: Path) -> None:
+    # argparse's default help formatter imports shutil (bz2, lzma) when an argument is
+    # added; the bootstrap's YAML is read by a child (plait.proxy.bootstrap_reader)
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(BOOT.replace("node_id: n1", "node_id: bad id"))  # stops after reading
+    r = subprocess.run(
+        [sys.executable, "-c", MAIN_PROBE, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == 2 and "node_id" in r.stderr  # the child's error was reported
+    loaded = set(out["modules"])
+    unwanted = (*FORBIDDEN, "bz2", "lzma", "yaml", "plait.model.source")
+    assert sorted(m for m in unwanted if m in loaded) == []
