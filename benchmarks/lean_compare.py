@@ -37,12 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=4.0)
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PY",
+        help="also run plait under this interpreter (a case plait@PY; repeatable), e.g. to "
+        "compare Python builds: PY needs plait and its dependencies installed",
+    )
     a = p.parse_args(argv)
     os.sched_setaffinity(0, {SIDE_CPU})
     work = HERE / "out" / "lean"
     work.mkdir(parents=True, exist_ok=True)
     procs = Procs(work / "logs")
     pc = None
+    extra: list[plait_case.PlaitCase] = []
     try:
         side = PeerSet(procs, work, PROXY_CPU, SIDE_CPU)
         upstream = side.start_upstream()
@@ -74,6 +83,19 @@ def main(argv: list[str] | None = None) -> int:
             "lean": (port, [relay.pid]),
             "plait": (plait.port, [x.pid for x in plait.procs]),
         }
+        for i, python in enumerate(a.python):
+            other = plait_case.PlaitCase(
+                procs,
+                work / f"plait-{i}",
+                hops=1,
+                upstream_port=upstream,
+                proxy_cpu=PROXY_CPU,
+                side_cpu=SIDE_CPU,
+                python=python,
+            )
+            extra.append(other)
+            started = other.start()
+            cases[f"plait@{python}"] = (started.port, [x.pid for x in started.procs])
         runs: dict[str, list[tuple[float, float, float]]] = {c: [] for c in cases}
         for r in range(a.rounds):
             for name, (cport, pids) in cases.items():
@@ -109,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(r[2] for r in rs):.1f} | {cpu_x:.2f}× |"
             )
     finally:
-        if pc is not None:
-            pc.stop()
+        for case in [pc, *extra]:
+            if case is not None:
+                case.stop()
         procs.stop_all()
-        for path in [*work.glob("*.log"), *(work / "plait").glob("access-*.log")]:
+        for path in [*work.glob("*.log"), *work.glob("plait*/access-*.log")]:
             path.unlink()
     return 0
 

@@ -111,13 +111,23 @@ def machine_info(python: str) -> dict[str, str]:
     commit = sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
     dirty = sh("git", "-C", str(REPO), "status", "--porcelain", "--", "src")
     py = sh(
-        python, "-c", "import sys, ssl; print(sys.version.split()[0], '|', ssl.OPENSSL_VERSION)"
+        python,
+        "-c",
+        "import os, sys, ssl; print(sys.version.split()[0], '|', ssl.OPENSSL_VERSION, '|', "
+        "os.path.realpath(sys.executable))",
     )
+    parts = [x.strip() for x in py.split("|")]
+    if len(parts) != 3:
+        parts = [py, ssl.OPENSSL_VERSION, "?"]
+    # The build matters (PROFILE.md, "Session 4"): a libpython linked in statically and
+    # built with PGO and LTO (Debian's python3.11) runs the proxy ~20% faster than a shared,
+    # unoptimized one (a default pyenv build).
+    linked = "shared libpython" if "libpython" in sh("ldd", parts[2]) else "static libpython"
     return {
         "CPU": f"{cpu}, {os.cpu_count()} logical CPUs",
         "kernel": f"{platform.system()} {platform.release()}",
-        "Python (plait)": py.split("|")[0].strip() if "|" in py else py,
-        "OpenSSL (Python ssl)": py.split("|")[1].strip() if "|" in py else ssl.OPENSSL_VERSION,
+        "Python (plait)": f"{parts[0]} ({parts[2]}, {linked})",
+        "OpenSSL (Python ssl)": parts[1],
         "OpenSSL (CLI, certs)": v["openssl"],
         "HAProxy": v["haproxy"],
         "nginx": v["nginx"],
