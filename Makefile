@@ -1,8 +1,9 @@
 # plait: `make demo` runs a local mesh, `make test` runs the tests, `make lint` checks.
 # The interpreter .venv is made from: the distribution's python3.11 when there is one
-# (Debian's links libpython in and is built with PGO and LTO: the proxy runs ~20% faster on
-# it than on a shared, unoptimized build such as pyenv's default; benchmarks/PROFILE.md,
-# "Session 4"), else the first python3.11 on PATH, else python3. `make PY=...` overrides.
+# (what the README's fresh Debian machine has; Debian's links libpython in and is built
+# with PGO and LTO: the proxy's request path takes 5% fewer instructions on it than on a
+# shared, unoptimized build such as pyenv's default; benchmarks/PROFILE.md, "Session 4"),
+# else the first python3.11 on PATH, else python3. `make PY=...` overrides.
 PY ?= $(firstword $(wildcard /usr/bin/python3.11) python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
