@@ -25,6 +25,28 @@ from typing import Any
 import yaml
 
 PY = sys.executable
+
+# Services frontend and orders, both at mtls: strict (most tests here); strict_pair()
+# gives it with another mode for orders.
+STRICT_PAIR = """
+apiVersion: plait/v1
+kind: Service
+metadata: {name: frontend}
+spec: {mtls: strict}
+---
+apiVersion: plait/v1
+kind: Service
+metadata: {name: orders}
+spec: {mtls: strict}
+"""
+
+
+def strict_pair(orders_mode: str = "strict") -> str:
+    """:data:`STRICT_PAIR` with ``orders`` at ``orders_mode``."""
+    orders = "metadata: {name: orders}\nspec: {mtls: strict}"
+    return STRICT_PAIR.replace(orders, orders.replace("strict", orders_mode))
+
+
 CURL_ENV = {
     k: v
     for k, v in os.environ.items()

@@ -15,21 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtls_harness import MtlsMesh, Proxy, curl, wait_until
+from mtls_harness import STRICT_PAIR, MtlsMesh, Proxy, curl, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-CONFIG = """
-apiVersion: plait/v1
-kind: Service
-metadata: {name: frontend}
-spec: {mtls: strict}
----
-apiVersion: plait/v1
-kind: Service
-metadata: {name: orders}
-spec: {mtls: strict}
-"""
+CONFIG = STRICT_PAIR
 
 
 def mapped_libraries(pid: int) -> set[str]:

@@ -10,21 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from mtls_harness import MtlsMesh, Proxy, api_call, curl, wait_until
+from mtls_harness import MtlsMesh, Proxy, api_call, curl, strict_pair, wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-CONFIG = """
-apiVersion: plait/v1
-kind: Service
-metadata: {name: frontend}
-spec: {mtls: strict}
----
-apiVersion: plait/v1
-kind: Service
-metadata: {name: orders}
-spec: {mtls: MODE}
-"""
 
 
 class Load:
@@ -74,7 +62,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MtlsMesh, P
     m = MtlsMesh(tmp_path_factory.mktemp("mtls-rotation"), cert_ttl="6s")
     try:
         m.start_control()
-        m.apply(CONFIG.replace("MODE", "permissive"))
+        m.apply(strict_pair("permissive"))
         front = m.start_proxy("host-front", ["frontend"])
         orders = m.start_proxy("host-orders", ["orders"])
         wait_until(lambda: curl(front.outbound("frontend"), "http://orders/")[0] == 200, 60)
@@ -87,7 +75,7 @@ def test_permissive_to_strict_under_load(mesh: tuple[MtlsMesh, Proxy, Proxy]) ->
     m, front, orders = mesh
     with Load(front.outbound("frontend")) as load:
         time.sleep(1.5)
-        m.apply(CONFIG.replace("MODE", "strict"))
+        m.apply(strict_pair("strict"))
         wait_until(lambda: '"tls_mode": "strict"' in orders.admin("/config_dump"), 20, 0.2)
         time.sleep(1.5)
     assert load.ok > 10

@@ -18,24 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtls_harness import MtlsMesh, Proxy, curl, wait_until
+from mtls_harness import STRICT_PAIR, MtlsMesh, Proxy, curl, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 from dataplane_harness import LoopThread, UpstreamServer, pattern_sha256
 
 pytestmark = pytest.mark.timeout(180)
 
-CONFIG = """
-apiVersion: plait/v1
-kind: Service
-metadata: {name: frontend}
-spec: {mtls: strict}
----
-apiVersion: plait/v1
-kind: Service
-metadata: {name: orders}
-spec: {mtls: strict}
-"""
+CONFIG = STRICT_PAIR
 TD = "plait.local"
 
 Mesh = tuple[MtlsMesh, Proxy, Proxy, UpstreamServer, LoopThread]
