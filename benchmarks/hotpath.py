@@ -191,6 +191,11 @@ def wall_clock(step_us: float | None) -> Callable[[], float]:
 class Rig:
     """One DataPlane, one downstream connection, one pooled upstream connection."""
 
+    NODE = "bench-out"
+    LOCAL_SERVICES: tuple[str, ...] = ()
+    LISTENER = "outbound"  # where the requests arrive
+    CLUSTER = "outbound|bench"  # where they go
+
     def __init__(
         self,
         request_id: Callable[[], str] = fast_request_id,
@@ -203,27 +208,27 @@ class Rig:
         self.log = io.BytesIO()  # the access log file: BufferedWriter batches into it
         self.writer = BufferedWriter(self.log)
         self.dp = DataPlane(
-            "bench-out",
+            self.NODE,
+            local_services=self.LOCAL_SERVICES,
             metrics=Metrics() if metrics else None,
             access_log=AccessLog(self.writer.write) if access_log else None,
             request_id=request_id,
             wall_clock=wall_clock(wall_step),
         )
-
-        async def bind() -> None:
-            await self.dp.bind("outbound", "127.0.0.1", 0, "outbound")
-
-        self.loop.run_until_complete(bind())
-        self.dp.apply(config(route_timeout))
-        slot = self.dp.listeners["outbound"]
-        self.server = Http1Server(self.dp, slot)
+        self.dp.apply(self.configure(route_timeout))
+        self.server = Http1Server(self.dp, self.dp.listeners[self.LISTENER])
         self.down = RecordingTransport()
         self.server.connection_made(self.down)  # type: ignore[arg-type]
-        state = self.dp.snapshot.clusters["outbound|bench"]  # type: ignore[union-attr]
+        state = self.dp.snapshot.clusters[self.CLUSTER]  # type: ignore[union-attr]
         self.conn = UpstreamConnection(state.pool, UPSTREAM)
         self.up = RecordingTransport()
         self.conn.connection_made(self.up)  # type: ignore[arg-type]
         state.pool.release(self.conn)
+
+    def configure(self, route_timeout: float | None) -> ProxyConfig:
+        """Bind the node's listeners; the config its control plane would send."""
+        self.loop.run_until_complete(self.dp.bind("outbound", "127.0.0.1", 0, "outbound"))
+        return config(route_timeout)
 
     def one(self) -> None:
         self.server.data_received(REQUEST)
@@ -267,44 +272,26 @@ class InboundRig(Rig):
     """The second proxy of the 2-hop plaintext case (``--hop inbound``): ``bench-in``,
     its ``inbound|bench`` listener fed what ``bench-out`` sends upstream."""
 
-    def __init__(
-        self,
-        request_id: Callable[[], str] = fast_request_id,
-        route_timeout: float | None = 15.0,  # unused: the inbound route has no timeout
-        metrics: bool = True,
-        access_log: bool = True,
-        wall_step: float | None = None,
-    ) -> None:
+    NODE = INBOUND_NODE
+    LOCAL_SERVICES = ("bench",)
+    LISTENER = INBOUND
+    CLUSTER = INBOUND
+
+    def __init__(self, **options: Any) -> None:
         # what the outbound proxy sends upstream, request by request (distinct ids)
         self.requests = _captured(Rig(), RING, lambda r: r.up.last)
         self.next_request = itertools.cycle(self.requests).__next__
         self.sent = b""
-        self.loop = asyncio.new_event_loop()
-        self.log = io.BytesIO()
-        self.writer = BufferedWriter(self.log)
-        self.dp = DataPlane(
-            INBOUND_NODE,
-            local_services=["bench"],
-            metrics=Metrics() if metrics else None,
-            access_log=AccessLog(self.writer.write) if access_log else None,
-            request_id=request_id,
-            wall_clock=wall_clock(wall_step),
-        )
+        super().__init__(**options)
+
+    def configure(self, route_timeout: float | None) -> ProxyConfig:
+        """(The inbound route has no timeout: ``route_timeout`` is not used.)"""
 
         async def bind() -> int:
             await self.dp.bind("outbound", "127.0.0.1", 0, "outbound")
             return (await self.dp.bind(INBOUND, "127.0.0.1", 0, "inbound", "bench"))[1]
 
-        port = self.loop.run_until_complete(bind())
-        self.dp.apply(inbound_config(port))
-        self.server = Http1Server(self.dp, self.dp.listeners[INBOUND])
-        self.down = RecordingTransport()
-        self.server.connection_made(self.down)  # type: ignore[arg-type]
-        state = self.dp.snapshot.clusters[INBOUND]  # type: ignore[union-attr]
-        self.conn = UpstreamConnection(state.pool, UPSTREAM)
-        self.up = RecordingTransport()
-        self.conn.connection_made(self.up)  # type: ignore[arg-type]
-        state.pool.release(self.conn)
+        return inbound_config(self.loop.run_until_complete(bind()))
 
     def sample(self) -> tuple[bytes, bytes]:
         return self.requests[0], RESPONSE

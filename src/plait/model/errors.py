@@ -71,6 +71,12 @@ class FieldError:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def in_file(cls, file: str, path: Path, message: str) -> FieldError:
+        """A problem at ``path`` of a file that is not a list of resources (no document,
+        kind or name), and with no line to point at."""
+        return cls(file, 0, None, None, format_path(path), None, message)
+
 
 def _sort_key(e: FieldError) -> tuple[str, int, int, str]:
     return (e.file, e.document, e.line if e.line is not None else 0, e.field)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from plait.model.errors import ConfigError, FieldError, format_path
+from plait.model.errors import ConfigError, FieldError
 from plait.model.errors import Path as FieldPath
 from plait.model.names import LABEL_KEY_RE, parse_duration
 
@@ -232,9 +232,7 @@ class Model:
         problems: Problems = []
         self._fill(values, (), problems)
         if problems:
-            raise BootstrapError(
-                [FieldError("", 0, None, None, format_path(p), None, m) for p, m in problems]
-            )
+            raise BootstrapError([FieldError.in_file("", p, m) for p, m in problems])
 
     @classmethod
     def _validate(cls, data: Mapping[Any, Any], loc: FieldPath, problems: Problems) -> Any:

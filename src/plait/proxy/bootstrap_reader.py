@@ -72,7 +72,7 @@ def read_bootstrap(path: str | os.PathLike[str], *, timeout: float = TIMEOUT) ->
 
 
 def _failed(filename: str, message: str) -> BootstrapError:
-    return BootstrapError([FieldError(filename, 0, None, None, "", None, message)])
+    return BootstrapError([FieldError.in_file(filename, (), message)])
 
 
 def answer(path: str) -> tuple[dict[str, Any], int]:

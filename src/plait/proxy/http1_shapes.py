@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Final
+from typing import Final, TypeVar
 
 from plait.proxy.http1_checks_common import (
     _CONNECTION,
@@ -263,9 +263,22 @@ def _set_forwarded(
         head.fields_wire = b""
 
 
+_Plan = TypeVar("_Plan")
+
+
+def _remember(
+    plans: dict[tuple[bytes, ...], _Plan | None], names: tuple[bytes, ...], plan: _Plan | None
+) -> _Plan | None:
+    """Keep ``plan`` for ``names`` (not when the names are long; the memo starts over
+    when full), and return it."""
+    if len(plans) >= MAX_SHAPES:
+        plans.clear()
+    if sum(map(len, names)) <= MAX_MEMO_NAMES:
+        plans[names] = plan
+    return plan
+
+
 def _request_plan(names: tuple[bytes, ...]) -> _ReqPlan | None:
-    if len(_request_plans) >= MAX_SHAPES:
-        _request_plans.clear()
     shape = request_shape(names)
     plan: _ReqPlan | None = None
     if shape is not None:
@@ -274,14 +287,10 @@ def _request_plan(names: tuple[bytes, ...]) -> _ReqPlan | None:
         fmt, pick = _wire_format(names, forward)
         check = len(names) > checked
         plan = host_i, cl_i, rid_i, conn_i, via_i, check, _picker(forward), fmt, pick
-    if sum(map(len, names)) <= MAX_MEMO_NAMES:
-        _request_plans[names] = plan
-    return plan
+    return _remember(_request_plans, names, plan)
 
 
 def _response_plan(names: tuple[bytes, ...]) -> _RespPlan | None:
-    if len(_response_plans) >= MAX_SHAPES:
-        _response_plans.clear()
     shape = response_shape(names)
     plan: _RespPlan | None = None
     if shape is not None:
@@ -289,9 +298,7 @@ def _response_plan(names: tuple[bytes, ...]) -> _RespPlan | None:
         checked = sum(1 for i in (cl_i, conn_i) if i >= 0)
         fmt, pick = _wire_format(names, forward)
         plan = cl_i, conn_i, via_i, len(names) > checked, _picker(forward), fmt, pick
-    if sum(map(len, names)) <= MAX_MEMO_NAMES:
-        _response_plans[names] = plan
-    return plan
+    return _remember(_response_plans, names, plan)
 
 
 def _authority(value: bytes) -> bytes:

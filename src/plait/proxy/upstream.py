@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
+from plait.proxy.tls_buffered import TlsBuffered
 
 log = logging.getLogger("plait.proxy.upstream")
 
@@ -395,13 +396,10 @@ class UpstreamPool:
     async def _connect_tls(
         self, key: EndpointKey, tls: TlsOrigin, timeout: float
     ) -> UpstreamConnection:
-        # TlsBuffered: decrypted reads go into one shared buffer, not a 256 KiB bytes each
-        from plait.proxy.tls_buffered import TlsBuffered
-
         ctx, sans = tls
         conn = UpstreamConnection(self, key)
         await asyncio.get_running_loop().create_connection(
-            lambda: TlsBuffered(conn),
+            lambda: TlsBuffered(conn),  # decrypted reads into one shared buffer
             key[0],
             key[1],
             ssl=ctx,

@@ -26,11 +26,13 @@ def make_leaf(
     not_before: datetime | None = None,
     not_after: datetime | None = None,
     basic_constraints: bool = True,
+    common_name: str = "test",
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate with ``uris`` as URI SANs; self-signed when no issuer is given."""
+    """A certificate with ``uris`` as URI SANs; self-signed when no issuer is given. (Give
+    a leaf of :func:`make_ca` another ``common_name``, or OpenSSL takes it as self-signed.)"""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -200,6 +200,16 @@ class MtlsMesh:
         self.procs.append(proc)
         return Proxy(node, proc, wait_file(ready, proc=proc), host_dir / "access.log")
 
+    def start_strict_pair(self) -> tuple[Proxy, Proxy]:
+        """A control plane with :data:`STRICT_PAIR` applied and the proxies of frontend and
+        orders (``python -m plait.proxy``), once frontend's reaches orders over mTLS."""
+        self.start_control()
+        self.apply(STRICT_PAIR)
+        front = self.start_proxy("host-front", ["frontend"], entry=("plait.proxy",))
+        orders = self.start_proxy("host-orders", ["orders"], entry=("plait.proxy",))
+        wait_until(lambda: curl(front.outbound("frontend"), "http://orders/")[0] == 200, 60)
+        return front, orders
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:

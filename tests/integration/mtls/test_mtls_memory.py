@@ -11,35 +11,24 @@ include cryptography's, pydantic's or grpcio's. Their key files are 0600.
 from __future__ import annotations
 
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtls_harness import STRICT_PAIR, MtlsMesh, Proxy, curl, wait_until
+from mtls_harness import MtlsMesh, Proxy, curl, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
+from dataplane_harness import mapped_libraries
 
 pytestmark = pytest.mark.timeout(180)
-
-CONFIG = STRICT_PAIR
-
-
-def mapped_libraries(pid: int) -> set[str]:
-    paths = set()
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            paths.add(parts[5])
-    return paths
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MtlsMesh, Proxy, Proxy]]:
     m = MtlsMesh(tmp_path_factory.mktemp("mtls-memory"))
     try:
-        m.start_control()
-        m.apply(CONFIG)
-        front = m.start_proxy("host-front", ["frontend"], entry=("plait.proxy",))
-        orders = m.start_proxy("host-orders", ["orders"], entry=("plait.proxy",))
-        wait_until(lambda: curl(front.outbound("frontend"), "http://orders/")[0] == 200, 60)
+        front, orders = m.start_strict_pair()
         yield m, front, orders
     finally:
         m.stop()

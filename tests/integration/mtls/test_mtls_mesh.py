@@ -14,27 +14,20 @@ from pathlib import Path
 import pytest
 from certs_for_tests import load_issuer, make_ca, make_leaf, write_pair
 from cryptography import x509
-from mtls_harness import CURL_ENV, MtlsMesh, Proxy, curl, wait_until
+from mtls_harness import CURL_ENV, STRICT_PAIR, MtlsMesh, Proxy, curl, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 TD = "plait.local"
-CONFIG = """
-apiVersion: plait/v1
-kind: Service
-metadata: {name: frontend}
-spec: {mtls: strict}
----
-apiVersion: plait/v1
-kind: Service
-metadata: {name: orders}
-spec: {mtls: strict}
----
+CONFIG = (
+    STRICT_PAIR
+    + """---
 apiVersion: plait/v1
 kind: Service
 metadata: {name: batch}
 spec: {mtls: plaintext}
 """
+)
 HTTP_GET = b"GET / HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n"
 
 

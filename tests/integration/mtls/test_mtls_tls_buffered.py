@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mtls_harness import STRICT_PAIR, MtlsMesh, Proxy, curl, wait_until
+from mtls_harness import MtlsMesh, Proxy, curl, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 from dataplane_harness import LoopThread, UpstreamServer, pattern_sha256
 
 pytestmark = pytest.mark.timeout(180)
 
-CONFIG = STRICT_PAIR
 TD = "plait.local"
 
 Mesh = tuple[MtlsMesh, Proxy, Proxy, UpstreamServer, LoopThread]
@@ -40,11 +39,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     default_app = m.app
     m.app = lambda name: app_port if name == "orders" else default_app(name)  # type: ignore[method-assign]
     try:
-        m.start_control()
-        m.apply(CONFIG)
-        front = m.start_proxy("host-front", ["frontend"], entry=("plait.proxy",))
-        orders = m.start_proxy("host-orders", ["orders"], entry=("plait.proxy",))
-        wait_until(lambda: curl(front.outbound("frontend"), "http://orders/")[0] == 200, 60)
+        front, orders = m.start_strict_pair()
         yield m, front, orders, app, lt
     finally:
         m.stop()

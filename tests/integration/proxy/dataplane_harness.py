@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httptools
@@ -258,6 +259,16 @@ class _UpstreamProto(asyncio.Protocol):
         t.write(head + b"\r\n" + body)
         if parts[0] == "close":
             t.close()
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    """The files mapped into process ``pid`` (``/proc/<pid>/maps``): its shared objects."""
+    paths = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            paths.add(parts[5])
+    return paths
 
 
 def pattern_chunks(n: int, piece: int = 65536) -> Iterable[bytes]:

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from dataplane_harness import HOST, LoopThread, UpstreamServer
+from dataplane_harness import HOST, LoopThread, UpstreamServer, mapped_libraries
 from test_proxy_main import http, start, start_control, wait_file
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -26,15 +26,6 @@ MANIFEST = (
     "apiVersion: plait/v1\nkind: Service\nmetadata: {name: orders}\n"
     "spec: {protocol: http, ports: [{name: http, port: 80}]}\n"
 )
-
-
-def mapped_libraries(pid: int) -> set[str]:
-    paths = set()
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            paths.add(parts[5])
-    return paths
 
 
 def test_a_plaintext_proxy_maps_no_pydantic_grpc_or_cryptography(

@@ -12,21 +12,23 @@ import asyncio
 import gc
 import hashlib
 import ssl
-from datetime import UTC, datetime, timedelta
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from plait.proxy import tls_buffered
 from plait.proxy.inbound import InboundAcceptor, MtlsHttp1Server
 from plait.proxy.tls import client_context, server_context
 from plait.proxy.tls_buffered import READ_SIZE, TlsBuffered
 from plait.proxy.upstream import UpstreamConnection, UpstreamPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "mtls"))
+from certs_for_tests import PEM, key_pem, make_ca, make_leaf
 
 TD = "plait.local"
 SERVER_ID = f"spiffe://{TD}/svc/orders"
@@ -154,54 +156,21 @@ def test_the_inner_protocol_is_let_go_when_the_connection_is_lost() -> None:
 # -- real TLS over loopback (uvloop) -------------------------------------------------------
 
 
-def _leaf(
+def _pair(
     ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, uri: str
 ) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem, key_pem
+    """A leaf certificate for ``uri`` issued by ``ca``, and its key, as PEM."""
+    cert, key = make_leaf(ca, ca_key, [uri], common_name="leaf")
+    return cert.public_bytes(PEM), key_pem(key)
 
 
 @pytest.fixture(scope="module")
 def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts as the proxy builds them, from one test CA."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
-    now = datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    bundle = ca.public_bytes(serialization.Encoding.PEM)
-    server = server_context(*_leaf(ca, ca_key, SERVER_ID), bundle)
-    client = client_context(*_leaf(ca, ca_key, CLIENT_ID), bundle)
+    ca, ca_key = make_ca()
+    bundle = ca.public_bytes(PEM)
+    server = server_context(*_pair(ca, ca_key, SERVER_ID), bundle)
+    client = client_context(*_pair(ca, ca_key, CLIENT_ID), bundle)
     return server, client
 
 

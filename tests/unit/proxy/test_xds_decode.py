@@ -962,17 +962,23 @@ def _check_invariant(type_url: str, resources: list[Any]) -> None:
         assert isinstance(cfg, ProxyConfig)
 
 
+def _mutated_seed(type_url: str, make: Callable[[], Any], data: st.DataObject) -> Any:
+    """A seed message with drawn field mutations (for a Listener, sometimes inside its
+    packed HttpConnectionManager first)."""
+    msg = make()
+    if type_url == LISTENER and data.draw(st.booleans()):  # reach inside the packed HCM
+        manager = _mutated(hcm_of(msg), data)
+        msg.filter_chains[0].filters[0].typed_config.CopyFrom(b.pack(manager))
+    return _mutated(msg, data)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(_SEEDS), data=st.data())
 def test_field_mutations_decode_or_are_refused(
     seed: tuple[str, Callable[[], Any]], data: st.DataObject
 ) -> None:
     type_url, make = seed
-    msg = make()
-    if type_url == LISTENER and data.draw(st.booleans()):  # reach inside the packed HCM
-        manager = _mutated(hcm_of(msg), data)
-        msg.filter_chains[0].filters[0].typed_config.CopyFrom(b.pack(manager))
-    _check_invariant(type_url, [b.pack(_mutated(msg, data))])
+    _check_invariant(type_url, [b.pack(_mutated_seed(type_url, make, data))])
 
 
 @settings(max_examples=300, deadline=None)
@@ -1077,11 +1083,7 @@ def test_schema_and_generated_messages_decode_alike_after_field_mutations(
     seed: tuple[str, Callable[[], Any]], data: st.DataObject
 ) -> None:
     type_url, make = seed
-    msg = make()
-    if type_url == LISTENER and data.draw(st.booleans()):  # reach inside the packed HCM
-        manager = _mutated(hcm_of(msg), data)
-        msg.filter_chains[0].filters[0].typed_config.CopyFrom(b.pack(manager))
-    _decode_alike(type_url, _mutated(msg, data))
+    _decode_alike(type_url, _mutated_seed(type_url, make, data))
 
 
 @settings(max_examples=300, deadline=None)

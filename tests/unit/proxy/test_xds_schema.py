@@ -73,6 +73,23 @@ def test_the_schema_holds_no_annotations_and_no_options_but_map_entry() -> None:
             walk(msg)
 
 
+def _field_shapes(message: Any) -> list[tuple[Any, ...]]:
+    """What decoding depends on in each field of ``message`` (a Descriptor), by number."""
+    return [
+        (
+            f.name,
+            f.number,
+            f.type,
+            f.is_repeated,
+            f.has_presence,
+            f.containing_oneof.name if f.containing_oneof else None,
+            f.message_type.full_name if f.message_type else None,
+            f.enum_type.full_name if f.enum_type else None,
+        )
+        for f in sorted(message.fields, key=lambda f: f.number)
+    ]
+
+
 def _same_fields(schema: Any, real: Any, seen: set[str]) -> None:
     """Two message descriptors have the same fields (recursively): what the wire and the
     decoders see."""
@@ -81,32 +98,8 @@ def _same_fields(schema: Any, real: Any, seen: set[str]) -> None:
     seen.add(real.full_name)
     assert schema.full_name == real.full_name
     assert real.GetOptions().map_entry == schema.GetOptions().map_entry, real.full_name
-    shape = [
-        (
-            f.name,
-            f.number,
-            f.type,
-            f.is_repeated,
-            f.has_presence,
-            f.containing_oneof.name if f.containing_oneof else None,
-            f.message_type.full_name if f.message_type else None,
-            f.enum_type.full_name if f.enum_type else None,
-        )
-        for f in sorted(real.fields, key=lambda f: f.number)
-    ]
-    got = [
-        (
-            f.name,
-            f.number,
-            f.type,
-            f.is_repeated,
-            f.has_presence,
-            f.containing_oneof.name if f.containing_oneof else None,
-            f.message_type.full_name if f.message_type else None,
-            f.enum_type.full_name if f.enum_type else None,
-        )
-        for f in sorted(schema.fields, key=lambda f: f.number)
-    ]
+    shape = _field_shapes(real)
+    got = _field_shapes(schema)
     assert got == shape, real.full_name
     for f in real.fields:
         if f.message_type is not None:
