@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from plait.proxy.http1_attempt import P_QUEUE, P_UPGRADE
-from plait.proxy.http1_checks import MAX_HEAD_BYTES, HeadRejected, identify_rejected
+from plait.proxy.http1_checks import (
+    MAX_HEAD_BYTES,
+    HeadRejected,
+    RequestHead,
+    identify_rejected,
+)
 from plait.proxy.http1_exchange import Exchange, HeaderView
 from plait.proxy.http1_shapes import fast_request_head
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
@@ -45,6 +50,14 @@ __all__ = ["LINGER", "Exchange", "HeaderView", "Http1Server"]
 log = logging.getLogger("plait.proxy.http1")
 
 LINGER = 2.0  # seconds to read and drop an unread request body after answering it
+
+# Whole reads that were one bodiless request, and its checked head (Http1Server._whole).
+# Clients repeat the same request bytes (a health check, a load generator, an API poll):
+# those skip llhttp's callbacks and the head checks. Requests carrying their own
+# x-request-id differ every time and are never remembered.
+MAX_WHOLE_REQUEST = 1024  # longer reads are not remembered
+MAX_WHOLE_REQUESTS = 128  # then start over
+_whole_requests: dict[bytes, RequestHead] = {}
 
 
 class _Closed:
@@ -102,6 +115,13 @@ class Http1Server(asyncio.Protocol):
         if self.closing:
             return
         was_in_head = self._in_head
+        current = self.current
+        boundary = not was_in_head and (current is None or current.request_done)
+        if boundary:  # llhttp waits for a message's first byte: this read may be a whole one
+            head = _whole_requests.get(data)
+            if head is not None:
+                self._whole(head)
+                return
         messages = self._messages
         self.feeding = True
         try:
@@ -121,11 +141,57 @@ class Http1Server(asyncio.Protocol):
             ex = queue[0]
             if ex.up_cork is not None:
                 ex.flush_up()
-        if self._in_head and was_in_head and messages == self._messages:
+        if boundary and messages + 1 == self._messages and not self._in_head:
+            self._remember_whole(data)
+        elif self._in_head and was_in_head and messages == self._messages:
             # A whole segment inside one unfinished head: bound what llhttp accumulates.
             self._stall += len(data)
             if self._stall > MAX_HEAD_BYTES:
                 self.reject(HeadRejected("request header section is larger than 64 KiB", 431))
+
+    def _whole(self, head: RequestHead) -> None:
+        """A read that is, byte for byte, a request llhttp parsed and the checks accepted
+        before (:data:`_whole_requests`): what its callbacks would do, without them."""
+        self._messages += 1  # on_message_begin
+        self._stall = 0
+        self.feeding = True
+        try:
+            ex = Exchange(self, head)  # on_headers_complete
+            self.current = ex
+            queue = self.queue
+            queue.append(ex)
+            if len(queue) == 1:
+                ex.start()
+            else:
+                self.pause(P_QUEUE)
+            ex.request_complete()  # on_message_complete
+        except Exception as exc:  # as a callback's exception inside feed_data
+            self.feeding = False
+            self._callback_failed(exc)
+            self._fed()
+            return
+        self._fed()
+
+    def _remember_whole(self, data: bytes) -> None:
+        """The read held exactly one request, parsed and accepted: remember it whole when
+        the same bytes can come again (no body, no x-request-id of its own, kept alive).
+        The same bytes from the same parser state give the same callbacks, so the
+        remembered head is what llhttp and the checks would make of them again."""
+        ex = self.current
+        head = ex.head if ex is not None else None
+        if (
+            head is None
+            or not ex.request_done  # type: ignore[union-attr]
+            or head.request_id is not None
+            or head.has_body
+            or not head.keep_alive
+            or head.upgrade is not None
+            or len(data) > MAX_WHOLE_REQUEST
+        ):
+            return
+        if len(_whole_requests) >= MAX_WHOLE_REQUESTS:
+            _whole_requests.clear()
+        _whole_requests[data] = head
 
     def _fed(self) -> None:
         """A read is parsed: let the exchange in flight send what it held upstream."""
@@ -322,18 +388,25 @@ class Http1Server(asyncio.Protocol):
         if self.closing:
             return
         cause = exc.__context__
-        if isinstance(cause, HeadRejected):
-            self.reject(cause)
-            return
         if cause is not None:
-            log.error("error handling a request", exc_info=cause)
-            self.reject(HeadRejected("internal error", 500, PROXY_INTERNAL_ERROR))
+            self._callback_failed(cause)
             return
         ex = self.current
         if not self._in_head and ex is not None and not ex.request_done:
             ex.request_failed(f"malformed request body: {exc}")
             return
         self.reject(HeadRejected(f"malformed request: {exc}"))
+
+    def _callback_failed(self, cause: BaseException) -> None:
+        """A parser callback raised: a rejected head is answered; anything else is a bug
+        here, answered 500."""
+        if self.closing:
+            return
+        if isinstance(cause, HeadRejected):
+            self.reject(cause)
+            return
+        log.error("error handling a request", exc_info=cause)
+        self.reject(HeadRejected("internal error", 500, PROXY_INTERNAL_ERROR))
 
     def reject(self, err: HeadRejected) -> None:
         """Answer ``err`` (after responses already owed) and close; stop parsing."""

@@ -101,6 +101,15 @@ class _Closed:
 
 _CLOSED_PARSER = HttpResponseParser(_Closed())
 
+# Response heads (their bytes, to the blank line) that came whole with their body in one
+# read, and what llhttp made of them: status, reason, fields, keep-alive, body length.
+# An upstream repeats its heads byte for byte (nginx's change once a second, with Date):
+# those skip llhttp's callbacks (UpstreamConnection._whole).
+_Whole = tuple[int, bytes, list[tuple[bytes, bytes]], bool, int]
+MAX_WHOLE_HEAD = 2048  # longer heads are not remembered
+MAX_WHOLE_RESPONSES = 128  # then start over
+_whole_responses: dict[bytes, _Whole] = {}
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; serves one request at a time."""
@@ -111,6 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_in_body",
         "_interim",
+        "_last_head",
         "_reason",
         "_stopped",
         "_trailers",
@@ -145,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
         self._head_bytes = 0
         self._stopped = False
+        self._last_head: tuple[int, bytes, list[tuple[bytes, bytes]], bool] | None = None
 
     # -- used by the exchange ------------------------------------------------------------
 
@@ -173,13 +184,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.write(data)
             return
         self.received = True
+        watch = False
         if not self._in_body:  # a head starts or goes on: count its bytes (upper bound)
+            if not self._head_bytes and not self._head_request and self.handler is not None:
+                # Between messages, where a response may come whole in one read.
+                end = data.find(b"\r\n\r\n") + 4
+                whole = _whole_responses.get(data[:end]) if end > 4 else None
+                if whole is not None and len(data) - end == whole[4]:
+                    self._whole(whole, data, end)
+                    return
+                watch = True
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
             handler = self.handler
             if handler is not None:
                 handler.uncork()  # the end of this read: flush a held-back response head
+            elif watch and not self._in_body and not self.closed:
+                self._remember_whole(data)
             # a head still incomplete: bound what llhttp holds
             if not self._in_body and self._head_bytes > 2 * MAX_RESPONSE_HEAD:
                 self.close()
@@ -208,6 +230,67 @@ class UpstreamConnection(asyncio.Protocol):
                     handler.upstream_lost(self, exc)
                 else:
                     handler.upstream_error(self, f"malformed response from upstream: {exc}")
+
+    def _whole(self, whole: _Whole, data: bytes, end: int) -> None:
+        """A read that is one whole response whose head llhttp parsed before, body
+        included (:data:`_whole_responses`): what its callbacks would do, without them."""
+        status, reason, headers, keep_alive, length = whole
+        handler = self.handler
+        assert handler is not None
+        try:
+            self._in_body = True  # on_headers_complete (a final status: not interim)
+            handler.upstream_head(self, status, reason, headers, keep_alive)
+            if length:
+                handler = self.handler
+                if handler is not None:
+                    handler.upstream_body(data[end:])  # on_body
+            self._in_body = False  # on_message_complete
+            handler = self.handler
+            self.handler = None
+            if handler is not None:
+                handler.upstream_complete(self, self._trailers)
+        except Exception as exc:  # as a callback's exception inside feed_data
+            self._in_body = False
+            handler = self.handler
+            self.close()
+            if handler is not None:
+                log.exception("error in a response handler", exc_info=exc)
+                handler.upstream_lost(self, exc)
+
+    def _remember_whole(self, data: bytes) -> None:
+        """The read held exactly one response, from its head's first byte to its body's
+        last (Content-Length), the message complete: remember its head (by its bytes) for
+        :meth:`_whole`. The same head bytes from the same parser state give the same
+        callbacks, and a body of the same length after them is read the same way."""
+        last = self._last_head
+        self._last_head = None
+        if last is None:
+            return
+        status, reason, headers, keep_alive = last
+        end = data.find(b"\r\n\r\n") + 4
+        head = data[:end]
+        if (
+            end <= 4
+            or not 200 <= status < 600
+            or status in (204, 304)
+            or len(head) > MAX_WHOLE_HEAD
+            or head.count(b"\n") != head.count(b"\r\n")  # llhttp ended the head at `end`
+        ):
+            return
+        length = -1
+        for name, value in headers:
+            low = name.lower()
+            if low == b"transfer-encoding" or (low == b"content-length" and length >= 0):
+                return
+            if low == b"content-length":
+                length = int(value) if value.isdigit() else -1
+                if length < 0:
+                    return
+        if length != len(data) - end:
+            return
+        if len(_whole_responses) >= MAX_WHOLE_RESPONSES:
+            _whole_responses.clear()
+        _whole_responses[head] = (status, reason, headers, keep_alive, length)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -247,8 +330,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
-    # No on_message_begin (a callback per response): the head's lists are handed over
-    # and replaced in on_headers_complete, the trailers in on_message_complete.
+    # The head's lists are handed over and replaced in on_headers_complete, the trailers
+    # in on_message_complete.
+
+    def on_message_begin(self) -> None:
+        if self.handler is None:
+            # Bytes of a response nobody asked for: after the last one in the same read,
+            # or to an idle connection. Kept, they would answer the next request sent on
+            # this connection (response queue poisoning): close it instead.
+            raise _StopParsing
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -276,7 +366,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         if handler is None:
             raise _StopParsing
-        handler.upstream_head(self, status, reason, headers, parser.should_keep_alive())
+        keep_alive = parser.should_keep_alive()
+        self._last_head = (status, reason, headers, keep_alive)
+        handler.upstream_head(self, status, reason, headers, keep_alive)
         if self._head_request and not self._interim and status != 101:
             # llhttp would wait for a body that a response to HEAD never has.
             handler = self.handler
