@@ -40,6 +40,7 @@ from plait.proxy.http1_checks import (
 )
 from plait.proxy.http1_exchange import Exchange, HeaderView
 from plait.proxy.http1_shapes import fast_request_head
+from plait.proxy.http1_whole import remember_request, request_of
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
 
 if TYPE_CHECKING:
@@ -50,14 +51,6 @@ __all__ = ["LINGER", "Exchange", "HeaderView", "Http1Server"]
 log = logging.getLogger("plait.proxy.http1")
 
 LINGER = 2.0  # seconds to read and drop an unread request body after answering it
-
-# Whole reads that were one bodiless request, and its checked head (Http1Server._whole).
-# Clients repeat the same request bytes (a health check, a load generator, an API poll):
-# those skip llhttp's callbacks and the head checks. Requests carrying their own
-# x-request-id differ every time and are never remembered.
-MAX_WHOLE_REQUEST = 1024  # longer reads are not remembered
-MAX_WHOLE_REQUESTS = 128  # then start over
-_whole_requests: dict[bytes, RequestHead] = {}
 
 
 class _Closed:
@@ -118,7 +111,7 @@ class Http1Server(asyncio.Protocol):
         current = self.current
         boundary = not was_in_head and (current is None or current.request_done)
         if boundary:  # llhttp waits for a message's first byte: this read may be a whole one
-            head = _whole_requests.get(data)
+            head = request_of(data)
             if head is not None:
                 self._whole(head)
                 return
@@ -150,13 +143,14 @@ class Http1Server(asyncio.Protocol):
                 self.reject(HeadRejected("request header section is larger than 64 KiB", 431))
 
     def _whole(self, head: RequestHead) -> None:
-        """A read that is, byte for byte, a request llhttp parsed and the checks accepted
-        before (:data:`_whole_requests`): what its callbacks would do, without them."""
+        """A read that is a request llhttp parsed and the checks accepted before
+        (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without them."""
         self._messages += 1  # on_message_begin
         self._stall = 0
-        self.feeding = True
         try:
-            ex = Exchange(self, head)  # on_headers_complete
+            # on_headers_complete. Nothing later in this read can turn out malformed, so
+            # what goes upstream is not held back to the read's end (send_up's cork).
+            ex = Exchange(self, head)
             self.current = ex
             queue = self.queue
             queue.append(ex)
@@ -166,32 +160,14 @@ class Http1Server(asyncio.Protocol):
                 self.pause(P_QUEUE)
             ex.request_complete()  # on_message_complete
         except Exception as exc:  # as a callback's exception inside feed_data
-            self.feeding = False
             self._callback_failed(exc)
-            self._fed()
-            return
-        self._fed()
 
     def _remember_whole(self, data: bytes) -> None:
-        """The read held exactly one request, parsed and accepted: remember it whole when
-        the same bytes can come again (no body, no x-request-id of its own, kept alive).
-        The same bytes from the same parser state give the same callbacks, so the
-        remembered head is what llhttp and the checks would make of them again."""
+        """The read held exactly one request and nothing more: remember it
+        (:func:`~plait.proxy.http1_whole.remember_request`) if it was accepted whole."""
         ex = self.current
-        head = ex.head if ex is not None else None
-        if (
-            head is None
-            or not ex.request_done  # type: ignore[union-attr]
-            or head.request_id is not None
-            or head.has_body
-            or not head.keep_alive
-            or head.upgrade is not None
-            or len(data) > MAX_WHOLE_REQUEST
-        ):
-            return
-        if len(_whole_requests) >= MAX_WHOLE_REQUESTS:
-            _whole_requests.clear()
-        _whole_requests[data] = head
+        if ex is not None and ex.head is not None and ex.request_done:
+            remember_request(data, ex.head)
 
     def _fed(self) -> None:
         """A read is parsed: let the exchange in flight send what it held upstream."""

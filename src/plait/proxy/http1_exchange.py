@@ -64,9 +64,14 @@ from plait.proxy.http1_shapes import fast_response_head
 from plait.proxy.proxy_status import CONNECTION_TERMINATED, HTTP_PROTOCOL_ERROR, HTTP_REQUEST_ERROR
 
 if TYPE_CHECKING:
+    from plait.proxy.http1_whole import WholeResponse
     from plait.proxy.upstream import UpstreamConnection
 
 __all__ = ["MAX_PENDING", "Exchange", "HeaderView"]
+
+# Downstream heads made per remembered upstream head (WholeResponse.heads): one per
+# request method, version, keep-alive and proxy (Via) it answered.
+MAX_MADE = 16
 
 log = logging.getLogger("plait.proxy.http1")
 
@@ -185,6 +190,7 @@ class Exchange(Dispatch):
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
+        whole: WholeResponse | None = None,
     ) -> None:
         attempt = self.attempt
         if self.done or attempt is None:
@@ -207,25 +213,35 @@ class Exchange(Dispatch):
             return
         if not self.request_done and head.has_body:
             self.close_after = True  # an early response: the rest of the request is unread
-        try:
-            resp = fast_response_head(
-                status, reason, headers, head.method, head.version, not self.close_after
-            )
-        except HeadRejected as exc:
-            attempt.end(False)
-            self.local_reply(exc.status, exc.error, exc.details)
-            return
+        made = None
+        if whole is not None:  # the same head bytes as before: perhaps made already
+            key = (head.method, head.version, self.close_after, self.dp.via)
+            made = whole.heads.get(key)
+        if made is None:
+            try:
+                resp = fast_response_head(
+                    status, reason, headers, head.method, head.version, not self.close_after
+                )
+            except HeadRejected as exc:
+                attempt.end(False)
+                self.local_reply(exc.status, exc.error, exc.details)
+                return
+            ps = None
+            if resp.proxy_status is not None:  # names this hop: made per request
+                ours = proxy_status.entry(self.server.listener.hop, received_status=status)
+                ps = proxy_status.append(resp.proxy_status, ours.encode("ascii"))
+            rendered = render_response_head(resp, self.dp.via, ps, downstream_version=head.version)
+            if whole is not None and ps is None and len(whole.heads) < MAX_MADE:
+                whole.heads[key] = resp, rendered
+        else:
+            resp, rendered = made
         self.resp = resp
         self.resp_keep_alive = keep_alive
         self.status = status
         if resp.close_downstream:
             self.close_after = True
-        ps = None
-        if resp.proxy_status is not None:
-            ours = proxy_status.entry(self.server.listener.hop, received_status=status)
-            ps = proxy_status.append(resp.proxy_status, ours.encode("ascii"))
         self.started = True
-        self.corked = render_response_head(resp, self.dp.via, ps, downstream_version=head.version)
+        self.corked = rendered
 
     def upstream_body(self, data: bytes) -> None:
         resp = self.resp

@@ -6,7 +6,8 @@ facts, to whoever holds it: an object with the :class:`UpstreamHandler` methods 
 downstream exchange in :mod:`plait.proxy.http1`). It never decides anything about the
 request; it only frames what the parser saw:
 
-- ``upstream_head``: a response head (1xx interim, 101 and final heads alike);
+- ``upstream_head``: a response head (1xx interim, 101 and final heads alike), and
+  its :class:`WholeResponse` when it is a remembered one (the same head bytes again);
 - ``upstream_body``: a piece of the body, as llhttp delivered it (no copies);
 - ``upstream_complete``: the message ended (with its trailers, if chunked);
 - ``upstream_upgraded``: a 101 was parsed; the bytes after it start the tunnel;
@@ -43,6 +44,8 @@ from typing import Any, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from plait.proxy.http1_whole import WholeResponse, remember_response
+from plait.proxy.http1_whole import responses as _whole_responses
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
 from plait.proxy.tls_buffered import TlsBuffered
 
@@ -61,6 +64,7 @@ class UpstreamHandler(Protocol):
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
+        whole: WholeResponse | None = None,
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(
@@ -100,15 +104,6 @@ class _Closed:
 
 
 _CLOSED_PARSER = HttpResponseParser(_Closed())
-
-# Response heads (their bytes, to the blank line) that came whole with their body in one
-# read, and what llhttp made of them: status, reason, fields, keep-alive, body length.
-# An upstream repeats its heads byte for byte (nginx's change once a second, with Date):
-# those skip llhttp's callbacks (UpstreamConnection._whole).
-_Whole = tuple[int, bytes, list[tuple[bytes, bytes]], bool, int]
-MAX_WHOLE_HEAD = 2048  # longer heads are not remembered
-MAX_WHOLE_RESPONSES = 128  # then start over
-_whole_responses: dict[bytes, _Whole] = {}
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -189,8 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
             if not self._head_bytes and not self._head_request and self.handler is not None:
                 # Between messages, where a response may come whole in one read.
                 end = data.find(b"\r\n\r\n") + 4
-                whole = _whole_responses.get(data[:end]) if end > 4 else None
-                if whole is not None and len(data) - end == whole[4]:
+                whole = _whole_responses.get(data[:end]) if end > 4 else None  # http1_whole
+                if whole is not None and len(data) - end == whole.length:
                     self._whole(whole, data, end)
                     return
                 watch = True
@@ -231,16 +226,18 @@ class UpstreamConnection(asyncio.Protocol):
                 else:
                     handler.upstream_error(self, f"malformed response from upstream: {exc}")
 
-    def _whole(self, whole: _Whole, data: bytes, end: int) -> None:
+    def _whole(self, whole: WholeResponse, data: bytes, end: int) -> None:
         """A read that is one whole response whose head llhttp parsed before, body
-        included (:data:`_whole_responses`): what its callbacks would do, without them."""
-        status, reason, headers, keep_alive, length = whole
+        included (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without
+        them."""
         handler = self.handler
         assert handler is not None
         try:
             self._in_body = True  # on_headers_complete (a final status: not interim)
-            handler.upstream_head(self, status, reason, headers, keep_alive)
-            if length:
+            handler.upstream_head(
+                self, whole.status, whole.reason, whole.headers, whole.keep_alive, whole
+            )
+            if whole.length:
                 handler = self.handler
                 if handler is not None:
                     handler.upstream_body(data[end:])  # on_body
@@ -258,39 +255,12 @@ class UpstreamConnection(asyncio.Protocol):
                 handler.upstream_lost(self, exc)
 
     def _remember_whole(self, data: bytes) -> None:
-        """The read held exactly one response, from its head's first byte to its body's
-        last (Content-Length), the message complete: remember its head (by its bytes) for
-        :meth:`_whole`. The same head bytes from the same parser state give the same
-        callbacks, and a body of the same length after them is read the same way."""
+        """The read held exactly one response (:func:`~plait.proxy.http1_whole.
+        remember_response` checks that its body was all of the rest)."""
         last = self._last_head
         self._last_head = None
-        if last is None:
-            return
-        status, reason, headers, keep_alive = last
-        end = data.find(b"\r\n\r\n") + 4
-        head = data[:end]
-        if (
-            end <= 4
-            or not 200 <= status < 600
-            or status in (204, 304)
-            or len(head) > MAX_WHOLE_HEAD
-            or head.count(b"\n") != head.count(b"\r\n")  # llhttp ended the head at `end`
-        ):
-            return
-        length = -1
-        for name, value in headers:
-            low = name.lower()
-            if low == b"transfer-encoding" or (low == b"content-length" and length >= 0):
-                return
-            if low == b"content-length":
-                length = int(value) if value.isdigit() else -1
-                if length < 0:
-                    return
-        if length != len(data) - end:
-            return
-        if len(_whole_responses) >= MAX_WHOLE_RESPONSES:
-            _whole_responses.clear()
-        _whole_responses[head] = (status, reason, headers, keep_alive, length)
+        if last is not None:
+            remember_response(data, *last)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:

@@ -1,4 +1,4 @@
-"""Whole-read memos (plait.proxy.http1 and plait.proxy.upstream): a read that repeats,
+"""Whole-read memos (plait.proxy.http1_whole, used by http1 and upstream): a read that repeats,
 byte for byte, a bodiless request or a response head seen whole before skips llhttp's
 callbacks. Whatever the bytes, the proxy must write the same bytes, log the same
 records and keep or close the same connections as when every read goes through llhttp.
@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wire_rig import Outcome, WireRig
 
-from plait.proxy import http1, upstream
+from plait.proxy import http1, http1_whole, upstream
+from plait.proxy.http1_checks import render_request_head
+from plait.proxy.http1_shapes import fast_request_head
 
 PLAIN = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY = b"x" * 1024
@@ -27,25 +29,22 @@ NGINX = (
 
 @pytest.fixture(autouse=True)
 def _fresh_memos() -> Iterator[None]:
-    http1._whole_requests.clear()
-    upstream._whole_responses.clear()
+    http1_whole.clear()
     yield
-    http1._whole_requests.clear()
-    upstream._whole_responses.clear()
+    http1_whole.clear()
 
 
 def run(steps: list[tuple[bytes, list[bytes]]], remember: bool) -> list[Outcome]:
     """Each step's outcome on one rig, with the memos on or off (nothing remembered)."""
-    http1._whole_requests.clear()
-    upstream._whole_responses.clear()
-    saved = http1.MAX_WHOLE_REQUEST, upstream.MAX_WHOLE_HEAD
+    http1_whole.clear()
+    saved = http1_whole.MAX_WHOLE_REQUEST, http1_whole.MAX_WHOLE_HEAD
     if not remember:
-        http1.MAX_WHOLE_REQUEST = upstream.MAX_WHOLE_HEAD = -1
+        http1_whole.MAX_WHOLE_REQUEST = http1_whole.MAX_WHOLE_HEAD = -1  # type: ignore[misc]
     rig = WireRig()
     try:
         return [rig.exchange(request, response) for request, response in steps]
     finally:
-        http1.MAX_WHOLE_REQUEST, upstream.MAX_WHOLE_HEAD = saved
+        http1_whole.MAX_WHOLE_REQUEST, http1_whole.MAX_WHOLE_HEAD = saved  # type: ignore[misc]
         rig.close()
 
 
@@ -87,20 +86,37 @@ def test_a_repeated_request_and_response_skip_llhttp_and_write_the_same(
 
 def test_what_is_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     spy = Spy(monkeypatch)
-    with_id = b"GET / HTTP/1.1\r\nHost: bench\r\nx-request-id: abc\r\n\r\n"
+    odd_id = b"GET / HTTP/1.1\r\nHost: bench\r\nx-request-id: a-b\r\n\r\n"
+    other_spelling = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Request-Id: ab\r\n\r\n"
+    two_ids = b"GET / HTTP/1.1\r\nHost: bench\r\nx-request-id: ab\r\nx-request-id: ab\r\n\r\n"
     with_body = b"POST / HTTP/1.1\r\nHost: bench\r\nContent-Length: 2\r\n\r\nhi"
     closing = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    )
-    for request in (with_id, with_body, with_id, with_body):
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    for request in (odd_id, other_spelling, two_ids, with_body):
         run([(request, [chunked]), (request, [chunked])], remember=True)
-    assert http1._whole_requests == {} and upstream._whole_responses == {}
+    assert http1_whole._requests == {} and http1_whole._id_requests == {}
+    assert http1_whole.responses == {}
     run([(PLAIN, [NGINX[:40], NGINX[40:]])] * 2, remember=True)  # a head over two reads
-    assert http1._whole_requests and upstream._whole_responses == {}
+    assert http1_whole._requests and http1_whole.responses == {}
     run([(closing, [NGINX])], remember=True)
-    assert closing not in http1._whole_requests
+    assert closing not in http1_whole._requests
     assert (spy.requests, spy.responses) == (1, 0)
+
+
+def test_a_request_id_is_put_back_into_its_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    def with_id(rid: bytes) -> bytes:
+        return b"GET /p HTTP/1.1\r\nHost: bench\r\nx-request-id: %s\r\nVia: 1.1 a\r\n\r\n" % rid
+
+    ids = [b"0" * 32, b"f" * 32, b"abc", b"Z" * 128, b"a-b", b"Z" * 129, b"1"]
+    steps = [(with_id(rid), [NGINX]) for rid in ids]
+    reference = run(steps, remember=False)
+    spy = Spy(monkeypatch)
+    got = run(steps, remember=True)
+    assert got == reference
+    assert spy.requests == 4  # all but the first, the one with a dash and the long one
+    for rid, outcome in zip(ids, got, strict=True):
+        assert b"\r\nx-request-id: %s\r\n" % rid in outcome.upstream
+        assert outcome.log[0]["request_id"] == rid.decode()
 
 
 def test_a_response_of_another_length_goes_through_llhttp(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,14 +131,14 @@ def test_a_response_of_another_length_goes_through_llhttp(monkeypatch: pytest.Mo
 
 
 def test_the_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http1, "MAX_WHOLE_REQUESTS", 4)
-    monkeypatch.setattr(upstream, "MAX_WHOLE_RESPONSES", 4)
+    monkeypatch.setattr(http1_whole, "MAX_WHOLE_REQUESTS", 4)
+    monkeypatch.setattr(http1_whole, "MAX_WHOLE_RESPONSES", 4)
     steps = [
         (b"GET /%d HTTP/1.1\r\nHost: bench\r\n\r\n" % i, [NGINX.replace(b"nginx", b"n%d" % i)])
         for i in range(10)
     ]
     run(steps, remember=True)
-    assert 0 < len(http1._whole_requests) <= 4 and 0 < len(upstream._whole_responses) <= 4
+    assert 0 < len(http1_whole._requests) <= 4 and 0 < len(http1_whole.responses) <= 4
 
 
 # -- any bytes: the same outcome with and without the memos ---------------------------------
@@ -133,6 +149,8 @@ _REQUEST_FIELDS = [
     b"Host: elsewhere",
     b"Host: bench",  # twice is possible: a duplicate Host
     b"x-request-id: r1",
+    b"x-request-id: 7f",
+    b"X-Request-ID: r1",
     b"Connection: close",
     b"Connection: keep-alive",
     b"Content-Length: 0",
@@ -201,3 +219,21 @@ def test_the_memos_never_change_an_outcome(
     if data.draw(st.booleans()):  # or interleaved: the memos outlive a pair
         steps = data.draw(st.permutations(steps))
     assert run(steps, remember=True) == run(steps, remember=False)
+
+
+def test_a_template_head_is_the_template_with_the_new_value() -> None:
+    data = b"GET /p HTTP/1.1\r\nHost: bench\r\nx-request-id: r0\r\nAccept: */*\r\n\r\n"
+    fields = [(b"Host", b"bench"), (b"x-request-id", b"r0"), (b"Accept", b"*/*")]
+    template = fast_request_head(b"GET", b"/p", "1.1", fields, True)
+    http1_whole.remember_request(data, template)
+    again = data.replace(b"r0", b"7f3a")
+    head = http1_whole.request_of(again)
+    assert head is not None
+    fields[1] = (b"x-request-id", b"7f3a")
+    # every field, the pre-rendered ones included, as the checks make them of `again`
+    assert head == fast_request_head(b"GET", b"/p", "1.1", fields, True)
+    assert head.fields_wire == fast_request_head(b"GET", b"/p", "1.1", fields, True).fields_wire
+    assert render_request_head(head, b"1.1 n", None) == render_request_head(
+        fast_request_head(b"GET", b"/p", "1.1", fields, True), b"1.1 n", None
+    )
+    assert template.request_id == b"r0"  # the template itself is never changed
