@@ -15,9 +15,9 @@ After a handshake, :class:`MtlsHttp1Server` checks the peer
 (:func:`~plait.proxy.peer_identity.check_peer`) in ``connection_made``, before the HTTP
 engine sees the connection: a failing peer is aborted with nothing read or written, and
 counted (``plait_tls_handshakes_total``). With TLS 1.3 the client may believe the
-handshake done and send a request; it gets no byte back. The server reads its TLS
-connection through :class:`~plait.proxy.tls_buffered.TlsBuffered` (uvloop then decrypts
-into one shared buffer, not a fresh 256 KiB bytes object per read).
+handshake done and send a request; it gets no byte back. TLS connections are
+:class:`~plait.proxy.tls_transport.TlsTransport`s (OpenSSL reads and writes the socket
+itself, without asyncio's memory BIOs).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from plait.proxy import tls_transport
 from plait.proxy.http1 import Http1Server
 from plait.proxy.peer_identity import PeerRejected, check_peer
-from plait.proxy.tls_buffered import TlsBuffered
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import DataPlane, ListenerSlot
@@ -178,15 +178,7 @@ class InboundAcceptor:
             self.dp.tls_event(slot, "no_identity", f"no certificate for {slot.service} yet")
             return
         try:
-            await asyncio.wait_for(
-                self.loop.connect_accepted_socket(
-                    lambda: TlsBuffered(MtlsHttp1Server(self.dp, slot)),
-                    conn,
-                    ssl=ctx,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                ),
-                HANDSHAKE_TIMEOUT + 1,
-            )
+            await tls_transport.accept(ctx, conn, MtlsHttp1Server(self.dp, slot), HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, OSError, TimeoutError, EOFError) as exc:
             with contextlib.suppress(OSError):
                 conn.close()

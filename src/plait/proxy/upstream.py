@@ -44,10 +44,10 @@ from typing import Any, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from plait.proxy import tls_transport
 from plait.proxy.http1_whole import WholeResponse, remember_response
 from plait.proxy.http1_whole import responses as _whole_responses
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
-from plait.proxy.tls_buffered import TlsBuffered
 
 log = logging.getLogger("plait.proxy.upstream")
 
@@ -460,13 +460,7 @@ class UpstreamPool:
     ) -> UpstreamConnection:
         ctx, sans = tls
         conn = UpstreamConnection(self, key)
-        await asyncio.get_running_loop().create_connection(
-            lambda: TlsBuffered(conn),  # decrypted reads into one shared buffer
-            key[0],
-            key[1],
-            ssl=ctx,
-            ssl_handshake_timeout=timeout,
-        )
+        await tls_transport.connect(ctx, (key[0], key[1]), conn, timeout)
         transport = conn.transport
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None

@@ -1,5 +1,5 @@
 """Bodies and a tunnel over the mTLS hop between two real proxies, whose TLS connections
-read through plait.proxy.tls_buffered (one shared 64 KiB buffer for every TLS read).
+are plait.proxy.tls_transport's (OpenSSL reads and writes the socket itself).
 
 Bodies several buffers long must arrive intact both ways (the request body is read by
 the inbound proxy's TLS server side, the response by the outbound proxy's TLS client
@@ -35,7 +35,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     lt = LoopThread()
     app = UpstreamServer("orders-app")
     app_port = lt.run(app.start())
-    m = MtlsMesh(tmp_path_factory.mktemp("mtls-buffered"))
+    m = MtlsMesh(tmp_path_factory.mktemp("mtls-transport"))
     default_app = m.app
     m.app = lambda name: app_port if name == "orders" else default_app(name)  # type: ignore[method-assign]
     try:
@@ -115,7 +115,7 @@ def test_an_upgrade_tunnel_crosses_the_mtls_hop_and_survives_a_half_close(mesh: 
             return len(tunnels)
 
         # the inbound proxy's upstream side gets EOF: UpstreamConnection.eof_received calls
-        # tunnel_eof on the downstream (TLS) transport's protocol, the TlsBuffered wrapper.
+        # tunnel_eof on the downstream (TLS) transport's protocol.
         # A TLS transport cannot half-close, so the tunnel stays open until the client
         # closes (had the call failed, uvloop would have closed the tunnel at once).
         assert lt.call(app_half_closes) == 1
