@@ -33,6 +33,27 @@ if TYPE_CHECKING:
 
 __all__ = ["Observer"]
 
+MAX_MIDDLES = 256  # (method, path, upstream) texts kept per entry; then start over
+
+# What observe() keeps per (listener, destination, status, error): the metrics series and
+# histogram bounds, the log line's prefix, status and error texts, and its middle texts.
+_Entry = tuple[
+    list[float] | None,
+    tuple[float, ...],
+    str | None,
+    str,
+    str,
+    dict[tuple[bytes, str, tuple[str, int] | None], str],
+]
+
+
+def _middle_text(prefix: str, method: str, path: str, upstream: str, status: str) -> str:
+    """A log line from its prefix to ``"duration_ms":`` (the arguments are JSON texts)."""
+    return (
+        f'{prefix}"method":{method},"path":{path},"upstream":{upstream},"status":{status},'
+        '"duration_ms":'
+    )
+
 
 def _no_write(line: str) -> None:
     return None
@@ -60,16 +81,12 @@ class Observer:
         self._metrics = metrics
         self._access_log = access_log
         # observe(): per (listener, destination, status, error) the metrics series and
-        # the access log pieces (see _observe_entry); JSON texts of upstream addresses and
-        # methods; the time text of the current millisecond
-        self._observed: dict[
-            tuple[ListenerSlot, str, int, str | None],
-            tuple[list[float] | None, tuple[float, ...], str | None, str, str],
-        ] = {}
+        # the access log pieces (see _observe_entry); JSON texts of upstream addresses;
+        # the time text of the current millisecond
+        self._observed: dict[tuple[ListenerSlot, str, int, str | None], _Entry] = {}
         self._log_write: Callable[[str], object] = _no_write
         self._log_suffix = request_suffix(node_id, None, None) + "}\n"
         self._addr_text: dict[tuple[str, int] | None, str] = {}
-        self._method_text: dict[bytes, str] = {}
         self._time_lo = self._time_hi = 0.0
         self._time_text = ""
 
@@ -117,7 +134,7 @@ class Observer:
         entry = self._observed.get((slot, destination, status, error))
         if entry is None:
             entry = self._observe_entry(slot, destination, status, error)
-        series, bounds, prefix, status_text, error_text = entry
+        series, bounds, prefix, status_text, error_text, middles = entry
         if series is not None:  # Metrics.request, on the cached series
             sample = 0.0 if duration < 0.0 else duration
             series[0] += 1
@@ -144,18 +161,21 @@ class Observer:
         rid = rid_bytes.decode("latin-1")
         if not rid_bytes.isalnum():  # ASCII letters and digits need no escaping
             rid = json_quote(rid)[1:-1]
-        if head is not None:
-            method = self._method_text.get(head.method) or self._method_of(head.method)
-            path = json_quote(head.path)
+        if head is not None:  # the line from its prefix to duration_ms, cached
+            key = (head.method, head.path, ex.upstream_addr)
+            middle = middles.get(key)
+            if middle is None:
+                middle = self._middle(middles, key, prefix, status_text)
         else:
             method, path = self._rejected_text(ex)
-        upstream = self._addr_text.get(ex.upstream_addr) or self._upstream_of(ex.upstream_addr)
+            middle = _middle_text(
+                prefix, method, path, self._upstream_text(ex.upstream_addr), status_text
+            )
         details = ex.details
         peer = ex.server.peer
         rbac = ex.rbac
         self._log_write(
-            f'{{"time":{when},"request_id":"{rid}",{prefix}"method":{method},"path":{path},'
-            f'"upstream":{upstream},"status":{status_text},"duration_ms":{took},'
+            f'{{"time":{when},"request_id":"{rid}",{middle}{took},'
             f'"bytes_in":{ex.bytes_in},"bytes_out":{ex.bytes_out},"error":{error_text},"details":'
             f"{'null' if details is None else json_quote(details)},"
             f"{self._log_suffix if peer is None and rbac is None else self._suffix(peer, rbac)}"
@@ -163,7 +183,7 @@ class Observer:
 
     def _observe_entry(
         self, slot: ListenerSlot, destination: str, status: int, error: str | None
-    ) -> tuple[list[float] | None, tuple[float, ...], str | None, str, str]:
+    ) -> _Entry:
         """What observe() caches per (listener, destination, status, error)."""
         metrics = self._metrics
         series: list[float] | None = None
@@ -181,7 +201,7 @@ class Observer:
             self._log_write = access_log.write
         if len(self._observed) >= 4096:  # statuses and errors are few; bound it anyway
             self._observed.clear()
-        entry = (series, bounds, prefix, f"{status}", json_str(error))
+        entry: _Entry = (series, bounds, prefix, f"{status}", json_str(error), {})
         self._observed[(slot, destination, status, error)] = entry
         return entry
 
@@ -201,10 +221,26 @@ class Observer:
             return text
         return decimal3(t)
 
-    def _method_of(self, method: bytes) -> str:
-        if len(self._method_text) >= 64:
-            self._method_text.clear()
-        text = self._method_text[method] = json_quote(method.decode("latin-1"))
+    def _middle(
+        self,
+        middles: dict[tuple[bytes, str, tuple[str, int] | None], str],
+        key: tuple[bytes, str, tuple[str, int] | None],
+        prefix: str,
+        status_text: str,
+    ) -> str:
+        """The line's text from ``prefix`` to ``"duration_ms":`` for a (method, path,
+        upstream) of an entry, kept in the entry (bounded: paths vary)."""
+        method, path, addr = key
+        text = _middle_text(
+            prefix,
+            json_quote(method.decode("latin-1")),
+            json_quote(path),
+            self._upstream_text(addr),
+            status_text,
+        )
+        if len(middles) >= MAX_MIDDLES:
+            middles.clear()
+        middles[key] = text
         return text
 
     def _rejected_text(self, ex: Any) -> tuple[str, str]:
@@ -212,12 +248,14 @@ class Observer:
         method, path = _method_path(ex)
         return json_str(method), json_str(path)
 
-    def _upstream_of(self, addr: tuple[str, int] | None) -> str:
+    def _upstream_text(self, addr: tuple[str, int] | None) -> str:
         """The upstream address as a JSON string (``null`` for none), cached."""
-        if len(self._addr_text) >= 4096:
-            self._addr_text.clear()
-        text = json_quote(f"{addr[0]}:{addr[1]}") if addr else "null"
-        self._addr_text[addr] = text
+        text = self._addr_text.get(addr)
+        if text is None:
+            if len(self._addr_text) >= 4096:
+                self._addr_text.clear()
+            text = json_quote(f"{addr[0]}:{addr[1]}") if addr else "null"
+            self._addr_text[addr] = text
         return text
 
     def _suffix(self, peer: str | None, rbac: str | None) -> str:
