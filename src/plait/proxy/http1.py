@@ -40,7 +40,8 @@ from plait.proxy.http1_checks import (
 )
 from plait.proxy.http1_exchange import Exchange, HeaderView
 from plait.proxy.http1_shapes import fast_request_head
-from plait.proxy.http1_whole import remember_request, request_of
+from plait.proxy.http1_whole import remember_request, template_of
+from plait.proxy.http1_whole import requests as _whole_requests
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Http1Server(asyncio.Protocol):
         current = self.current
         boundary = not was_in_head and (current is None or current.request_done)
         if boundary:  # llhttp waits for a message's first byte: this read may be a whole one
-            head = request_of(data)
+            head = _whole_requests.get(data) or template_of(data)
             if head is not None:
                 self._whole(head)
                 return

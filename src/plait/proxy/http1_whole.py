@@ -44,7 +44,7 @@ MAX_WHOLE_RESPONSES: Final = 128  # then start over
 
 REQUEST_ID_LINE: Final = b"\r\nx-request-id: "  # as plait proxies send it
 
-_requests: dict[bytes, RequestHead] = {}
+requests: dict[bytes, RequestHead] = {}
 _id_requests: dict[bytes, RequestIdTemplate] = {}
 responses: dict[bytes, WholeResponse] = {}
 
@@ -107,9 +107,14 @@ def _request_id_span(data: bytes) -> tuple[int, int] | None:
 
 def request_of(data: bytes) -> RequestHead | None:
     """The checked head of a read that is a remembered request, else None."""
-    head = _requests.get(data)
-    if head is not None or not _id_requests:
-        return head
+    return requests.get(data) or template_of(data)
+
+
+def template_of(data: bytes) -> RequestHead | None:
+    """The checked head of a read that is a remembered request but for its x-request-id
+    value, else None (the request path looks in :data:`requests` itself first)."""
+    if not _id_requests:
+        return None
     span = _request_id_span(data)
     if span is None:
         return None
@@ -126,7 +131,7 @@ def remember_request(data: bytes, head: RequestHead) -> None:
     if len(data) > MAX_WHOLE_REQUEST:
         return
     if head.request_id is None:
-        _bounded(_requests, MAX_WHOLE_REQUESTS)[data] = head
+        _bounded(requests, MAX_WHOLE_REQUESTS)[data] = head
         return
     span = _request_id_span(data)
     if span is None or data.lower().count(b"x-request-id") != 1:
@@ -215,6 +220,6 @@ def _bounded(memo: dict[bytes, Any], limit: int) -> dict[bytes, Any]:
 
 def clear() -> None:
     """Forget everything (tests)."""
-    _requests.clear()
+    requests.clear()
     _id_requests.clear()
     responses.clear()

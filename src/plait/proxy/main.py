@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("plait.proxy")
 
 FLUSH_INTERVAL = 1.0
+STOP_TASKS_TIMEOUT = 2.0  # seconds the proxy waits for its cancelled tasks at shutdown
 GC_THRESHOLD = 20_000  # gen0 allocations between collections (CPython's default: 700)
 
 
@@ -293,8 +294,7 @@ async def run_proxy(
         log.info("proxy %s stopping", boot.node_id)
         if boot.services and boot.drain_time > 0:
             if registrar_task is not None:
-                registrar_task.cancel()
-                await asyncio.gather(registrar_task, return_exceptions=True)
+                await stop_tasks([registrar_task])
                 await registrar.leave()
             log.info("proxy %s draining for %gs", boot.node_id, boot.drain_time)
             await asyncio.sleep(boot.drain_time)
@@ -302,12 +302,26 @@ async def run_proxy(
         if xds is not None:
             xds.stop()
         await dp.close(grace)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         if admin is not None:
             await admin.close()
         writer.close()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], timeout: float = STOP_TASKS_TIMEOUT) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``timeout`` seconds: a task that
+    swallowed its cancellation (Python 3.11's ``wait_for`` can, when the awaited future
+    completes at the same moment) must not keep the proxy from stopping."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved, as gather(return_exceptions=True) did
+    for task in pending:
+        log.warning("task %s did not stop within %gs of its cancellation", task.get_name(), timeout)
 
 
 def settle_gc() -> None:

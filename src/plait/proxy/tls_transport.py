@@ -134,6 +134,7 @@ class TlsTransport(asyncio.Transport):
         self._closing = False  # close() or abort() was called, or the connection failed
         self._lost = False  # connection_lost is scheduled
         self._reading = True
+        self._at_eof = False  # the peer's close_notify or FIN was read
         self._write_paused = False  # the protocol was told to pause writing
         self._read_wants_write = False  # SSL_read needs the socket writable first
         self._extra: dict[str, Any] = {
@@ -175,6 +176,7 @@ class TlsTransport(asyncio.Transport):
     def _eof(self) -> None:
         self._loop.remove_reader(self._fd)
         self._reading = False
+        self._at_eof = True  # nothing more to read: resume_reading() will not read again
         if not self._protocol.eof_received():
             self.close()
 
@@ -184,7 +186,7 @@ class TlsTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
 
     def resume_reading(self) -> None:
-        if not self._reading and not self._closing:
+        if not self._reading and not self._closing and not self._at_eof:
             self._reading = True
             self._loop.add_reader(self._fd, self._read_ready)
 

@@ -94,12 +94,12 @@ def test_what_is_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     for request in (odd_id, other_spelling, two_ids, with_body):
         run([(request, [chunked]), (request, [chunked])], remember=True)
-    assert http1_whole._requests == {} and http1_whole._id_requests == {}
+    assert http1_whole.requests == {} and http1_whole._id_requests == {}
     assert http1_whole.responses == {}
     run([(PLAIN, [NGINX[:40], NGINX[40:]])] * 2, remember=True)  # a head over two reads
-    assert http1_whole._requests and http1_whole.responses == {}
+    assert http1_whole.requests and http1_whole.responses == {}
     run([(closing, [NGINX])], remember=True)
-    assert closing not in http1_whole._requests
+    assert closing not in http1_whole.requests
     assert (spy.requests, spy.responses) == (1, 0)
 
 
@@ -138,7 +138,7 @@ def test_the_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         for i in range(10)
     ]
     run(steps, remember=True)
-    assert 0 < len(http1_whole._requests) <= 4 and 0 < len(http1_whole.responses) <= 4
+    assert 0 < len(http1_whole.requests) <= 4 and 0 < len(http1_whole.responses) <= 4
 
 
 # -- any bytes: the same outcome with and without the memos ---------------------------------
