@@ -90,13 +90,7 @@ async def accept(
     ctx: ssl.SSLContext, sock: socket.socket, protocol: asyncio.Protocol, timeout: float
 ) -> TlsTransport:
     """The server side: handshake on accepted ``sock``, then ``protocol`` on it."""
-    tls = wrap(ctx, sock, server_side=True)
-    try:
-        await handshake(tls, timeout)
-    except BaseException:
-        tls.close()
-        raise
-    return TlsTransport(tls, protocol)
+    return await _established(wrap(ctx, sock, server_side=True), protocol, timeout)
 
 
 async def connect(
@@ -113,6 +107,14 @@ async def connect(
     except BaseException:
         raw.close()
         raise
+    return await _established(tls, protocol, timeout)
+
+
+async def _established(
+    tls: ssl.SSLSocket, protocol: asyncio.Protocol, timeout: float
+) -> TlsTransport:
+    """The handshake, then ``protocol`` on the connection; the socket is closed when
+    the handshake fails or times out."""
     try:
         await handshake(tls, timeout)
     except BaseException:

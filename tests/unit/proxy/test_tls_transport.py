@@ -366,16 +366,23 @@ def test_abort_closes_at_once_and_ignores_later_writes(contexts: Contexts) -> No
     assert server.names("lost") == ["lost"]
 
 
+async def _buffered_pair(contexts: Contexts, data: bytes) -> tuple[Recorder, Recorder, Any, Any]:
+    """A connected pair with small socket buffers, the server not reading, and ``data``
+    written by the client: most of it waits in the client transport's buffer."""
+    server, client = Recorder(), Recorder()
+    st, ct = await _pair(contexts, server, client, rcvbuf=32 * 1024)
+    ct.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    st.pause_reading()
+    ct.write(data)
+    assert ct.get_write_buffer_size() > 0
+    return server, client, st, ct
+
+
 def test_abort_drops_what_is_buffered(contexts: Contexts) -> None:
     data = _pattern(2 * 1024 * 1024, b"abort")
 
     async def main() -> tuple[Recorder, Recorder]:
-        server, client = Recorder(), Recorder()
-        st, ct = await _pair(contexts, server, client, rcvbuf=32 * 1024)
-        ct.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-        st.pause_reading()
-        ct.write(data)
-        assert ct.get_write_buffer_size() > 0
+        server, client, st, ct = await _buffered_pair(contexts, data)
         ct.abort()
         assert ct.get_write_buffer_size() == 0
         st.resume_reading()
@@ -393,12 +400,7 @@ def test_close_sends_what_is_buffered_first(contexts: Contexts) -> None:
     data = _pattern(2 * 1024 * 1024, b"close")
 
     async def main() -> tuple[Recorder, Recorder]:
-        server, client = Recorder(), Recorder()
-        st, ct = await _pair(contexts, server, client, rcvbuf=32 * 1024)
-        ct.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-        st.pause_reading()
-        ct.write(data)
-        assert ct.get_write_buffer_size() > 0
+        server, client, st, ct = await _buffered_pair(contexts, data)
         ct.close()
         assert ct.is_closing()
         ct.write(b"after close")  # ignored
