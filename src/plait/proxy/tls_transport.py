@@ -7,7 +7,7 @@ read; every write encrypts into another BIO, copies the records out into a new b
 object and writes that. Measured here, that machinery cost each mTLS proxy about 14 µs
 of user time per request, where HAProxy's TLS costs it about 1.5 µs.
 
-:class:`TlsTransport` lets OpenSSL read and write the socket itself: one ``recv_into``
+:class:`TlsTransport` lets OpenSSL read and write the socket itself: one ``read``
 (``SSL_read``) per readable event, which reads exactly one record from the kernel and
 decrypts it into a shared buffer, and one ``send`` (``SSL_write``) per write, which
 encrypts and sends. When the kernel takes less than a write, the rest (plaintext) waits
@@ -156,7 +156,7 @@ class TlsTransport(asyncio.Transport):
         try:
             # One record (at most 16 KiB): the next one stays in the kernel, and the
             # socket is reported readable again for it.
-            n = self._sock.recv_into(_VIEW)
+            n = self._sock.read(READ_SIZE, _VIEW)  # recv_into without its extra frame
         except ssl.SSLWantReadError:  # part of a record, or a post-handshake message
             return
         except ssl.SSLWantWriteError:
