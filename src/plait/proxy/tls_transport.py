@@ -156,7 +156,9 @@ class TlsTransport(asyncio.Transport):
         try:
             # One record (at most 16 KiB): the next one stays in the kernel, and the
             # socket is reported readable again for it.
-            n = self._sock.read(READ_SIZE, _VIEW)  # recv_into without its extra frame
+            # recv_into without its extra Python frame (with a buffer, read() returns
+            # the count; typeshed knows only its bytes form)
+            n: int = self._sock.read(READ_SIZE, _VIEW)  # type: ignore[assignment]
         except ssl.SSLWantReadError:  # part of a record, or a post-handshake message
             return
         except ssl.SSLWantWriteError:

@@ -23,7 +23,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,15 @@ def test_abort_closes_at_once_and_ignores_later_writes(contexts: Contexts) -> No
     assert server.names("lost") == ["lost"]
 
 
+async def _raised(awaitable: Awaitable[Any]) -> BaseException | None:
+    """What ``awaitable`` raised (None: it returned)."""
+    try:
+        await awaitable
+    except Exception as exc:  # checked by the test
+        return exc
+    return None
+
+
 async def _buffered_pair(contexts: Contexts, data: bytes) -> tuple[Recorder, Recorder, Any, Any]:
     """A connected pair with small socket buffers, the server not reading, and ``data``
     written by the client: most of it waits in the client transport's buffer."""
@@ -469,11 +478,9 @@ def test_a_silent_server_times_the_handshake_out(contexts: Contexts) -> None:
         client = Recorder()
         accepting = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(lsock))
         t0 = time.monotonic()
-        exc: BaseException | None = None
-        try:
-            await tls_transport.connect(client_ctx, ("127.0.0.1", port), client, timeout=0.3)
-        except Exception as e:  # checked by the test
-            exc = e
+        exc = await _raised(
+            tls_transport.connect(client_ctx, ("127.0.0.1", port), client, timeout=0.3)
+        )
         elapsed = time.monotonic() - t0
         conn, _ = await accepting  # the server accepted and never spoke
         conn.close()
@@ -503,11 +510,7 @@ def test_a_silent_client_times_the_accept_out(contexts: Contexts) -> None:
         await loop.sock_connect(raw, ("127.0.0.1", port))
         conn, _ = await loop.sock_accept(lsock)
         conn.setblocking(False)
-        exc: BaseException | None = None
-        try:
-            await tls_transport.accept(server_ctx, conn, server, 0.3)
-        except Exception as e:  # checked by the test
-            exc = e
+        exc = await _raised(tls_transport.accept(server_ctx, conn, server, 0.3))
         raw.close()
         await asyncio.sleep(0.05)
         after = _fds()
@@ -529,11 +532,7 @@ def test_a_refused_connect_raises_and_leaks_no_socket(contexts: Contexts) -> Non
         port = lsock.getsockname()[1]
         lsock.close()  # nobody listens there now
         before = _fds()
-        exc: BaseException | None = None
-        try:
-            await tls_transport.connect(client_ctx, ("127.0.0.1", port), Recorder(), 2.0)
-        except Exception as e:  # checked by the test
-            exc = e
+        exc = await _raised(tls_transport.connect(client_ctx, ("127.0.0.1", port), Recorder(), 2.0))
         await asyncio.sleep(0.05)
         return exc, before, _fds()
 
