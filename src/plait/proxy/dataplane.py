@@ -112,6 +112,10 @@ class Snapshot:
     routers: dict[str, Router]
     clusters: dict[str, ClusterState]
     rbac: dict[str, tuple[RbacFilter, ...]] = field(default_factory=dict)  # by listener
+    # Per remembered request head (http1_whole), by id (the entry keeps the head alive):
+    # (head, listener, route, cluster, upstream head before and after the new request
+    # id). Filled by Dispatch.start; a new config is a new Snapshot, so never stale.
+    targets: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
 
 def cluster_endpoints(config: ProxyConfig, cluster: Cluster) -> Sequence[Endpoint]:

@@ -112,9 +112,13 @@ class Http1Server(asyncio.Protocol):
         current = self.current
         boundary = not was_in_head and (current is None or current.request_done)
         if boundary:  # llhttp waits for a message's first byte: this read may be a whole one
-            head = _whole_requests.get(data) or template_of(data)
+            head = _whole_requests.get(data)
             if head is not None:
-                self._whole(head)
+                self._whole(head, True)
+                return
+            head = template_of(data)  # a new head object per request
+            if head is not None:
+                self._whole(head, False)
                 return
         messages = self._messages
         self.feeding = True
@@ -143,7 +147,7 @@ class Http1Server(asyncio.Protocol):
             if self._stall > MAX_HEAD_BYTES:
                 self.reject(HeadRejected("request header section is larger than 64 KiB", 431))
 
-    def _whole(self, head: RequestHead) -> None:
+    def _whole(self, head: RequestHead, remembered: bool) -> None:
         """A read that is a request llhttp parsed and the checks accepted before
         (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without them."""
         self._messages += 1  # on_message_begin
@@ -156,7 +160,7 @@ class Http1Server(asyncio.Protocol):
             queue = self.queue
             queue.append(ex)
             if len(queue) == 1:
-                ex.start()
+                ex.start(remembered)
             else:
                 self.pause(P_QUEUE)
             ex.request_complete()  # on_message_complete

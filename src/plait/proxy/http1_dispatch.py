@@ -15,7 +15,7 @@ the downstream connection and from the current attempt -- are the Exchange's own
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait.proxy import proxy_status
 from plait.proxy.http1_attempt import P_PENDING, Attempt
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from plait.proxy.runtime import RbacFilter, Route
 
 MAX_PENDING = 256 * 1024  # request body bytes held while no upstream connection exists
+MAX_TARGETS = 256  # remembered heads' targets kept per snapshot; then start over
 
 
 class Dispatch:
@@ -130,7 +131,10 @@ class Dispatch:
 
     # -- routing and attempts ------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, remembered: bool = False) -> None:
+        """Route the request and make its first try; ``remembered``: the head is one of
+        :mod:`~plait.proxy.http1_whole`'s, the same object for every such request, so
+        its route, cluster and upstream head are kept with the snapshot."""
         head = self.head
         err = self.rejection
         if err is not None or head is None:
@@ -145,20 +149,49 @@ class Dispatch:
         rbac = snap.rbac.get(name)
         if rbac is not None and not self._authorized(rbac):
             return
-        try:
-            route, cluster = select_target(snap, name, head, self.dp.rng)
-        except Unroutable as exc:
-            self.local_reply(exc.status, exc.error, exc.details)
-            return
+        target = snap.targets.get(id(head)) if remembered else None
+        if target is not None and target[0] is head and target[1] == name:
+            route, cluster = target[2], target[3]
+            new_id = self.new_request_id
+            self.head_bytes = target[4] if new_id is None else target[4] + new_id + target[5]
+        else:
+            try:
+                route, cluster = select_target(snap, name, head, self.dp.rng)
+            except Unroutable as exc:
+                self.local_reply(exc.status, exc.error, exc.details)
+                return
+            self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
+            if remembered and len(route.clusters) == 1:  # the same target every time
+                self._remember_target(snap.targets, name, route, cluster)
         self.route = route
         self.cluster = cluster
         if route.retry is not None and not head.has_body and head.upgrade is None:
             self.retries_left = route.retry.num_retries
-        self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
         if self.request_done and route.timeout:
             self.timer = True
             self.dp.timers.arm(self, route.timeout)
         self._attempt()
+
+    def _remember_target(
+        self, targets: dict[int, tuple[Any, ...]], name: str, route: Route, cluster: ClusterState
+    ) -> None:
+        """Keep this head's route, cluster and upstream head (split where the new
+        request id goes) for the next request with the same head object."""
+        head = self.head
+        new_id = self.new_request_id
+        rendered = self.head_bytes
+        if new_id is None:
+            before, after = rendered, b""
+        else:
+            line = b"\r\nx-request-id: " + new_id + b"\r\n"
+            at = rendered.find(line)
+            if at < 0 or rendered.count(b"\r\nx-request-id: ") != 1:
+                return
+            at += len(line) - len(new_id) - 2
+            before, after = rendered[:at], rendered[at + len(new_id) :]
+        if len(targets) >= MAX_TARGETS:
+            targets.clear()
+        targets[id(head)] = (head, name, route, cluster, before, after)
 
     def _authorized(self, filters: tuple[RbacFilter, ...]) -> bool:
         """RBAC on the peer identity: answer 403 and return False when denied."""

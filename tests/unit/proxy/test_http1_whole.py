@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import wire_rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wire_rig import Outcome, WireRig
@@ -56,9 +57,9 @@ class Spy:
         whole_request = http1.Http1Server._whole
         whole_response = upstream.UpstreamConnection._whole
 
-        def request(server: Any, head: Any) -> None:
+        def request(server: Any, head: Any, remembered: bool) -> None:
             self.requests += 1
-            whole_request(server, head)
+            whole_request(server, head, remembered)
 
         def response(conn: Any, *args: Any) -> None:
             self.responses += 1
@@ -128,6 +129,30 @@ def test_a_response_of_another_length_goes_through_llhttp(monkeypatch: pytest.Mo
     assert run(steps, remember=True) == reference
     assert spy.responses == 0
     assert not reference[2].upstream_kept  # a second response with no request: closed
+
+
+def test_a_remembered_heads_target_follows_the_config() -> None:
+    rig = WireRig()
+    try:
+        first = [rig.exchange(PLAIN, [NGINX]) for _ in range(3)]
+        snap = rig.dp.snapshot
+        assert snap is not None and len(snap.targets) == 1  # kept by the second request
+        assert all(o.upstream.startswith(b"GET / HTTP/1.1\r\nhost: bench\r\n") for o in first)
+        assert len({o.upstream for o in first}) == 3  # each with its own request id
+        rig.dp.apply(wire_rig.config(domains=("elsewhere",)))  # bench is no longer routed
+        gone = rig.exchange(PLAIN, [NGINX])
+        assert gone.upstream == b"" and gone.downstream.startswith(b"HTTP/1.1 404 ")
+        assert b"destination_not_found" in gone.downstream
+        rig.dp.apply(wire_rig.config())
+        again = rig.exchange(PLAIN, [NGINX])
+        assert again.upstream.startswith(b"GET / HTTP/1.1\r\nhost: bench\r\n")
+        # a weighted split is drawn per request: its target is never kept
+        rig.dp.apply(wire_rig.config(clusters=(wire_rig.CLUSTER, "outbound|bench-b")))
+        rig.exchange(PLAIN, [NGINX])
+        snap = rig.dp.snapshot
+        assert snap is not None and snap.targets == {}
+    finally:
+        rig.close()
 
 
 def test_the_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,10 +76,15 @@ class RecordingTransport:
         return default
 
 
-def config() -> ProxyConfig:
-    """Host ``bench`` (any path) to one endpoint; no route timeout."""
-    route = Route("bench", RouteMatch(prefix="/"), (WeightedCluster(CLUSTER, 1),), 1)
-    table = RouteTable("outbound", (VirtualHost("bench", ("bench", "bench:80"), (route,)),))
+def config(
+    domains: tuple[str, ...] = ("bench", "bench:80"), clusters: tuple[str, ...] = (CLUSTER,)
+) -> ProxyConfig:
+    """Host ``bench`` (any path) to one endpoint; no route timeout. ``domains``: the
+    virtual host's instead; ``clusters``: a weighted split (1 each) between these, all
+    with the same endpoint."""
+    weighted = tuple(WeightedCluster(name, 1) for name in clusters)
+    route = Route("bench", RouteMatch(prefix="/"), weighted, len(weighted))
+    table = RouteTable("outbound", (VirtualHost("bench", domains, (route,)),))
     return ProxyConfig(
         listeners={
             "outbound": Listener(
@@ -87,8 +92,8 @@ def config() -> ProxyConfig:
             )
         },
         route_tables={"outbound": table},
-        clusters={CLUSTER: Cluster(CLUSTER, "least_request", 1.0, "eds")},
-        endpoints={CLUSTER: (Endpoint(*UPSTREAM),)},
+        clusters={name: Cluster(name, "least_request", 1.0, "eds") for name in clusters},
+        endpoints={name: (Endpoint(*UPSTREAM),) for name in clusters},
         versions={"bench": "1"},
     )
 
