@@ -114,11 +114,11 @@ class Http1Server(asyncio.Protocol):
         if boundary:  # llhttp waits for a message's first byte: this read may be a whole one
             head = _whole_requests.get(data)
             if head is not None:
-                self._whole(head, True)
+                self._whole(head, head)
                 return
-            head = template_of(data)  # a new head object per request
-            if head is not None:
-                self._whole(head, False)
+            found = template_of(data)  # a new head per request, from one template
+            if found is not None:
+                self._whole(found[1], found[0])
                 return
         messages = self._messages
         self.feeding = True
@@ -147,9 +147,11 @@ class Http1Server(asyncio.Protocol):
             if self._stall > MAX_HEAD_BYTES:
                 self.reject(HeadRejected("request header section is larger than 64 KiB", 431))
 
-    def _whole(self, head: RequestHead, remembered: bool) -> None:
+    def _whole(self, head: RequestHead, memo: object) -> None:
         """A read that is a request llhttp parsed and the checks accepted before
-        (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without them."""
+        (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without them.
+        ``memo``: what remembered it (the head itself, or its template), under which the
+        exchange keeps its routing (:meth:`~plait.proxy.http1_dispatch.Dispatch.start`)."""
         self._messages += 1  # on_message_begin
         self._stall = 0
         try:
@@ -160,7 +162,7 @@ class Http1Server(asyncio.Protocol):
             queue = self.queue
             queue.append(ex)
             if len(queue) == 1:
-                ex.start(remembered)
+                ex.start(memo)
             else:
                 self.pause(P_QUEUE)
             ex.request_complete()  # on_message_complete

@@ -131,10 +131,12 @@ class Dispatch:
 
     # -- routing and attempts ------------------------------------------------------------
 
-    def start(self, remembered: bool = False) -> None:
-        """Route the request and make its first try; ``remembered``: the head is one of
-        :mod:`~plait.proxy.http1_whole`'s, the same object for every such request, so
-        its route, cluster and upstream head are kept with the snapshot."""
+    def start(self, memo: object = None) -> None:
+        """Route the request and make its first try. ``memo``: the long-lived object
+        :mod:`~plait.proxy.http1_whole` made this head from (the head itself, or the
+        template it was made from), under which its route, cluster and upstream head
+        are kept with the snapshot: every head from it differs at most in its request
+        id, which is put into the kept upstream head."""
         head = self.head
         err = self.rejection
         if err is not None or head is None:
@@ -149,11 +151,10 @@ class Dispatch:
         rbac = snap.rbac.get(name)
         if rbac is not None and not self._authorized(rbac):
             return
-        target = snap.targets.get(id(head)) if remembered else None
-        if target is not None and target[0] is head and target[1] == name:
+        target = snap.targets.get(id(memo)) if memo is not None else None
+        if target is not None and target[0] is memo and target[1] == name:
             route, cluster = target[2], target[3]
-            new_id = self.new_request_id
-            self.head_bytes = target[4] if new_id is None else target[4] + new_id + target[5]
+            self.head_bytes = target[4] + (self.new_request_id or head.request_id) + target[5]
         else:
             try:
                 route, cluster = select_target(snap, name, head, self.dp.rng)
@@ -161,8 +162,8 @@ class Dispatch:
                 self.local_reply(exc.status, exc.error, exc.details)
                 return
             self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
-            if remembered and len(route.clusters) == 1:  # the same target every time
-                self._remember_target(snap.targets, name, route, cluster)
+            if memo is not None and len(route.clusters) == 1:  # the same target every time
+                self._remember_target(snap.targets, memo, name, route, cluster)
         self.route = route
         self.cluster = cluster
         if route.retry is not None and not head.has_body and head.upgrade is None:
@@ -173,25 +174,27 @@ class Dispatch:
         self._attempt()
 
     def _remember_target(
-        self, targets: dict[int, tuple[Any, ...]], name: str, route: Route, cluster: ClusterState
+        self,
+        targets: dict[int, tuple[Any, ...]],
+        memo: object,
+        name: str,
+        route: Route,
+        cluster: ClusterState,
     ) -> None:
-        """Keep this head's route, cluster and upstream head (split where the new
-        request id goes) for the next request with the same head object."""
+        """Keep this request's route, cluster and upstream head, split where its request
+        id is (the new one, or the one received), for the next head from ``memo``."""
         head = self.head
-        new_id = self.new_request_id
+        assert head is not None
+        rid = self.new_request_id or head.request_id
+        if not rid:
+            return
         rendered = self.head_bytes
-        if new_id is None:
-            before, after = rendered, b""
-        else:
-            line = b"\r\nx-request-id: " + new_id + b"\r\n"
-            at = rendered.find(line)
-            if at < 0 or rendered.count(b"\r\nx-request-id: ") != 1:
-                return
-            at += len(line) - len(new_id) - 2
-            before, after = rendered[:at], rendered[at + len(new_id) :]
+        at = rendered.find(b": " + rid + b"\r\n") + 2
+        if at < 2 or rendered.count(rid) != 1:
+            return  # the id is not where only it differs: nothing is kept
         if len(targets) >= MAX_TARGETS:
             targets.clear()
-        targets[id(head)] = (head, name, route, cluster, before, after)
+        targets[id(memo)] = (memo, name, route, cluster, rendered[:at], rendered[at + len(rid) :])
 
     def _authorized(self, filters: tuple[RbacFilter, ...]) -> bool:
         """RBAC on the peer identity: answer 403 and return False when denied."""

@@ -107,12 +107,17 @@ def _request_id_span(data: bytes) -> tuple[int, int] | None:
 
 def request_of(data: bytes) -> RequestHead | None:
     """The checked head of a read that is a remembered request, else None."""
-    return requests.get(data) or template_of(data)
+    head = requests.get(data)
+    if head is None:
+        found = template_of(data)
+        head = None if found is None else found[1]
+    return head
 
 
-def template_of(data: bytes) -> RequestHead | None:
-    """The checked head of a read that is a remembered request but for its x-request-id
-    value, else None (the request path looks in :data:`requests` itself first)."""
+def template_of(data: bytes) -> tuple[RequestIdTemplate, RequestHead] | None:
+    """For a read that is a remembered request but for its x-request-id value: its
+    template and its checked head (the request path looks in :data:`requests` itself
+    first); else None."""
     if not _id_requests:
         return None
     span = _request_id_span(data)
@@ -120,7 +125,7 @@ def template_of(data: bytes) -> RequestHead | None:
         return None
     start, stop = span
     template = _id_requests.get(data[:start] + data[stop:])
-    return None if template is None else template.head_with(data[start:stop])
+    return None if template is None else (template, template.head_with(data[start:stop]))
 
 
 def remember_request(data: bytes, head: RequestHead) -> None:
