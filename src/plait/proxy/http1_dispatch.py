@@ -15,7 +15,7 @@ the downstream connection and from the current attempt -- are the Exchange's own
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from plait.proxy import proxy_status
 from plait.proxy.http1_attempt import P_PENDING, Attempt
@@ -36,7 +36,7 @@ from plait.proxy.proxy_status import (
 from plait.proxy.rbac import evaluate as evaluate_rbac
 
 if TYPE_CHECKING:
-    from plait.proxy.dataplane import ClusterState, DataPlane
+    from plait.proxy.dataplane import ClusterState, DataPlane, Snapshot
     from plait.proxy.http1 import Http1Server
     from plait.proxy.runtime import RbacFilter, Route
 
@@ -163,7 +163,7 @@ class Dispatch:
                 return
             self.head_bytes = render_request_head(head, self.dp.via, self.new_request_id)
             if memo is not None and len(route.clusters) == 1:  # the same target every time
-                self._remember_target(snap.targets, memo, name, route, cluster)
+                self._remember_target(snap, memo, name, route, cluster)
         self.route = route
         self.cluster = cluster
         if route.retry is not None and not head.has_body and head.upgrade is None:
@@ -174,24 +174,22 @@ class Dispatch:
         self._attempt()
 
     def _remember_target(
-        self,
-        targets: dict[int, tuple[Any, ...]],
-        memo: object,
-        name: str,
-        route: Route,
-        cluster: ClusterState,
+        self, snap: Snapshot, memo: object, name: str, route: Route, cluster: ClusterState
     ) -> None:
         """Keep this request's route, cluster and upstream head, split where its request
-        id is (the new one, or the one received), for the next head from ``memo``."""
+        id is (the new one, or the one received), for the next head from ``memo``. Not
+        when the listener's routes look at fields: one of them could be the request id."""
         head = self.head
         assert head is not None
+        router = snap.routers.get(name)
         rid = self.new_request_id or head.request_id
-        if not rid:
+        if not rid or router is None or router.uses_headers:
             return
         rendered = self.head_bytes
         at = rendered.find(b": " + rid + b"\r\n") + 2
         if at < 2 or rendered.count(rid) != 1:
             return  # the id is not where only it differs: nothing is kept
+        targets = snap.targets
         if len(targets) >= MAX_TARGETS:
             targets.clear()
         targets[id(memo)] = (memo, name, route, cluster, rendered[:at], rendered[at + len(rid) :])

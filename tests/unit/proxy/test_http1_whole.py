@@ -18,6 +18,7 @@ from wire_rig import Outcome, WireRig
 from plait.proxy import http1, http1_whole, upstream
 from plait.proxy.http1_checks import render_request_head
 from plait.proxy.http1_shapes import fast_request_head
+from plait.proxy.runtime import HeaderMatcher
 
 PLAIN = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 BODY = b"x" * 1024
@@ -149,6 +150,25 @@ def test_a_remembered_heads_target_follows_the_config() -> None:
         # a weighted split is drawn per request: its target is never kept
         rig.dp.apply(wire_rig.config(clusters=(wire_rig.CLUSTER, "outbound|bench-b")))
         rig.exchange(PLAIN, [NGINX])
+        snap = rig.dp.snapshot
+        assert snap is not None and snap.targets == {}
+    finally:
+        rig.close()
+
+
+def test_routes_on_the_request_id_are_decided_per_request() -> None:
+    """A route that matches on x-request-id: every head from one template differs in
+    just that field, so no target is kept for them."""
+    rig = WireRig()
+    try:
+        only_a1 = (HeaderMatcher("x-request-id", exact="a1"),)
+        rig.dp.apply(wire_rig.config(headers=only_a1))
+        template = b"GET /p HTTP/1.1\r\nHost: bench\r\nx-request-id: %s\r\n\r\n"
+        statuses = [
+            rig.exchange(template % rid, [NGINX]).downstream[9:12]
+            for rid in (b"a1", b"a1", b"a1", b"b2", b"a1", b"c3")
+        ]
+        assert statuses == [b"200", b"200", b"200", b"404", b"200", b"404"]
         snap = rig.dp.snapshot
         assert snap is not None and snap.targets == {}
     finally:

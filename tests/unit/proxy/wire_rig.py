@@ -21,6 +21,7 @@ from plait.proxy.metrics import Metrics
 from plait.proxy.runtime import (
     Cluster,
     Endpoint,
+    HeaderMatcher,
     Listener,
     ProxyConfig,
     Route,
@@ -77,13 +78,15 @@ class RecordingTransport:
 
 
 def config(
-    domains: tuple[str, ...] = ("bench", "bench:80"), clusters: tuple[str, ...] = (CLUSTER,)
+    domains: tuple[str, ...] = ("bench", "bench:80"),
+    clusters: tuple[str, ...] = (CLUSTER,),
+    headers: tuple[HeaderMatcher, ...] = (),
 ) -> ProxyConfig:
     """Host ``bench`` (any path) to one endpoint; no route timeout. ``domains``: the
     virtual host's instead; ``clusters``: a weighted split (1 each) between these, all
-    with the same endpoint."""
+    with the same endpoint; ``headers``: the route's field matchers."""
     weighted = tuple(WeightedCluster(name, 1) for name in clusters)
-    route = Route("bench", RouteMatch(prefix="/"), weighted, len(weighted))
+    route = Route("bench", RouteMatch(prefix="/", headers=headers), weighted, len(weighted))
     table = RouteTable("outbound", (VirtualHost("bench", domains, (route,)),))
     return ProxyConfig(
         listeners={
