@@ -6,9 +6,10 @@ messages), give the same callbacks and so the same checked head. Clients and ups
 repeat themselves exactly -- a load generator, a health check, an API poll; nginx sends
 one response head all second long, until its Date changes -- so the proxy remembers:
 
-* **Requests** (:func:`request_of`, :func:`remember_request`): a read that was exactly
-  one request without a body, kept alive, not an upgrade, and that passed the checks:
-  the read's bytes -> its :class:`~plait.proxy.http1_checks.RequestHead`.
+* **Requests** (:data:`requests`, :func:`template_of`, :func:`remember_request`): a read
+  that was exactly one request without a body, kept alive, not an upgrade, and that
+  passed the checks: the read's bytes -> its
+  :class:`~plait.proxy.http1_checks.RequestHead`.
 
   A request carrying an ``x-request-id`` differs in that value every time (every request
   between two plait proxies does), so it is remembered with the value cut out: the
@@ -103,15 +104,6 @@ def _request_id_span(data: bytes) -> tuple[int, int] | None:
     if stop < 0 or stop - start > MAX_REQUEST_ID or not data[start:stop].isalnum():
         return None  # (an empty value is not isalnum)
     return start, stop
-
-
-def request_of(data: bytes) -> RequestHead | None:
-    """The checked head of a read that is a remembered request, else None."""
-    head = requests.get(data)
-    if head is None:
-        found = template_of(data)
-        head = None if found is None else found[1]
-    return head
 
 
 def template_of(data: bytes) -> tuple[RequestIdTemplate, RequestHead] | None:
