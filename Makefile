@@ -8,6 +8,9 @@ PY ?= $(firstword $(wildcard /usr/bin/python3.11) python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The request path compiled with mypyc (scripts/build_native.py; plait.proxy.native uses
+# it only while it matches the sources, else the proxy runs them interpreted).
+NATIVE := src/plait/proxy/_compiled/stamp.json
 
 # Pure cores checked by mypy --strict (see STYLE.md).
 CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/ca \
@@ -22,9 +25,9 @@ CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/c
            peer_identity.py tls.py rbac.py deadlines.py bootstrap_fields.py ads_h2_frames.py ads_h2_hpack.py \
            tls_transport.py bootstrap_reader.py observe.py http1_whole.py) \
          src/plait/identity/renewal.py src/plait/identity/x509_reader.py src/plait/identity/pem_keys.py src/plait/identity/der.py src/plait/identity/keys.py \
-         src/plait/identity/keygen.py
+         src/plait/identity/keygen.py src/plait/proxy/native.py
 
-.PHONY: demo test lint bench clean deps
+.PHONY: demo test lint bench clean deps native
 
 $(STAMP): pyproject.toml
 	@py=$(PY); command -v $$py >/dev/null || py=python3; \
@@ -39,19 +42,30 @@ $(STAMP): pyproject.toml
 deps:
 	@./scripts/install-debian-deps
 
-demo: $(STAMP)
+$(NATIVE): $(STAMP) $(shell find src/plait -name '*.py') scripts/build_native.py
+	@./scripts/install-debian-deps --native
+	$(BIN)/python scripts/build_native.py
+
+native: $(NATIVE)
+
+demo: $(STAMP) native
 	$(BIN)/plait up
 
-test: $(STAMP) deps
-	$(BIN)/pytest -q -n 2 --dist loadfile tests benchmarks/tests
+# The suite runs on what ships (compiled), then the proxy's tests once more on the
+# interpreted sources: what runs where no compiler was there (PLAIT_PURE=1).
+test: $(STAMP) deps native
+	$(BIN)/python scripts/build_native.py --check
+	PLAIT_EXPECT_REQUEST_PATH=compiled $(BIN)/pytest -q -n 2 --dist loadfile tests benchmarks/tests
+	PLAIT_PURE=1 PLAIT_EXPECT_REQUEST_PATH=interpreted $(BIN)/pytest -q -n 2 --dist loadfile \
+	  tests/unit/proxy tests/integration/proxy tests/integration/mtls benchmarks/tests/test_bench_hotpath.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict $(CORES)
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .plait .pytest_cache
+	rm -rf $(VENV) .plait .pytest_cache src/plait/proxy/_compiled

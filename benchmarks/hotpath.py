@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from plait.proxy import native
 from plait.proxy.accesslog import AccessLog, BufferedWriter
 from plait.proxy.dataplane import DataPlane, fast_request_id
 from plait.proxy.http1 import Http1Server
@@ -492,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         "being read (default: read it); see wall_clock()",
     )
     args = ap.parse_args(argv)
+    if (args.breakdown or args.profile) and not native.STATE.startswith("interpreted"):
+        ap.error(
+            "--breakdown and --profile patch and trace Python functions, which the compiled "
+            f"request path does not have ({native.STATE}): run with PLAIT_PURE=1"
+        )
     opts = {} if args.wall_step_us is None else {"wall_step": args.wall_step_us}
     if args.breakdown:
         costs = breakdown(args.requests, args.repeat, args.hop, **opts)
@@ -511,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     best, median = min(times), sorted(times)[len(times) // 2]
     label = "request path" if args.hop == "outbound" else f"request path ({args.hop})"
     print(f"{label}: {best:.2f} us/request (best of {args.repeat}), median {median:.2f}")
+    print(f"  ({native.STATE})")
     return 0
 
 

@@ -123,6 +123,8 @@ def machine_info(python: str) -> dict[str, str]:
     # built with PGO and LTO (Debian's python3.11) the request path takes 5% fewer
     # instructions than on a shared, unoptimized one (a default pyenv build).
     linked = "shared libpython" if "libpython" in sh("ldd", parts[2]) else "static libpython"
+    # Compiled (make native) or interpreted, as the proxies started by this run load it.
+    request_path = sh(python, "-c", "import plait.proxy.native as n; print(n.STATE)")
     return {
         "CPU": f"{cpu}, {os.cpu_count()} logical CPUs",
         "kernel": f"{platform.system()} {platform.release()}",
@@ -135,6 +137,7 @@ def machine_info(python: str) -> dict[str, str]:
         "h2load": v["h2load"],
         "plait": f"commit {commit}"
         + (f" + uncommitted changes in src/ (tree sha256 {src_digest()})" if dirty else ""),
+        "plait request path": request_path or "?",
     }
 
 

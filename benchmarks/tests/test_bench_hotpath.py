@@ -1,8 +1,16 @@
 """The in-process request-path benchmark (benchmarks/hotpath.py) measures real requests."""
 
 import pytest
+from plait.proxy import native
 
 import hotpath
+
+# --breakdown patches Python functions: it runs on the interpreted request path (make test
+# runs this file again with PLAIT_PURE=1).
+interpreted_only = pytest.mark.skipif(
+    not native.STATE.startswith("interpreted"),
+    reason="--breakdown needs the interpreted request path (PLAIT_PURE=1)",
+)
 
 
 def test_rig_relays_a_request_and_its_response() -> None:
@@ -38,6 +46,7 @@ def test_measure_reports_per_request_times() -> None:
     assert len(times) == 2 and all(0 < t < 10_000 for t in times)
 
 
+@interpreted_only
 def test_breakdown_variants_name_existing_attributes() -> None:
     # a variant whose target moved would otherwise measure nothing
     for patches, _options in hotpath.VARIANTS.values():
@@ -46,10 +55,20 @@ def test_breakdown_variants_name_existing_attributes() -> None:
             setattr(obj, name, old)
 
 
+@interpreted_only
 def test_breakdown_prices_every_variant() -> None:
     costs = hotpath.breakdown(100, 1)
     assert list(costs) == list(hotpath.VARIANTS)
     assert all(us > 0 for us in costs.values())
+
+
+def test_breakdown_refuses_the_compiled_request_path(capsys: pytest.CaptureFixture[str]) -> None:
+    if native.STATE.startswith("interpreted"):
+        assert hotpath.main(["--breakdown", "--requests", "50", "--repeat", "1"]) == 0
+        return
+    with pytest.raises(SystemExit):
+        hotpath.main(["--breakdown"])
+    assert "run with PLAIT_PURE=1" in capsys.readouterr().err
 
 
 def test_inbound_rig_relays_what_the_outbound_proxy_sends() -> None:

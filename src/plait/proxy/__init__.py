@@ -56,3 +56,7 @@ Layering: decisions live in pure modules (``http1_checks`` with its parts
 ``http1_dispatch``, ``http1_attempt``, ``upstream``, ``dataplane``, ``admin``, ``main``)
 hold sockets and timers and are tested with real processes and curl.
 """
+
+from plait.proxy.native import select as _select_request_path
+
+_select_request_path(__path__)  # compiled modules (make native) when current, else the sources

@@ -3,7 +3,7 @@
 | path | answer |
 |---|---|
 | ``/ready`` | 200 once a config is applied (live or last-known-good), else 503 + reason |
-| ``/config_dump`` | JSON: the applied ProxyConfig, xDS versions, ACK/NACK state |
+| ``/config_dump`` | JSON: applied ProxyConfig, xDS versions, ACK/NACK, ``request_path`` |
 | ``/clusters`` | JSON: per cluster, endpoints with health and LB state, connection pool |
 | ``/listeners`` | JSON: bound listeners and whether the config names them |
 | ``/stats/prometheus`` | Prometheus text exposition |
@@ -12,7 +12,8 @@
 :meth:`AdminServer.handle` is the dispatch (path in, status + content type + body out),
 so it is testable without a socket; :meth:`AdminServer.start` puts a tiny HTTP/1.1
 server in front of it (GET and HEAD, one request per connection). It is not on the
-request path, so it favours being small over being fast.
+request path, so it favours being small over being fast. ``request_path`` says whether
+the request path runs compiled, and if not why (:mod:`~plait.proxy.native`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from plait.proxy import native
 from plait.proxy.dataplane import DataPlane
 
 log = logging.getLogger("plait.proxy.admin")
@@ -111,6 +113,7 @@ class AdminServer:
             "ready": self.dp.ready,
             "versions": dict(snap.config.versions) if snap is not None else {},
             "source": self.source.name if self.source is not None else None,
+            "request_path": native.STATE,  # compiled or interpreted, and why
             "config": self.dp.config_dump(),
         }
         xds = self.xds

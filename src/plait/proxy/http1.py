@@ -40,6 +40,7 @@ from plait.proxy.http1_checks import (
 )
 from plait.proxy.http1_exchange import Exchange, HeaderView
 from plait.proxy.http1_shapes import fast_request_head
+from plait.proxy.http1_whole import hits as _whole_hits
 from plait.proxy.http1_whole import remember_request, template_of
 from plait.proxy.http1_whole import requests as _whole_requests
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
@@ -124,9 +125,9 @@ class Http1Server(asyncio.Protocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade as exc:
+        except HttpParserUpgrade as upgrade:  # a name apart (plait.proxy.native)
             self._fed()
-            self._upgrade_requested(data[exc.args[0] :])
+            self._upgrade_requested(data[upgrade.args[0] :])
             return
         except HttpParserError as exc:
             self.feeding = False
@@ -152,6 +153,7 @@ class Http1Server(asyncio.Protocol):
         (:mod:`~plait.proxy.http1_whole`): what its callbacks would do, without them.
         ``memo``: what remembered it (the head itself, or its template), under which the
         exchange keeps its routing (:meth:`~plait.proxy.http1_dispatch.Dispatch.start`)."""
+        _whole_hits[0] += 1
         self._messages += 1  # on_message_begin
         self._stall = 0
         try:

@@ -133,10 +133,10 @@ class Attempt:
             if self.live:
                 self.ex.attempt_failed(self, exc.error, exc.details, RETRY_CONNECT)
             return
-        except Exception as exc:  # a bug, not the network: say so
+        except Exception as bug:  # not the network: say so (a name apart: plait.proxy.native)
             log.exception("connecting to %s:%s", *self.key)
             if self.live:
-                self.ex.attempt_failed(self, PROXY_INTERNAL_ERROR, f"connect: {exc!r}", NO_RETRY)
+                self.ex.attempt_failed(self, PROXY_INTERNAL_ERROR, f"connect: {bug!r}", NO_RETRY)
             return
         if not self.live:
             cluster.pool.release(conn)  # the exchange moved on: keep the connection

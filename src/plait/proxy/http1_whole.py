@@ -37,10 +37,12 @@ from typing import Any, Final
 
 from plait.proxy.http1_checks_request import RequestHead
 
-MAX_WHOLE_REQUEST: Final = 1024  # longer reads are not remembered
+# Not Final (compiled code reads these two at run time): tests set them to -1, to run
+# with nothing remembered.
+MAX_WHOLE_REQUEST = 1024  # longer reads are not remembered
 MAX_WHOLE_REQUESTS: Final = 128  # per memo; then start over
 MAX_REQUEST_ID: Final = 128  # longer x-request-id values are not put back
-MAX_WHOLE_HEAD: Final = 2048  # longer response heads are not remembered
+MAX_WHOLE_HEAD = 2048  # longer response heads are not remembered
 MAX_WHOLE_RESPONSES: Final = 128  # then start over
 
 REQUEST_ID_LINE: Final = b"\r\nx-request-id: "  # as plait proxies send it
@@ -48,6 +50,7 @@ REQUEST_ID_LINE: Final = b"\r\nx-request-id: "  # as plait proxies send it
 requests: dict[bytes, RequestHead] = {}
 _id_requests: dict[bytes, RequestIdTemplate] = {}
 responses: dict[bytes, WholeResponse] = {}
+hits = [0, 0]  # reads handled from the memos, ever: requests, responses (for tests)
 
 
 class RequestIdTemplate:

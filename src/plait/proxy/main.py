@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from plait.fsutil import write_json_atomic
+from plait.proxy import native
 from plait.proxy.accesslog import AccessLog, BufferedWriter
 from plait.proxy.admin import AdminServer
 from plait.proxy.bootstrap import (
@@ -284,10 +285,11 @@ async def run_proxy(
         if worker is not None:
             worker.ready(ready_info(boot, bound, admin_address))
         log.info(
-            "proxy %s serving: outbound %s:%s, admin http://%s:%s",
+            "proxy %s serving: outbound %s:%s, admin http://%s:%s; request path %s",
             boot.node_id,
             *bound.outbound,
             *admin_address,
+            native.STATE,
         )
         settle_gc()
         await stop.wait()

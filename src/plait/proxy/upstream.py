@@ -46,8 +46,10 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from plait.proxy import tls_transport
 from plait.proxy.http1_whole import WholeResponse, remember_response
+from plait.proxy.http1_whole import hits as _whole_hits
 from plait.proxy.http1_whole import responses as _whole_responses
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
+from plait.proxy.proxy_status import HTTP_PROTOCOL_ERROR
 
 log = logging.getLogger("plait.proxy.upstream")
 
@@ -72,7 +74,9 @@ class UpstreamHandler(Protocol):
     ) -> None: ...
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
     def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
-    def upstream_error(self, conn: UpstreamConnection, details: str, error: str = ...) -> None: ...
+    def upstream_error(
+        self, conn: UpstreamConnection, details: str, error: str = HTTP_PROTOCOL_ERROR
+    ) -> None: ...
     def upstream_write_paused(self) -> None: ...
     def upstream_write_resumed(self) -> None: ...
     def uncork(self) -> None: ...
@@ -203,10 +207,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if handler is not None:
                     details = "upstream response header section is larger than 64 KiB"
                     handler.upstream_error(self, details, HEAD_TOO_LARGE)
-        except HttpParserUpgrade as exc:
+        except HttpParserUpgrade as upgrade:  # a name apart (plait.proxy.native)
             handler = self.handler
             if handler is not None:
-                handler.upstream_upgraded(self, data[exc.args[0] :])
+                handler.upstream_upgraded(self, data[upgrade.args[0] :])
         except HttpParserError as exc:
             if self._stopped:  # HEAD response ended by us; the connection stays usable
                 self._stopped = False
@@ -232,6 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
         them."""
         handler = self.handler
         assert handler is not None
+        _whole_hits[1] += 1
         try:
             self._in_body = True  # on_headers_complete (a final status: not interim)
             handler.upstream_head(
@@ -430,26 +435,35 @@ class UpstreamPool:
                 )
             else:
                 conn = await asyncio.wait_for(self._connect_tls(key, tls, timeout), timeout)
-        except ssl.SSLCertVerificationError as exc:
+        # Each handler names its exception apart, and reads its attributes through Any:
+        # compiled (plait.proxy.native), a name is one variable of one type, and an
+        # attribute typeshed calls str is checked to be one, while reason,
+        # verify_message and strerror can be None.
+        except ssl.SSLCertVerificationError as cert_error:
             self._count(False)
-            details = f"{key[0]}:{key[1]}: {exc.verify_message or exc.reason or exc}"
+            bad: Any = cert_error
+            details = f"{key[0]}:{key[1]}: {bad.verify_message or bad.reason or bad}"
             raise ConnectFailed("tls_certificate_error", details) from None
-        except ssl.SSLError as exc:
+        except ssl.SSLError as tls_error:
             self._count(False)
-            error = "tls_alert_received" if "ALERT" in str(exc.reason) else "tls_protocol_error"
-            raise ConnectFailed(error, f"{key[0]}:{key[1]}: TLS: {exc.reason or exc}") from None
+            failed: Any = tls_error
+            error = "tls_alert_received" if "ALERT" in str(failed.reason) else "tls_protocol_error"
+            raise ConnectFailed(
+                error, f"{key[0]}:{key[1]}: TLS: {failed.reason or failed}"
+            ) from None
         except TimeoutError:
             self._count(False)
             raise ConnectFailed(
                 "connection_timeout", f"connect to {key[0]}:{key[1]} timed out after {timeout}s"
             ) from None
-        except OSError as exc:
+        except OSError as os_error:
             self._count(False)
-            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            refused: Any = os_error
+            if refused.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 raise ConnectFailed(
-                    "destination_ip_unroutable", f"{key[0]}:{key[1]}: {exc.strerror}"
+                    "destination_ip_unroutable", f"{key[0]}:{key[1]}: {refused.strerror}"
                 ) from None
-            reason = exc.strerror or str(exc)
+            reason = refused.strerror or str(refused)
             raise ConnectFailed("connection_refused", f"{key[0]}:{key[1]}: {reason}") from None
         self._count(True)
         self._active.add(conn)

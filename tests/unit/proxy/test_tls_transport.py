@@ -33,7 +33,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from plait.proxy import tls_transport
+from plait.proxy.dataplane import DataPlane, ListenerSlot
 from plait.proxy.inbound import InboundAcceptor, MtlsHttp1Server
+from plait.proxy.metrics import Metrics
 from plait.proxy.tls import client_context, server_context
 from plait.proxy.tls_transport import HIGH_WATER, LOW_WATER, READ_SIZE, TlsTransport
 from plait.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -622,13 +624,16 @@ class _Signalling(asyncio.Protocol):
 # -- the proxy's two TLS sites -------------------------------------------------------------
 
 
-class _Slot:
-    name = "inbound|orders"
-    service = "orders"
-    peer_trust_domain = TD
-
-    def __init__(self, tls_mode: str) -> None:
-        self.tls_mode = tls_mode
+def _slot(tls_mode: str) -> ListenerSlot:
+    return ListenerSlot(
+        name="inbound|orders",
+        direction="inbound",
+        service="orders",
+        hop="node/inbound",
+        source="orders",
+        tls_mode=tls_mode,  # type: ignore[arg-type]
+        peer_trust_domain=TD,
+    )
 
 
 class _Tls:
@@ -639,28 +644,30 @@ class _Tls:
         return self.ctx
 
 
-class _Dp:
-    """What InboundAcceptor and MtlsHttp1Server use of a DataPlane until a request."""
+def _dp(ctx: ssl.SSLContext) -> DataPlane:
+    """A DataPlane whose server TLS context is ``ctx`` (what InboundAcceptor and
+    MtlsHttp1Server use of it until a request)."""
+    dp = DataPlane("node", metrics=Metrics())
+    dp.tls = _Tls(ctx)  # type: ignore[assignment]
+    return dp
 
-    reuse_port = False
-    request_head_timeout = 5.0
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self.tls = _Tls(ctx)
-        self.connections: set[Any] = set()
-        self.events: list[tuple[str, str | None]] = []
-
-    def tls_event(self, slot: Any, what: str, details: str | None = None) -> None:
-        self.events.append((what, details))
+def _handshakes(dp: DataPlane) -> list[str]:
+    """The plait_tls_handshakes_total series of ``dp`` with a count."""
+    return [
+        line
+        for line in dp.metrics.render().splitlines()
+        if line.startswith("plait_tls_handshakes_total{")
+    ]
 
 
 @pytest.mark.parametrize("mode", ["strict", "permissive"])
 def test_inbound_tls_accepts_read_through_the_wrapper(contexts: Contexts, mode: str) -> None:
     server_ctx, client_ctx = contexts
 
-    async def main() -> tuple[_Dp, Any, Any, Any]:
-        dp = _Dp(server_ctx)
-        acceptor = await InboundAcceptor.bind(dp, _Slot(mode), "127.0.0.1", 0)  # type: ignore[arg-type]
+    async def main() -> tuple[DataPlane, Any, Any, Any]:
+        dp = _dp(server_ctx)
+        acceptor = await InboundAcceptor.bind(dp, _slot(mode), "127.0.0.1", 0)
         port = acceptor.sock.getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
         await _until(lambda: bool(dp.connections))
@@ -672,7 +679,9 @@ def test_inbound_tls_accepts_read_through_the_wrapper(contexts: Contexts, mode: 
         return dp, server, transport, protocol
 
     dp, server, transport, protocol = _run(main())
-    assert dp.events == [("ok", None)]
+    assert _handshakes(dp) == [
+        'plait_tls_handshakes_total{listener="inbound|orders",result="ok"} 1'
+    ]
     assert isinstance(server, MtlsHttp1Server)
     assert server.peer == CLIENT_ID
     assert isinstance(transport, TlsTransport)
@@ -681,8 +690,8 @@ def test_inbound_tls_accepts_read_through_the_wrapper(contexts: Contexts, mode: 
 
 def test_inbound_plaintext_accepts_are_not_wrapped(contexts: Contexts) -> None:
     async def main() -> tuple[Any, Any, Any]:
-        dp = _Dp(contexts[0])
-        acceptor = await InboundAcceptor.bind(dp, _Slot("plaintext"), "127.0.0.1", 0)  # type: ignore[arg-type]
+        dp = _dp(contexts[0])
+        acceptor = await InboundAcceptor.bind(dp, _slot("plaintext"), "127.0.0.1", 0)
         port = acceptor.sock.getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         await _until(lambda: bool(dp.connections))
