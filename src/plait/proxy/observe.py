@@ -30,6 +30,7 @@ from plait.proxy.metrics import Metrics
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import ListenerSlot
+    from plait.proxy.http1_dispatch import Dispatch
 
 __all__ = ["Observer"]
 
@@ -59,7 +60,7 @@ def _no_write(line: str) -> None:
     return None
 
 
-def _method_path(ex: Any) -> tuple[str | None, str | None]:
+def _method_path(ex: Dispatch) -> tuple[str | None, str | None]:
     """An exchange's method and path for its log line; of a rejected head, what
     identify_rejected() could tell (else None)."""
     head = ex.head
@@ -111,7 +112,7 @@ class Observer:
         self._access_log = access_log
         self._observed = {}
 
-    def observe(self, ex: Any) -> None:
+    def observe(self, ex: Dispatch) -> None:
         """One finished exchange: a metrics sample and an access log line.
 
         The line is the bytes ``AccessLog.request`` (and ``format_record``) gives for the
@@ -243,7 +244,7 @@ class Observer:
         middles[key] = text
         return text
 
-    def _rejected_text(self, ex: Any) -> tuple[str, str]:
+    def _rejected_text(self, ex: Dispatch) -> tuple[str, str]:
         """The method and path of a request whose head was rejected (JSON texts)."""
         method, path = _method_path(ex)
         return json_str(method), json_str(path)
@@ -261,7 +262,9 @@ class Observer:
     def _suffix(self, peer: str | None, rbac: str | None) -> str:
         return request_suffix(self.node_id, peer, rbac) + "}\n"
 
-    def _log_record(self, ex: Any, slot: ListenerSlot, destination: str, duration: float) -> None:
+    def _log_record(
+        self, ex: Dispatch, slot: ListenerSlot, destination: str, duration: float
+    ) -> None:
         """A custom logger: the record as a dict."""
         method, path = _method_path(ex)
         upstream = ex.upstream_addr

@@ -24,8 +24,12 @@ from plait.proxy.accesslog import (
     request_prefix,
     request_suffix,
 )
-from plait.proxy.dataplane import DataPlane, ListenerSlot
+from plait.proxy.dataplane import ClusterState, DataPlane, ListenerSlot
+from plait.proxy.http1 import Http1Server
+from plait.proxy.http1_checks import HeadRejected, RequestHead
+from plait.proxy.http1_exchange import Exchange
 from plait.proxy.metrics import Metrics
+from plait.proxy.upstream import UpstreamPool
 
 NODE = "host-a"
 
@@ -69,6 +73,36 @@ def reference_record(ex: Any, duration: float, wall: float) -> tuple[dict[str, A
     }
     sample = (slot.direction, slot.source, destination, ex.status, ex.error or "", duration)
     return record, sample
+
+
+def real_exchange(dp: DataPlane, ns: SimpleNamespace) -> Exchange:
+    """The Exchange that has the fields of ``ns`` (what observe() reads of one): observe
+    takes Exchanges only (compiled, it checks; plait.proxy.native)."""
+    server = Http1Server(dp, ns.server.listener)
+    server.peer = ns.server.peer
+    head = None
+    if ns.head is not None:
+        head = RequestHead(ns.head.method, b"/", ns.head.path, b"", "1.1", [], True)
+    rejection = None
+    if ns.rejection is not None:
+        rejection = HeadRejected("rejected")
+        rejection.destination = ns.rejection.destination
+        rejection.method = ns.rejection.method
+        rejection.path = ns.rejection.path
+    ex = Exchange(server, head, rejection)
+    if ns.cluster is not None:
+        config = SimpleNamespace(name=f"outbound|{ns.cluster.service}")
+        ex.cluster = ClusterState(config, None, UpstreamPool(config.name))  # type: ignore[arg-type]
+    ex.started_at = ns.started_at
+    ex.error = ns.error
+    ex.status = ns.status
+    ex.upstream_addr = ns.upstream_addr
+    ex.request_id = ns.request_id
+    ex.bytes_in = ns.bytes_in
+    ex.bytes_out = ns.bytes_out
+    ex.details = ns.details
+    ex.rbac = ns.rbac
+    return ex
 
 
 SLOTS = [
@@ -152,7 +186,8 @@ class Pair:
         self.dp.clock = lambda: self.now
         self.dp.wall_clock = lambda: self.wall
 
-    def observe(self, ex: Any, duration: float, wall: float) -> None:
+    def observe(self, ns: SimpleNamespace, duration: float, wall: float) -> None:
+        ex = real_exchange(self.dp, ns)
         self.now = ex.started_at + duration
         self.wall = wall
         self.dp.observe(ex)
@@ -234,7 +269,7 @@ def test_a_custom_logger_and_custom_metrics_still_get_theirs() -> None:
     dp = DataPlane(NODE, metrics=metrics, access_log=logger)
     dp.clock = lambda: 100.25
     dp.wall_clock = lambda: 1_700_000_000.1234
-    ex = SimpleNamespace(
+    ns = SimpleNamespace(
         started_at=100.0,
         server=SimpleNamespace(listener=SLOTS[0], peer=None),
         cluster=CLUSTERS[1],
@@ -249,6 +284,7 @@ def test_a_custom_logger_and_custom_metrics_still_get_theirs() -> None:
         details=None,
         rbac=None,
     )
+    ex = real_exchange(dp, ns)
     dp.observe(ex)
     record, sample = reference_record(ex, 0.25, 1_700_000_000.1234)
     assert records == [record]
