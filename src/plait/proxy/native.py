@@ -37,6 +37,7 @@ __all__ = ["COMPILED_DIR", "MODULES", "STATE", "select", "source_digest", "why_n
 # the whole-read memos (http1_whole) skip them for repeated heads anyway.
 MODULES = (
     "deadlines",
+    "runtime",
     "lb",
     "accesslog",
     "http1_whole",

@@ -29,6 +29,7 @@ from plait.proxy.http1 import Http1Server
 from plait.proxy.http1_checks import HeadRejected, RequestHead
 from plait.proxy.http1_exchange import Exchange
 from plait.proxy.metrics import Metrics
+from plait.proxy.runtime import Cluster
 from plait.proxy.upstream import UpstreamPool
 
 NODE = "host-a"
@@ -91,7 +92,7 @@ def real_exchange(dp: DataPlane, ns: SimpleNamespace) -> Exchange:
         rejection.path = ns.rejection.path
     ex = Exchange(server, head, rejection)
     if ns.cluster is not None:
-        config = SimpleNamespace(name=f"outbound|{ns.cluster.service}")
+        config = Cluster(f"outbound|{ns.cluster.service}")
         ex.cluster = ClusterState(config, None, UpstreamPool(config.name))  # type: ignore[arg-type]
     ex.started_at = ns.started_at
     ex.error = ns.error
