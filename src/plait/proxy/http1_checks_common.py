@@ -87,19 +87,18 @@ class HeadRejected(Exception):
     response), ``error`` the RFC 9209 error type, ``details`` a human-readable reason.
     """
 
-    # What is known of a rejected request, for its answer and access log line (set by
-    # identify_rejected(); None when unknown or not safe to repeat).
-    method: bytes | None = None
-    path: str | None = None
-    host: str | None = None
-    request_id: bytes | None = None
-    destination: str | None = None  # the service its Host names (set by the server)
-
     def __init__(self, details: str, status: int = 400, error: str = HTTP_REQUEST_ERROR) -> None:
         super().__init__(details)
         self.details = details
         self.status = status
         self.error = error
+        # What is known of a rejected request, for its answer and access log line (set
+        # by identify_rejected(); None when unknown or not safe to repeat).
+        self.method: bytes | None = None
+        self.path: str | None = None
+        self.host: str | None = None
+        self.request_id: bytes | None = None
+        self.destination: str | None = None  # the service its Host names (set by the server)
 
 
 def _upstream_fault(details: str) -> HeadRejected:

@@ -32,8 +32,8 @@ a few fields costs several times an unpacking assignment, so heads of up to 8 fi
 unpacked by hand (:func:`_split_fields`); hashing a tuple of new names
 costs twice comparing it with the last one, so the last shape is looked at before the
 dict; a head's ``__init__`` frame costs about as much as its fields, so heads are made
-with ``object.__new__`` and their fields set here (all of them: an unset one fails the
-property test's comparison).
+with the class's ``__new__`` and their fields set here (all of them: an unset one fails
+the property test's comparison).
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ _lengths: dict[bytes, int] = {}
 # Plain Connection values (see _CONNECTION_PLAIN) as usually spelled: no lower() needed.
 _CONNECTION_SPELLED: Final = _CONNECTION_PLAIN | {b"Close", b"Keep-Alive", b"Upgrade"}
 
-_new_head: Final = object.__new__
 _name_of: Final = itemgetter(0)
 _value_of: Final = itemgetter(1)
 # A translation table that changes exactly the bytes a field value must not hold (CTLs
@@ -397,7 +396,8 @@ def fast_request_head(
             return parse_request_head(method, target, version, headers, keep_alive)
     # RequestHead(...) without its __init__ frame: every field is set (the property test
     # compares with parse_request_head's heads, and an unset slot fails the comparison).
-    head = _new_head(RequestHead)
+    # Its own __new__, not object's: compiled (plait.proxy.native), object's is refused.
+    head = RequestHead.__new__(RequestHead)
     head.method = method
     head.target = origin
     head.path = path
@@ -490,7 +490,7 @@ def fast_response_head(
                     downstream_version,
                     downstream_keep_alive,
                 )
-    head = _new_head(ResponseHead)  # as in fast_request_head: every field is set
+    head = ResponseHead.__new__(ResponseHead)  # as in fast_request_head: all fields set
     head.status = status
     head.reason = reason
     _set_forwarded(head, fmt, forward, pick, headers, values)

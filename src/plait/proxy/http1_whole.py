@@ -69,7 +69,7 @@ class RequestIdTemplate:
     def head_with(self, request_id: bytes) -> RequestHead:
         """The template's head, with ``request_id`` as its x-request-id value."""
         t = self.head
-        head: RequestHead = object.__new__(RequestHead)  # every field set, as in http1_shapes
+        head = RequestHead.__new__(RequestHead)  # every field set, as in http1_shapes
         head.method = t.method
         head.target = t.target
         head.path = t.path

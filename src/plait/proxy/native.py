@@ -30,16 +30,23 @@ from pathlib import Path
 
 __all__ = ["COMPILED_DIR", "MODULES", "STATE", "select", "source_digest", "why_not"]
 
-# The request path, leaf modules first. A compiled class can only be derived from in
-# compiled code: DataPlane (dataplane) from Observer (observe), MtlsHttp1Server (inbound)
-# from Http1Server (http1). The head checks (http1_checks*, http1_shapes) stay
-# interpreted: they make heads with object.__new__, which compiled classes refuse, and
-# the whole-read memos (http1_whole) skip them for repeated heads anyway.
+# The request path, leaf modules first: config values (runtime), heads and their checks,
+# the exchange, connections, balancing, timers, the access log. A compiled class can
+# only be derived from in compiled code: DataPlane (dataplane) from Observer (observe),
+# MtlsHttp1Server (inbound) from Http1Server (http1). Metrics, Proxy-Status and the
+# router stay interpreted: off the per-request path (observe keeps the metrics series,
+# local replies are rare, kept targets skip routing), and each compiled module adds to
+# every proxy's resident memory.
 MODULES = (
     "deadlines",
     "runtime",
     "lb",
     "accesslog",
+    "http1_checks_common",
+    "http1_checks_request",
+    "http1_checks_response",
+    "http1_checks",
+    "http1_shapes",
     "http1_whole",
     "http1_route",
     "tls_transport",
