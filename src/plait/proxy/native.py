@@ -46,7 +46,6 @@ MODULES = (
     "http1_checks_request",
     "http1_checks_response",
     "http1_checks",
-    "http1_shapes",
     "http1_whole",
     "http1_route",
     "tls_transport",

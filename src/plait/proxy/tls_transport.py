@@ -130,6 +130,10 @@ class TlsTransport(asyncio.Transport):
         super().__init__()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        # The socket's OpenSSL connection (_ssl._SSLSocket), read and written directly:
+        # SSLSocket.read and .send are Python frames around it (a closed-check each,
+        # and read's ragged-EOF case, which _read_ready handles itself).
+        self._ssl: Any = sock._sslobj  # type: ignore[attr-defined]
         self._fd = sock.fileno()
         self._protocol: Any = protocol
         self._pending = bytearray()  # plaintext the socket did not take yet
@@ -156,17 +160,16 @@ class TlsTransport(asyncio.Transport):
         try:
             # One record (at most 16 KiB): the next one stays in the kernel, and the
             # socket is reported readable again for it.
-            # recv_into without its extra Python frame. With a buffer, read() returns
-            # the count; typeshed knows only its bytes form, so the call is made on Any
-            # (compiled, a call typed as returning bytes would check for bytes).
-            sock: Any = self._sock
-            n: int = sock.read(READ_SIZE, _VIEW)
+            # With a buffer, read() returns the count.
+            n: int = self._ssl.read(READ_SIZE, _VIEW)
         except ssl.SSLWantReadError:  # part of a record, or a post-handshake message
             return
         except ssl.SSLWantWriteError:
             self._read_wants_write = True
             self._loop.add_writer(self._fd, self._write_ready)
             return
+        except ssl.SSLEOFError:  # the TCP connection ended without close_notify
+            n = 0  # as SSLSocket.read's suppress_ragged_eofs: the end of the stream
         except (OSError, ssl.SSLError) as exc:
             self._fail(exc)
             return
@@ -206,7 +209,7 @@ class TlsTransport(asyncio.Transport):
             return
         if not self._pending and not self._read_wants_write:
             try:
-                sent = self._sock.send(data)
+                sent = self._ssl.write(data)
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except (OSError, ssl.SSLError) as exc:
@@ -232,7 +235,7 @@ class TlsTransport(asyncio.Transport):
         pending = self._pending
         if pending and not self._lost:
             try:
-                sent = self._sock.send(pending)
+                sent = self._ssl.write(pending)
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except (OSError, ssl.SSLError) as exc:
