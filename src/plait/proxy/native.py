@@ -33,10 +33,11 @@ __all__ = ["COMPILED_DIR", "MODULES", "STATE", "select", "source_digest", "why_n
 # The request path, leaf modules first: config values (runtime), heads and their checks,
 # the exchange, connections, balancing, timers, the access log. A compiled class can
 # only be derived from in compiled code: DataPlane (dataplane) from Observer (observe),
-# MtlsHttp1Server (inbound) from Http1Server (http1). Metrics, Proxy-Status and the
-# router stay interpreted: off the per-request path (observe keeps the metrics series,
-# local replies are rare, kept targets skip routing), and each compiled module adds to
-# every proxy's resident memory.
+# MtlsHttp1Server (inbound) from Http1Server (http1). Metrics, Proxy-Status, the router
+# and http1_shapes stay interpreted: off the per-request path of repeated traffic
+# (observe keeps the metrics series, local replies are rare, kept targets skip routing,
+# whole reads skip the head checks), and each compiled module adds to every proxy's
+# resident memory.
 MODULES = (
     "deadlines",
     "runtime",

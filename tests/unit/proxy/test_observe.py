@@ -94,16 +94,23 @@ def real_exchange(dp: DataPlane, ns: SimpleNamespace) -> Exchange:
     if ns.cluster is not None:
         config = Cluster(f"outbound|{ns.cluster.service}")
         ex.cluster = ClusterState(config, None, UpstreamPool(config.name))  # type: ignore[arg-type]
-    ex.started_at = ns.started_at
-    ex.error = ns.error
-    ex.status = ns.status
-    ex.upstream_addr = ns.upstream_addr
-    ex.request_id = ns.request_id
-    ex.bytes_in = ns.bytes_in
-    ex.bytes_out = ns.bytes_out
-    ex.details = ns.details
-    ex.rbac = ns.rbac
+    for name in _COPIED:
+        setattr(ex, name, getattr(ns, name))
     return ex
+
+
+# The fields of an exchange that observe() reads as they are.
+_COPIED = (
+    "started_at",
+    "error",
+    "status",
+    "upstream_addr",
+    "request_id",
+    "bytes_in",
+    "bytes_out",
+    "details",
+    "rbac",
+)
 
 
 SLOTS = [
