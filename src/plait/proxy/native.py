@@ -28,7 +28,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-__all__ = ["COMPILED_DIR", "MODULES", "STATE", "select", "source_digest", "why_not"]
+__all__ = ["COMPILED_DIR", "LIBRARY", "MODULES", "STATE", "select", "source_digest", "why_not"]
 
 # The request path, leaf modules first: config values (runtime), heads and their checks,
 # the exchange, connections, balancing, timers, the access log. A compiled class can
@@ -59,7 +59,8 @@ MODULES = (
     "observe",
     "dataplane",
 )
-GROUP = "plait.proxy.compiled"  # mypyc's shared library: plait/proxy/compiled__mypyc.*.so
+GROUP = "plait.proxy.compiled"  # mypyc's group name
+LIBRARY = GROUP.rsplit(".", 1)[1] + "__mypyc"  # its shared library, next to the modules
 PACKAGE_DIR = Path(__file__).resolve().parent
 COMPILED_DIR = PACKAGE_DIR / "_compiled"
 SOURCE_ROOT = PACKAGE_DIR.parent  # src/plait
@@ -96,10 +97,11 @@ def why_not(compiled: Path = COMPILED_DIR, root: Path = SOURCE_ROOT) -> str | No
         return "not built (make native)"
     except (OSError, ValueError) as exc:
         return f"{stamp_path}: unreadable ({exc}); run make native"
-    if not isinstance(stamp, dict) or stamp.get("interpreter") != interpreter():
+    this = interpreter()
+    if not isinstance(stamp, dict) or stamp.get("interpreter") != this:
         return f"{stamp_path}: built for another interpreter; run make native"
-    suffix = interpreter()["ext_suffix"]
-    for name in (*MODULES, GROUP.rsplit(".", 1)[1] + "__mypyc"):
+    suffix = this["ext_suffix"]
+    for name in (*MODULES, LIBRARY):
         if not (compiled / f"{name}{suffix}").is_file():
             return f"{compiled / (name + suffix)} is missing; run make native"
     if stamp.get("modules") != list(MODULES):

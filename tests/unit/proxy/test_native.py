@@ -23,7 +23,7 @@ def _build(tmp_path: Path) -> tuple[Path, Path]:
     compiled = tmp_path / "compiled"
     compiled.mkdir()
     suffix = native.interpreter()["ext_suffix"]
-    for name in (*native.MODULES, native.GROUP.rsplit(".", 1)[1] + "__mypyc"):
+    for name in (*native.MODULES, native.LIBRARY):
         (compiled / f"{name}{suffix}").write_bytes(b"")
     stamp = {
         "interpreter": native.interpreter(),
