@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -146,3 +147,51 @@ def test_a_process_with_plait_pure_loads_the_sources() -> None:
         timeout=60,
     ).stdout.splitlines()
     assert out == ["interpreted: PLAIT_PURE is set", str(Path(native.__file__).parent / "http1.py")]
+
+
+def _suspensions_in_handlers(source: str) -> list[tuple[int, str]]:
+    """(line, kind) of every await, yield, ``async for`` or ``async with`` inside an
+    ``except`` or ``finally`` clause of ``source``."""
+    tree = ast.parse(source)
+    clauses: list[ast.AST] = [
+        h for n in ast.walk(tree) if isinstance(n, ast.Try) for h in n.handlers
+    ]
+    clauses += [s for n in ast.walk(tree) if isinstance(n, ast.Try) for s in n.finalbody]
+    suspending = (ast.Await, ast.Yield, ast.YieldFrom, ast.AsyncFor, ast.AsyncWith)
+    return sorted(
+        {
+            (n.lineno, type(n).__name__)
+            for c in clauses
+            for n in ast.walk(c)
+            if isinstance(n, suspending)
+        }
+    )
+
+
+def test_the_check_finds_suspensions_in_handlers() -> None:
+    source = (
+        "async def f(x):\n"
+        "    try:\n"
+        "        await x\n"  # in the try body: fine
+        "    except OSError:\n"
+        "        await x\n"
+        "    finally:\n"
+        "        async with x:\n"
+        "            pass\n"
+    )
+    assert _suspensions_in_handlers(source) == [(5, "Await"), (7, "AsyncWith")]
+
+
+def test_compiled_modules_do_not_suspend_in_except_or_finally_clauses() -> None:
+    """mypyc keeps the exception being handled outside the coroutine, so a coroutine
+    suspended in an ``except`` or ``finally`` clause loses it to another one: compiled,
+    handshake() awaiting in an except clause leaked an SSLSocket per handshake when
+    handshakes overlapped (test_tls_transport), and an await in a finally clause
+    swallows the exception being raised (mypyc/mypyc#1114)."""
+    package = Path(native.__file__).parent
+    found = {
+        name: hits
+        for name in native.MODULES
+        if (hits := _suspensions_in_handlers((package / f"{name}.py").read_text()))
+    }
+    assert found == {}
