@@ -83,11 +83,12 @@ class Observer:
         self._access_log = access_log
         # observe(): per (listener, destination, status, error) the metrics series and
         # the access log pieces (see _observe_entry); JSON texts of upstream addresses;
-        # the time text of the current millisecond
+        # line endings per mTLS peer; the time text of the current millisecond
         self._observed: dict[tuple[ListenerSlot, str, int, str | None], _Entry] = {}
         self._log_write: Callable[[str], object] = _no_write
         self._log_suffix = request_suffix(node_id, None, None) + "}\n"
         self._addr_text: dict[tuple[str, int] | None, str] = {}
+        self._peer_suffix: dict[str, str] = {}
         self._time_lo = self._time_hi = 0.0
         self._time_text = ""
 
@@ -260,7 +261,15 @@ class Observer:
         return text
 
     def _suffix(self, peer: str | None, rbac: str | None) -> str:
-        return request_suffix(self.node_id, peer, rbac) + "}\n"
+        """The line's end for an mTLS peer (cached per peer) or an RBAC audit note."""
+        if peer is None or rbac is not None:
+            return request_suffix(self.node_id, peer, rbac) + "}\n"
+        text = self._peer_suffix.get(peer)
+        if text is None:
+            if len(self._peer_suffix) >= 4096:
+                self._peer_suffix.clear()
+            text = self._peer_suffix[peer] = request_suffix(self.node_id, peer, None) + "}\n"
+        return text
 
     def _log_record(
         self, ex: Dispatch, slot: ListenerSlot, destination: str, duration: float
