@@ -14,12 +14,19 @@ Two reports (both by default):
   after ``wrk -t1 -c50 -dNs`` through the proxy (``VmRSS`` and the peak ``VmHWM``).
   ``--workers N`` starts the 1-hop proxy with ``--workers N`` and reports the supervisor
   (the first row) and every worker.
+* ``churn`` (not in ``all``: it takes minutes): the two proxies of the 2-hop mTLS case
+  under ``--rounds`` rounds of ``wrk -t1 -c50 -dNs``, ``--gap`` seconds apart. With a
+  gap past the pool's idle timeout (60 s) every pooled TLS connection between the two
+  is closed and a new one handshaken each round: ``VmHWM`` (the peak), ``VmRSS`` and
+  its anonymous and file-backed parts after each round show what connection churn
+  leaves behind.
 
 Run::
 
     .venv/bin/python benchmarks/rss_breakdown.py                  # both reports
     .venv/bin/python benchmarks/rss_breakdown.py imports
     .venv/bin/python benchmarks/rss_breakdown.py running --mtls --duration 5
+    .venv/bin/python benchmarks/rss_breakdown.py churn --rounds 5 --gap 62 --duration 4
 """
 
 from __future__ import annotations
@@ -209,13 +216,83 @@ def format_running(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def churn(rounds: int, gap: float, duration: float, connections: int) -> list[dict[str, Any]]:
+    """One row per round and mTLS proxy: its memory after that round's load."""
+    from load import parse_wrk
+    from peers import SERVICE, PeerSet
+    from plait_case import PlaitCase
+    from procs import Procs
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="plait-churn-") as tmp:
+        work = Path(tmp)
+        procs = Procs(work / "logs")
+        try:
+            peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=1)
+            upstream = peers.start_upstream()
+            case = PlaitCase(
+                procs,
+                work / "mtls",
+                hops=2,
+                upstream_port=upstream,
+                proxy_cpu=0,
+                side_cpu=1,
+                mtls=True,
+            )
+            endpoint = case.start()
+            time.sleep(1.0)
+            argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
+            argv += ["-H", f"Host: {SERVICE}", f"http://127.0.0.1:{endpoint.port}/"]
+            for n in range(rounds):
+                if n:
+                    time.sleep(gap)
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+                requests = parse_wrk(r.stdout).get("requests")
+                for proc in case.proxies:
+                    kib = status_kib(proc.pid)
+                    rows.append(
+                        {
+                            "round": n + 1,
+                            "proxy": proc.name,
+                            "peak_kib": kib["VmHWM"],
+                            "rss_kib": kib["VmRSS"],
+                            "anon_kib": kib["RssAnon"],
+                            "file_kib": kib["RssFile"],
+                            "requests": requests,
+                            "wrk": " ".join(argv),
+                        }
+                    )
+                print(format_churn(rows[-len(case.proxies) :], header=n == 0), flush=True)
+            case.stop()
+        finally:
+            procs.stop_all()
+    return rows
+
+
+def format_churn(rows: list[dict[str, Any]], header: bool = True) -> str:
+    head = f"{'round':>5} {'proxy':32} {'VmHWM MiB':>10} {'VmRSS MiB':>10} {'anon':>6} {'file':>6}"
+    lines = [head] if header else []
+    for r in rows:
+        lines.append(
+            f"{r['round']:5d} {r['proxy']:32} {r['peak_kib'] / 1024:10.1f} "
+            f"{r['rss_kib'] / 1024:10.1f} {r['anon_kib'] / 1024:6.1f} {r['file_kib'] / 1024:6.1f}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", nargs="?", choices=["imports", "running", "all"], default="all")
+    parser.add_argument(
+        "report", nargs="?", choices=["imports", "running", "churn", "all"], default="all"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="wrk seconds (5)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
     parser.add_argument("--mtls", action="store_true", help="also the 2-hop mTLS case")
     parser.add_argument("--workers", type=int, default=1, help="plait proxy --workers N")
+    parser.add_argument("--rounds", type=int, default=5, help="churn: rounds of load (5)")
+    parser.add_argument(
+        "--gap", type=float, default=62.0, help="churn: seconds between rounds (62)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {}
@@ -227,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         out["running"] = running(args.duration, args.mtls, args.workers, args.connections)
         if not args.json:
             print(format_running(out["running"]), flush=True)
+    if args.report == "churn":
+        out["churn"] = churn(args.rounds, args.gap, args.duration, args.connections)
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
