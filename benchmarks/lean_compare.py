@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 res, _ = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 30)
                 u1, s1 = cpu_times(pids)
                 n = res["requests"]
+                if not n:
+                    print(f"round {r + 1} {name}: no request completed; stopping", flush=True)
+                    return 1
                 run = (res["rps"], (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6)
                 runs[name].append(run)
                 print(

@@ -4,7 +4,9 @@
     python benchmarks/lean_relay.py LISTEN_PORT UPSTREAM_PORT ACCESS_LOG
 
 uvloop + httptools, one pre-opened keep-alive connection per downstream request in flight
-(a pool of 64 to 127.0.0.1:UPSTREAM_PORT), and per request only the basic work every proxy
+(a pool of 64 to 127.0.0.1:UPSTREAM_PORT; one the upstream closes, idle past its
+keep-alive timeout, leaves the pool and a new one takes its place), and per request only
+the basic work every proxy
 does: parse the request head and the response head (httptools callbacks, both ways),
 route on Host (a dict), drop hop-by-hop fields, add ``x-request-id`` (when missing) and
 ``Via``, count the response in a dict, and write one access log line to a buffered file.
@@ -63,6 +65,15 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Out of the pool, or the next request sent on it would never be answered
+        # (the relay slowed from round to round as the upstream closed idle ones).
+        if self in pool:
+            pool.remove(self)
+        if self.down is not None:
+            self.down.transport.close()
+        asyncio.get_running_loop().create_task(connect(self.log))
 
     def data_received(self, data: bytes) -> None:
         down = self.down
@@ -167,12 +178,23 @@ class Downstream(asyncio.Protocol):
             self.up.transport.write(body)
 
 
+UPSTREAM_PORT = 0
+
+
+async def connect(log: object) -> None:
+    """One more pooled connection to the upstream."""
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: Upstream(log), "127.0.0.1", UPSTREAM_PORT)
+    pool.append(conn)
+
+
 async def main(listen: int, upstream: int, log_path: str) -> None:
+    global UPSTREAM_PORT
+    UPSTREAM_PORT = upstream
     loop = asyncio.get_running_loop()
     with open(log_path, "ab", buffering=65536) as log:
         for _ in range(64):
-            _, conn = await loop.create_connection(lambda: Upstream(log), "127.0.0.1", upstream)
-            pool.append(conn)
+            await connect(log)
         server = await loop.create_server(Downstream, "127.0.0.1", listen)
         async with server:
             await server.serve_forever()
