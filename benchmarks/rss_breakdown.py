@@ -32,11 +32,13 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,65 +138,89 @@ def worker_pids(pid: int) -> list[int]:
     return [pid, *kids]
 
 
-def running(duration: float, mtls: bool, workers: int, connections: int) -> list[dict[str, Any]]:
-    from load import parse_wrk
-    from peers import SERVICE, PeerSet
-    from plait_case import PlaitCase
+@contextlib.contextmanager
+def _harness(prefix: str) -> Iterator[tuple[Any, Path, int]]:
+    """The harness's processes, a work folder and the upstream nginx (CPU 1); every
+    process stopped by PID at the end."""
+    from peers import PeerSet
     from procs import Procs
 
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="plait-rss-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
         procs = Procs(work / "logs")
         try:
-            peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=1)
-            upstream = peers.start_upstream()
-            cases = [("plaintext 1 hop", 1, False)]
-            if mtls:
-                cases.append(("mTLS 2 hops", 2, True))
-            for label, hops, with_mtls in cases:
-                case = PlaitCase(
-                    procs,
-                    work / label.replace(" ", "-"),
-                    hops=hops,
-                    upstream_port=upstream,
-                    proxy_cpu=0,
-                    side_cpu=1,
-                    mtls=with_mtls,
-                    proxy_args=["--workers", str(workers)] if workers > 1 else [],
-                )
-                endpoint = case.start()
-                time.sleep(1.0)
-                idle = {
-                    (proc.name, pid): status_kib(pid)
-                    for proc in case.proxies
-                    for pid in worker_pids(proc.pid)
-                }
-                argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
-                argv += ["-H", f"Host: {SERVICE}", f"http://127.0.0.1:{endpoint.port}/"]
-                r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
-                wrk = parse_wrk(r.stdout)
-                for proc in case.proxies:
-                    for pid in worker_pids(proc.pid):
-                        after = status_kib(pid)
-                        rows.append(
-                            {
-                                "case": label,
-                                "proxy": proc.name,
-                                "pid": pid,
-                                "idle_rss_kib": idle[(proc.name, pid)]["VmRSS"],
-                                "loaded_rss_kib": after["VmRSS"],
-                                "peak_kib": after["VmHWM"],
-                                "loaded_anon_kib": after["RssAnon"],
-                                "loaded_file_kib": after["RssFile"],
-                                "loaded_pss_kib": after["Pss"],
-                                "requests": wrk.get("requests"),
-                                "wrk": " ".join(argv),
-                            }
-                        )
-                case.stop()
+            yield procs, work, PeerSet(procs, work, proxy_cpu=0, side_cpu=1).start_upstream()
         finally:
             procs.stop_all()
+
+
+def _started(
+    procs: Any, folder: Path, upstream: int, hops: int, mtls: bool, proxy_args: list[str]
+) -> tuple[Any, int]:
+    """A plait case on CPU 0, ready for load, and the port the load goes to."""
+    from plait_case import PlaitCase
+
+    case = PlaitCase(
+        procs,
+        folder,
+        hops=hops,
+        upstream_port=upstream,
+        proxy_cpu=0,
+        side_cpu=1,
+        mtls=mtls,
+        proxy_args=proxy_args,
+    )
+    endpoint = case.start()
+    time.sleep(1.0)
+    return case, endpoint.port
+
+
+def _wrk(port: int, connections: int, duration: float) -> tuple[dict[str, Any], str]:
+    """``wrk -t1`` (on CPU 1) through ``port``: its parsed report and its command line."""
+    from load import parse_wrk
+    from peers import SERVICE
+
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
+    argv += ["-H", f"Host: {SERVICE}", f"http://127.0.0.1:{port}/"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    return parse_wrk(r.stdout), " ".join(argv)
+
+
+def running(duration: float, mtls: bool, workers: int, connections: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with _harness("plait-rss-") as (procs, work, upstream):
+        cases = [("plaintext 1 hop", 1, False)]
+        if mtls:
+            cases.append(("mTLS 2 hops", 2, True))
+        for label, hops, with_mtls in cases:
+            workers_args = ["--workers", str(workers)] if workers > 1 else []
+            folder = work / label.replace(" ", "-")
+            case, port = _started(procs, folder, upstream, hops, with_mtls, workers_args)
+            idle = {
+                (proc.name, pid): status_kib(pid)
+                for proc in case.proxies
+                for pid in worker_pids(proc.pid)
+            }
+            wrk, command = _wrk(port, connections, duration)
+            for proc in case.proxies:
+                for pid in worker_pids(proc.pid):
+                    after = status_kib(pid)
+                    rows.append(
+                        {
+                            "case": label,
+                            "proxy": proc.name,
+                            "pid": pid,
+                            "idle_rss_kib": idle[(proc.name, pid)]["VmRSS"],
+                            "loaded_rss_kib": after["VmRSS"],
+                            "peak_kib": after["VmHWM"],
+                            "loaded_anon_kib": after["RssAnon"],
+                            "loaded_file_kib": after["RssFile"],
+                            "loaded_pss_kib": after["Pss"],
+                            "requests": wrk.get("requests"),
+                            "wrk": command,
+                        }
+                    )
+            case.stop()
     return rows
 
 
@@ -218,54 +244,29 @@ def format_running(rows: list[dict[str, Any]]) -> str:
 
 def churn(rounds: int, gap: float, duration: float, connections: int) -> list[dict[str, Any]]:
     """One row per round and mTLS proxy: its memory after that round's load."""
-    from load import parse_wrk
-    from peers import SERVICE, PeerSet
-    from plait_case import PlaitCase
-    from procs import Procs
-
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="plait-churn-") as tmp:
-        work = Path(tmp)
-        procs = Procs(work / "logs")
-        try:
-            peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=1)
-            upstream = peers.start_upstream()
-            case = PlaitCase(
-                procs,
-                work / "mtls",
-                hops=2,
-                upstream_port=upstream,
-                proxy_cpu=0,
-                side_cpu=1,
-                mtls=True,
-            )
-            endpoint = case.start()
-            time.sleep(1.0)
-            argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
-            argv += ["-H", f"Host: {SERVICE}", f"http://127.0.0.1:{endpoint.port}/"]
-            for n in range(rounds):
-                if n:
-                    time.sleep(gap)
-                r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
-                requests = parse_wrk(r.stdout).get("requests")
-                for proc in case.proxies:
-                    kib = status_kib(proc.pid)
-                    rows.append(
-                        {
-                            "round": n + 1,
-                            "proxy": proc.name,
-                            "peak_kib": kib["VmHWM"],
-                            "rss_kib": kib["VmRSS"],
-                            "anon_kib": kib["RssAnon"],
-                            "file_kib": kib["RssFile"],
-                            "requests": requests,
-                            "wrk": " ".join(argv),
-                        }
-                    )
-                print(format_churn(rows[-len(case.proxies) :], header=n == 0), flush=True)
-            case.stop()
-        finally:
-            procs.stop_all()
+    with _harness("plait-churn-") as (procs, work, upstream):
+        case, port = _started(procs, work / "mtls", upstream, 2, True, [])
+        for n in range(rounds):
+            if n:
+                time.sleep(gap)
+            wrk, command = _wrk(port, connections, duration)
+            for proc in case.proxies:
+                kib = status_kib(proc.pid)
+                rows.append(
+                    {
+                        "round": n + 1,
+                        "proxy": proc.name,
+                        "peak_kib": kib["VmHWM"],
+                        "rss_kib": kib["VmRSS"],
+                        "anon_kib": kib["RssAnon"],
+                        "file_kib": kib["RssFile"],
+                        "requests": wrk.get("requests"),
+                        "wrk": command,
+                    }
+                )
+            print(format_churn(rows[-len(case.proxies) :], header=n == 0), flush=True)
+        case.stop()
     return rows
 
 
