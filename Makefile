@@ -23,7 +23,7 @@ CORES := src/plait/model src/plait/xds src/plait/control/registry.py src/plait/c
            xds_decode_endpoint.py xds_decode_tls.py xds_schema.py xds_schema_gen.py \
            http1_checks_common.py http1_checks_request.py http1_checks_response.py \
            peer_identity.py tls.py rbac.py deadlines.py bootstrap_fields.py ads_h2_frames.py ads_h2_hpack.py \
-           tls_transport.py bootstrap_reader.py observe.py http1_whole.py) \
+           tls_transport.py bootstrap_reader.py observe.py http1_whole.py write_behind.py) \
          src/plait/identity/renewal.py src/plait/identity/x509_reader.py src/plait/identity/pem_keys.py src/plait/identity/der.py src/plait/identity/keys.py \
          src/plait/identity/keygen.py src/plait/proxy/native.py
 

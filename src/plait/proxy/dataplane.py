@@ -40,6 +40,7 @@ from plait.proxy.runtime import Cluster, Direction, Endpoint, ProxyConfig, RbacF
 from plait.proxy.tls import TRUST_BUNDLE, LocalIdentity, TlsContexts
 from plait.proxy.upstream import UpstreamPool
 from plait.proxy.via import via_entry
+from plait.proxy.write_behind import WriteBehind
 
 log = logging.getLogger("plait.proxy.dataplane")
 
@@ -144,6 +145,7 @@ class DataPlane(Observer):
         request_head_timeout: float = 30.0,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         reuse_port: bool = False,
+        hold_writes: bool = True,
     ) -> None:
         self.node_id = node_id
         # a worker of ``plait proxy --workers N``: listeners on a fixed port join the
@@ -170,6 +172,10 @@ class DataPlane(Observer):
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by bind
         # per-request timeouts (route, per try): one loop timer for all, set by bind
         self.timers: Deadlines = None  # type: ignore[assignment]
+        # writes to clients held to the loop iteration's end (plait.proxy.write_behind),
+        # set by bind when hold_writes; None: every write goes out at once
+        self.hold_writes = hold_writes
+        self.write_behind: WriteBehind | None = None
         self._clusters: dict[str, ClusterState] = {}
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = upstream_idle_timeout
@@ -195,6 +201,9 @@ class DataPlane(Observer):
         self.loop = asyncio.get_running_loop()
         if self.timers is None or self.timers.loop is not self.loop:
             self.timers = Deadlines(self.loop)
+        behind = self.write_behind
+        if self.hold_writes and (behind is None or behind.loop is not self.loop):
+            self.write_behind = WriteBehind(self.loop)
         if name in self.listeners:
             raise ValueError(f"listener {name!r} is already bound")
         identity = None

@@ -44,6 +44,7 @@ from plait.proxy.http1_whole import hits as _whole_hits
 from plait.proxy.http1_whole import remember_request, template_of
 from plait.proxy.http1_whole import requests as _whole_requests
 from plait.proxy.proxy_status import PROXY_INTERNAL_ERROR
+from plait.proxy.write_behind import HeldWrites
 
 if TYPE_CHECKING:
     from plait.proxy.dataplane import DataPlane, ListenerSlot
@@ -97,7 +98,10 @@ class Http1Server(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        behind = self.dp.write_behind
+        # On a running proxy the writes to the client wait for the loop iteration's end
+        # (plait.proxy.write_behind); a DataPlane never bound (tests' rigs) writes at once.
+        self.transport = transport if behind is None else HeldWrites(transport, behind)
         self.dp.connections.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -40,6 +40,7 @@ __all__ = ["COMPILED_DIR", "LIBRARY", "MODULES", "STATE", "select", "source_dige
 # resident memory.
 MODULES = (
     "deadlines",
+    "write_behind",
     "runtime",
     "lb",
     "accesslog",

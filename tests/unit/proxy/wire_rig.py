@@ -161,6 +161,8 @@ class WireRig:
         self.lines.clear()
         for record in records:
             del record["time"], record["duration_ms"]
+        # the writes to the client wait for the loop iteration's end (write_behind)
+        self.loop.run_until_complete(asyncio.sleep(0))
         return Outcome(sent, self.down.take(), records, kept, self.server.closing)
 
     def close(self) -> None:
