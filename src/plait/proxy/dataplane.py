@@ -203,7 +203,9 @@ class DataPlane(Observer):
             self.timers = Deadlines(self.loop)
         behind = self.write_behind
         if self.hold_writes and (behind is None or behind.loop is not self.loop):
-            self.write_behind = WriteBehind(self.loop)
+            self.write_behind = behind = WriteBehind(self.loop)
+            for state in self._clusters.values():  # a config applied before this bind
+                state.pool.write_behind = behind
         if name in self.listeners:
             raise ValueError(f"listener {name!r} is already bound")
         identity = None
@@ -292,6 +294,7 @@ class DataPlane(Observer):
                     clock=self.clock,
                     on_connect=self._count_connect,
                 )
+                pool.write_behind = self.write_behind
                 balancer = make_balancer(
                     cluster.lb_policy, endpoints, self.rng, panic_threshold=self.panic_threshold
                 )

@@ -50,6 +50,7 @@ from plait.proxy.http1_whole import hits as _whole_hits
 from plait.proxy.http1_whole import responses as _whole_responses
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
 from plait.proxy.proxy_status import HTTP_PROTOCOL_ERROR
+from plait.proxy.write_behind import HeldWrites, WriteBehind
 
 log = logging.getLogger("plait.proxy.upstream")
 
@@ -138,7 +139,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool | None, key: EndpointKey) -> None:
         self.pool = pool
         self.key = key
-        self.transport: asyncio.Transport | None = None
+        # the transport, or on a running proxy a HeldWrites over it (write_behind)
+        self.transport: Any = None
         self.parser = HttpResponseParser(self)
         self.handler: UpstreamHandler | None = None
         self.tunnel: Any = None  # the downstream transport once a 101 switched protocols
@@ -176,7 +178,11 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # On a running proxy the requests wait for the loop iteration's end, as the
+        # writes to clients do (plait.proxy.write_behind).
+        pool = self.pool
+        behind = pool.write_behind if pool is not None else None
+        self.transport = transport if behind is None else HeldWrites(transport, behind)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -384,6 +390,7 @@ class UpstreamPool:
         "idle_timeout",
         "max_idle",
         "on_connect",
+        "write_behind",
     )
 
     def __init__(
@@ -399,6 +406,8 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.on_connect = on_connect
+        # the DataPlane's, once it is bound: new connections hold their writes
+        self.write_behind: WriteBehind | None = None
         self.connects = 0
         self._clock = clock
         self._idle: dict[EndpointKey, list[UpstreamConnection]] = {}

@@ -1,4 +1,4 @@
-"""Writes to clients held to the end of the event loop's iteration, then sent together.
+"""Writes held to the end of the event loop's iteration, then sent together.
 
 Theory of operation. A proxy on an event loop reads what is ready, then for each read
 runs its request path and writes. When every write goes to the kernel at once, the
@@ -7,18 +7,18 @@ reading them (the client, on the other CPU) has time to go back to sleep between
 and each write then pays to wake it (the kernel's ``sock_def_readable`` and the
 cross-CPU wake-up, in the writer's system time). HAProxy reads everything ready first
 and sends afterwards. On one hop, waking readers was 13.6% of plait's CPU samples
-against 8.8% of HAProxy's; holding the writes to clients to the iteration's end
-brought plait's system time per request below HAProxy's (benchmarks/RESULTS.md,
-"Seventh round").
+against 8.8% of HAProxy's; holding the writes to the iteration's end brought plait's
+system time per request below HAProxy's (benchmarks/RESULTS.md, "Seventh round").
 
 :class:`WriteBehind` (one per event loop) keeps the connections that have writes held
 and sends them from one ``call_soon`` callback, which the loop runs after the I/O
-callbacks of the iteration. :class:`HeldWrites` stands in for a client connection's
-transport: ``write`` and ``writelines`` keep the pieces (several writes of one
-iteration leave in one ``writelines``, one ``writev``); everything else goes to the
-transport, after what is held where order matters -- ``close`` and ``write_eof`` send
-the held pieces first, ``abort`` drops them as a transport drops its buffer. Once the
-connection is closing, a held piece is dropped, as the transport would drop it.
+callbacks of the iteration. :class:`HeldWrites` stands in for the transport of a
+client connection and of an upstream connection (requests wait the same way):
+``write`` and ``writelines`` keep the pieces (several writes of one iteration leave in
+one ``writelines``, one ``writev``); everything else goes to the transport, after what
+is held where order matters -- ``close`` and ``write_eof`` send the held pieces first,
+``abort`` drops them as a transport drops its buffer. Once the connection is closing,
+a held piece is dropped, as the transport would drop it.
 
 Only small writes wait: once a connection holds :data:`HOLD_LIMIT` bytes, they go to
 the transport at once. So flow control is as before: a transport whose buffer fills

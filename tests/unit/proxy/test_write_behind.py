@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_rig import CLUSTER, WireRig
+from wire_rig import config as wire_config
 
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.http1 import Http1Server
@@ -267,3 +269,38 @@ def test_past_the_hold_limit_writes_go_out_at_once(loop: Any) -> None:
     assert t.sent.endswith(b"tail")
     _iteration(loop)
     assert t.sent.endswith(b"tailsmall")
+
+
+def test_requests_to_upstreams_are_held_too() -> None:
+    """A bound DataPlane's pools hand their connections the same WriteBehind: the
+    request leaves at the iteration's end, then the response flows back."""
+    rig = WireRig()
+    try:
+        assert isinstance(rig.conn.transport, HeldWrites)
+        assert rig.pool.write_behind is rig.dp.write_behind is not None
+        rig.server.data_received(b"GET /held HTTP/1.1\r\nHost: bench\r\n\r\n")
+        assert rig.up.take() == b""  # held
+        rig.loop.run_until_complete(asyncio.sleep(0))
+        assert rig.up.take().startswith(b"GET /held HTTP/1.1\r\n")
+    finally:
+        rig.close()
+
+
+def test_a_config_applied_before_the_first_bind_gets_held_writes_at_the_bind() -> None:
+    async def main() -> tuple[Any, Any]:
+        dp = DataPlane("n")
+        dp.apply(wire_config())  # as from a last-known-good file, before the listeners
+        pool = dp.snapshot.clusters[CLUSTER].pool  # type: ignore[union-attr]
+        before = pool.write_behind
+        await dp.bind("outbound", "127.0.0.1", 0, "outbound")
+        after = pool.write_behind
+        assert after is dp.write_behind
+        await dp.close(grace=0.0)
+        return before, after
+
+    loop = asyncio.new_event_loop()
+    try:
+        before, after = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert before is None and isinstance(after, WriteBehind)

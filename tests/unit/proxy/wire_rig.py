@@ -147,6 +147,7 @@ class WireRig:
         """The client sends ``request`` in one read; when any of it reached the upstream,
         the upstream answers with ``response``, read by read."""
         self.server.data_received(request)
+        self._iteration()  # held writes go out at the loop iteration's end (write_behind)
         sent = self.up.take()
         if sent and not self.conn.closed:
             for piece in response:
@@ -161,9 +162,12 @@ class WireRig:
         self.lines.clear()
         for record in records:
             del record["time"], record["duration_ms"]
-        # the writes to the client wait for the loop iteration's end (write_behind)
-        self.loop.run_until_complete(asyncio.sleep(0))
+        self._iteration()
         return Outcome(sent, self.down.take(), records, kept, self.server.closing)
+
+    def _iteration(self) -> None:
+        """Let the loop run what is ready: the held writes' callback among it."""
+        self.loop.run_until_complete(asyncio.sleep(0))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.dp.close(grace=0.0))
