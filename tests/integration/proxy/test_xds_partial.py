@@ -198,8 +198,14 @@ def test_an_added_endpoint_sends_only_its_assignment_to_a_proxy_with_the_feature
                 lambda: ports(proxy.config) == {ORDERS: [16001], USERS: [16002]}, "the proxy"
             )
             await eventually(lambda: bool(plain.eds), "the plain client")
-            rows = (await api(control, "GET", "/v1/proxy-status"))["nodes"]
-            assert {r["node_id"]: r["status"] for r in rows}["host-a"] == "SYNCED"
+            # the proxy applies a config before it ACKs it: SYNCED follows the ACK
+            deadline = time.monotonic() + WAIT
+            while True:
+                rows = (await api(control, "GET", "/v1/proxy-status"))["nodes"]
+                if {r["node_id"]: r["status"] for r in rows}["host-a"] == "SYNCED":
+                    break
+                assert time.monotonic() < deadline, "host-a never SYNCED after its first push"
+                await asyncio.sleep(0.02)
             assert proxy.eds[0] == [ORDERS, USERS]  # the first push is complete
             assert plain.eds == [[ORDERS, USERS]]
             before_proxy, before_plain = len(proxy.eds), len(plain.eds)
