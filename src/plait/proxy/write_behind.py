@@ -63,9 +63,9 @@ class WriteBehind:
         for conn in held:
             try:
                 conn.flush()
-            except Exception as bug:  # one broken connection must not keep the others' data
+            except Exception:  # one broken connection must not keep the others' data
                 log.exception("sending held writes failed")
-                conn.abort_after(bug)
+                conn.abort()
 
 
 class HeldWrites:
@@ -120,13 +120,6 @@ class HeldWrites:
         else:
             transport.writelines(pieces)
 
-    def abort_after(self, exc: BaseException) -> None:
-        """Sending failed (``exc``, logged): drop what is held and abort."""
-        self._pieces = []
-        self._size = 0
-        self._closed = True
-        self.transport.abort()
-
     @property
     def held(self) -> int:
         """Bytes held, not yet handed to the transport."""
@@ -140,7 +133,9 @@ class HeldWrites:
         self.transport.close()
 
     def abort(self) -> None:
-        self._pieces = []  # dropped, as the transport drops its buffer
+        """Close now: what is held is dropped, as the transport drops its buffer (also
+        when sending it failed)."""
+        self._pieces = []
         self._size = 0
         self._closed = True
         self.transport.abort()
