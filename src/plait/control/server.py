@@ -57,14 +57,29 @@ AUDIT_FILE = "audit.jsonl"
 MAX_CERT_TTL = timedelta(days=90)
 DEFAULT_SYNC_TIMEOUT = 10.0  # the default proxy lease ttl (docs/resilience.md)
 
-GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 0),  # a second control plane on the same port must fail to bind
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+# Client pings closer together than this on a stream without data are strikes; grpc-core
+# sends GOAWAY ``too_many_pings`` after the third. Proxies ping every 30 s
+# (plait.proxy.ads_h2), Envoy every ``connection_keepalive.interval`` it is configured
+# with; grpc-core's default, 5 minutes, closed every idle proxy's stream after 2 minutes.
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+
+
+def grpc_options(
+    min_client_ping_interval_ms: int = MIN_CLIENT_PING_INTERVAL_MS,
+) -> list[tuple[str, int]]:
+    """The xDS gRPC server's channel arguments (grpc-core names, grpc/impl/channel_arg_names.h)."""
+    return [
+        ("grpc.so_reuseport", 0),  # a second control plane on the same port must fail to bind
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS
+        ("grpc.http2.min_ping_interval_without_data_ms", min_client_ping_interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+GRPC_OPTIONS = grpc_options()
 
 
 def _reachable(host: str) -> str:

@@ -23,9 +23,9 @@ Keepalive: every ``keepalive_interval`` seconds (30 by default; None turns it of
 client sends an HTTP/2 PING; without its ACK within ``keepalive_timeout`` (10 s) the
 stream fails with ``UNAVAILABLE``, so a control plane that vanished without closing the
 connection is noticed. The plait control plane accepts client pings every 5 s or more
-(``grpc.http2.min_recv_ping_interval_without_data_ms`` in plait.control.server); a grpc
+(``grpc.http2.min_ping_interval_without_data_ms`` in plait.control.server); a grpc
 server with default settings counts pings closer than 5 minutes apart on a stream without
-data as abuse and sends GOAWAY ``too_many_pings`` after three.
+data as abuse and sends GOAWAY ``too_many_pings`` after three strikes.
 """
 
 from __future__ import annotations

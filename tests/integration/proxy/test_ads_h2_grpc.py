@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
-from plait.control.server import GRPC_OPTIONS
+from plait.control.server import GRPC_OPTIONS, MIN_CLIENT_PING_INTERVAL_MS, grpc_options
 from plait.proxy.ads_h2 import ADS_METHOD, AdsStream, StreamError, open_stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -232,17 +233,40 @@ async def test_keepalive_fails_a_stream_whose_peer_stops_answering() -> None:
 
 
 @sync
-async def test_keepalive_pings_are_acked_by_the_control_plane_settings() -> None:
-    """A live peer with the control plane's server options ACKs every ping in time."""
-    server, port = await start_server(**dict(GRPC_OPTIONS))
+async def test_the_server_accepts_idle_pings_at_its_minimum_interval() -> None:
+    """Pings on a stream without data, as far apart as the control plane's options ask, are
+    never counted as abuse: no GOAWAY ``too_many_pings`` after grpc-core's three strikes.
+    grpc-core ignores a channel argument it does not know, so with a wrong name the server
+    keeps its default minimum (5 minutes) and ends the stream after the fourth ping."""
+    server, port = await start_server(**dict(grpc_options(min_client_ping_interval_ms=200)))
     stream = await with_stream(port, keepalive_interval=0.3, keepalive_timeout=2.0)
     try:
-        await asyncio.sleep(1.0)  # a few pings, all answered
+        await asyncio.sleep(3.0)  # ten pings without data
         await stream.write(b"alive")
         assert await asyncio.wait_for(stream.read(), 5) == b"evila"
     finally:
         await stream.close()
         await server.stop(None)
+
+
+@sync
+async def test_pings_closer_than_the_servers_minimum_end_the_stream() -> None:
+    """The other side of the test above: the server enforces its minimum."""
+    server, port = await start_server(**dict(grpc_options(min_client_ping_interval_ms=5_000)))
+    stream = await with_stream(port, keepalive_interval=0.3, keepalive_timeout=2.0)
+    try:
+        with pytest.raises(StreamError) as err:
+            await asyncio.wait_for(stream.read(), 10)
+        assert err.value.code == "RESOURCE_EXHAUSTED"
+        assert "too_many_pings" in err.value.details
+    finally:
+        await stream.close()
+        await server.stop(None)
+
+
+def test_the_proxy_pings_no_closer_than_the_control_plane_allows() -> None:
+    interval = inspect.signature(open_stream).parameters["keepalive_interval"].default
+    assert interval * 1000 >= MIN_CLIENT_PING_INTERVAL_MS
 
 
 # --- the real ADS service ------------------------------------------------------------------
