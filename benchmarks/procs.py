@@ -46,8 +46,12 @@ def parse_vm_hwm(text: str) -> int | None:
     return None
 
 
-def parse_cpu_times(text: str) -> dict[int, tuple[int, int]]:
-    """``/proc/stat`` -> {cpu: (busy ticks, total ticks)}; busy excludes idle and iowait."""
+CpuTicks = dict[int, tuple[int, int, int]]  # cpu -> (busy, total, steal) ticks
+
+
+def parse_cpu_times(text: str) -> CpuTicks:
+    """``/proc/stat`` -> {cpu: (busy ticks, total ticks, steal ticks)}; busy excludes idle
+    and iowait, and includes steal (time the hypervisor ran someone else on this CPU)."""
     out = {}
     for line in text.splitlines():
         name, _, rest = line.partition(" ")
@@ -56,7 +60,7 @@ def parse_cpu_times(text: str) -> dict[int, tuple[int, int]]:
         ticks = [int(x) for x in rest.split()]
         # user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
         total = sum(ticks[:8])
-        out[int(name[3:])] = (total - ticks[3] - ticks[4], total)
+        out[int(name[3:])] = (total - ticks[3] - ticks[4], total, ticks[7])
     return out
 
 
@@ -108,8 +112,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return sum(cpu_times(pids))
 
 
-def cpu_busy_ticks() -> dict[int, tuple[int, int]]:
-    """Per CPU (busy, total) ticks since boot, from ``/proc/stat``."""
+def steal_share(before: CpuTicks, after: CpuTicks, cpu: int) -> float | None:
+    """Share of ``cpu``'s time between two :func:`cpu_busy_ticks` the hypervisor stole."""
+    if cpu not in before or cpu not in after:
+        return None
+    total = after[cpu][1] - before[cpu][1]
+    return (after[cpu][2] - before[cpu][2]) / total if total > 0 else None
+
+
+def cpu_busy_ticks() -> CpuTicks:
+    """Per CPU (busy, total, steal) ticks since boot, from ``/proc/stat``."""
     return parse_cpu_times(_read("/proc/stat") or "")
 
 

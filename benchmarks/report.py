@@ -99,6 +99,7 @@ METRICS = (
     "cpu_busy",
     "rss_mib",
     "latency_rps",
+    "latency_steal",
     "errors",
     "x_rps",
     "x_added_p99",
@@ -127,6 +128,7 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         "cpu_busy": res.get("cpu_busy") if case.hops else None,
         "rss_mib": res["peak_rss_kib"] / 1024 if case.hops and res.get("peak_rss_kib") else None,
         "latency_rps": res.get("latency_rps"),
+        "latency_steal": res.get("latency_steal_on_proxy_cpu"),
         "errors": float(res.get("errors", 0)) + float(res.get("latency_errors", 0)),
         "x_rps": None,
         "x_added_p99": None,
@@ -235,6 +237,7 @@ def latency_table(rows: Sequence[Row]) -> str:
         "added p99 ms",
         "× HAProxy",
         "achieved req/s",
+        "CPU 0 steal",
     ]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
@@ -248,6 +251,7 @@ def latency_table(rows: Sequence[Row]) -> str:
             fmt_stat(s["added_p99"], **ms),
             fmt_stat(s["x_added_p99"], digits=2, suffix="×"),
             fmt_stat(s["latency_rps"]),
+            fmt_stat(s["latency_steal"], scale=100.0, digits=1, suffix="%"),
         ]
         lines.append(_md_row([f"`{row.case.name}`", *cells]))
     return "\n".join(lines)

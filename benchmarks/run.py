@@ -42,7 +42,14 @@ import peers  # noqa: E402
 import report  # noqa: E402
 from peers import SERVICE, Endpoint, PeerSet  # noqa: E402
 from plait_case import PlaitCase, plait_available  # noqa: E402
-from procs import Procs, StartError, cpu_busy_ticks, cpu_seconds, peak_rss_kib  # noqa: E402
+from procs import (  # noqa: E402
+    Procs,
+    StartError,
+    cpu_busy_ticks,
+    cpu_seconds,
+    peak_rss_kib,
+    steal_share,
+)
 
 REPO = HERE.parent
 PROXY_CPU, SIDE_CPU = 0, 1
@@ -190,9 +197,11 @@ def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) 
         duration=a.latency_duration,
         log_file=log_file,
     )
+    l0 = cpu_busy_ticks()
     lat, lat_text = load.run_h2load(
         h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_duration + 30
     )
+    l1 = cpu_busy_ticks()
     rss = peak_rss_kib(pids)
     for proc in ep.procs:
         if not proc.alive():
@@ -220,6 +229,9 @@ def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) 
         # proxies did not use was other work on the machine (noise).
         "cpu_busy_by_cpu": busy,
         "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
+        # Of that, what the hypervisor took (steal), during the wrk and the h2load run.
+        "steal_on_proxy_cpu": steal_share(s0, s1, PROXY_CPU),
+        "latency_steal_on_proxy_cpu": steal_share(l0, l1, PROXY_CPU),
         "wall_s": wall,
         "peak_rss_kib": rss if pids else None,
         "access_log_lines": log_lines,
@@ -237,6 +249,8 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
     s += f" p99 {lat['p99'] * 1e3:.2f} ms"
     if r.get("cpu_per_10k") is not None:
         s += f", {r['cpu_per_10k']:.2f} CPU-s/10k ({r['cpu_busy']:.0%} busy)"
+    if r.get("latency_steal_on_proxy_cpu"):
+        s += f", steal {r['latency_steal_on_proxy_cpu']:.1%} of CPU {PROXY_CPU} during h2load"
     if r["errors"] or r["latency_errors"]:
         s += f", errors {r['errors']}+{r['latency_errors']}"
     return s
@@ -491,6 +505,21 @@ def build_notes(
             f" busy time minus the case's proxies): median {statistics.median(foreign):.0%}, "
             f"max {max(foreign):.0%}. Per-run values are in the raw JSON "
             "(`foreign_on_proxy_cpu`)."
+        )
+    steal = [
+        r["latency_steal_on_proxy_cpu"]
+        for rep in reps
+        for r in rep.values()
+        if r.get("latency_steal_on_proxy_cpu") is not None
+    ]
+    if steal:
+        notes.append(
+            f"`CPU {PROXY_CPU} steal` = the share of CPU {PROXY_CPU}'s time during the h2load "
+            "run that the hypervisor gave to another machine (`steal` in `/proc/stat`): median "
+            f"{statistics.median(steal):.1%}, max {max(steal):.1%} over all runs. While it "
+            "steals, every request waits, whichever proxy serves it: a rep's tails move with "
+            "it more than with the proxy (the raw JSON also has `steal_on_proxy_cpu` of the "
+            "wrk runs)."
         )
     for name, why in setup.items():
         notes.append(f"`{name}` could not start: {why.splitlines()[0][:300]}")

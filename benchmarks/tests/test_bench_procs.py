@@ -2,7 +2,14 @@
 
 import os
 
-from procs import cpu_seconds, parse_cpu_times, parse_proc_stat, parse_vm_hwm, peak_rss_kib
+from procs import (
+    cpu_seconds,
+    parse_cpu_times,
+    parse_proc_stat,
+    parse_vm_hwm,
+    peak_rss_kib,
+    steal_share,
+)
 
 STAT = "3627 (we ird) name)) R 3559 3559 24762 0 -1 4194304 101 0 0 0 17 5 0 0 20 0 1 0 176301"
 
@@ -27,7 +34,15 @@ def test_cpu_times_per_cpu():
     t = parse_cpu_times(text)
     assert set(t) == {0, 1}
     total0 = 85045 + 15166 + 73918 + 242 + 1237 + 46
-    assert t[0] == (total0 - 73918 - 242, total0)
+    assert t[0] == (total0 - 73918 - 242, total0, 46)
+
+
+def test_steal_share_between_two_readings():
+    before = {0: (100, 1000, 10), 1: (5, 1000, 0)}
+    after = {0: (300, 1200, 60), 1: (5, 1000, 0)}
+    assert steal_share(before, after, 0) == 0.25
+    assert steal_share(before, after, 1) is None  # no ticks between the readings
+    assert steal_share(before, after, 2) is None
 
 
 def test_readers_on_this_process():

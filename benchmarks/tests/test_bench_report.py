@@ -29,6 +29,7 @@ def res(rps, p99, cpu=None, p50=0.001):
         "latency_s": {"p50": p50, "p90": p99 / 2, "p99": p99, "p99.9": p99 * 2},
         "latency_rps": 1000.0,
         "latency_errors": 0,
+        "latency_steal_on_proxy_cpu": 0.015,
     }
     if cpu is not None:
         out.update(cpu_per_10k=cpu, cpu_busy=1.0, peak_rss_kib=2048)
@@ -122,6 +123,8 @@ def test_tables_and_report():
     assert "| `haproxy-2hop` | load → outbound → inbound → upstream | failed: no result" in t
     lat = latency_table(rows)
     assert "| `plait-1hop` | 1.00 |" in lat
+    assert lat.splitlines()[0].endswith("| achieved req/s | CPU 0 steal |")
+    assert "| 1,000 | 1.5% |" in lat
     text = render(
         rows,
         machine={"CPU": "test CPU"},
