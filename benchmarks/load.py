@@ -127,20 +127,37 @@ def parse_h2load(text: str) -> dict[str, Any]:
     return out
 
 
-def parse_h2load_log(text: str) -> tuple[list[float], int]:
-    """The per-request log -> (durations in seconds of 2xx/3xx responses, count of the rest)."""
-    ok: list[float] = []
-    bad = 0
+def parse_h2load_rows(text: str) -> list[tuple[float, int, float]]:
+    """The per-request log -> ``(start, status, duration)``, times in seconds."""
+    rows = []
     for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) < 3:
             continue
-        status, micros = int(parts[1]), int(parts[2])
-        if 200 <= status < 400:
-            ok.append(micros / 1e6)
-        else:
-            bad += 1
-    return ok, bad
+        rows.append((int(parts[0]) / 1e6, int(parts[1]), int(parts[2]) / 1e6))
+    return rows
+
+
+def parse_h2load_log(text: str) -> tuple[list[float], int]:
+    """The per-request log -> (durations in seconds of 2xx/3xx responses, count of the rest)."""
+    rows = parse_h2load_rows(text)
+    ok = [duration for _, status, duration in rows if 200 <= status < 400]
+    return ok, len(rows) - len(ok)
+
+
+def durations_within(text: str, windows: Sequence[tuple[float, float]]) -> tuple[list[float], int]:
+    """Of the 2xx/3xx requests in an h2load log, the durations of those that started and
+    ended inside one of ``windows`` (sorted, disjoint ``(start, end)`` in seconds), and how
+    many 2xx/3xx requests there were in all."""
+    rows = sorted(r for r in parse_h2load_rows(text) if 200 <= r[1] < 400)
+    kept: list[float] = []
+    i = 0
+    for start, _, duration in rows:
+        while i < len(windows) and windows[i][1] < start:
+            i += 1
+        if i < len(windows) and windows[i][0] <= start and start + duration <= windows[i][1]:
+            kept.append(duration)
+    return kept, len(rows)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

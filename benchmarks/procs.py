@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +120,50 @@ def steal_share(before: CpuTicks, after: CpuTicks, cpu: int) -> float | None:
         return None
     total = after[cpu][1] - before[cpu][1]
     return (after[cpu][2] - before[cpu][2]) / total if total > 0 else None
+
+
+def quiet_windows(
+    samples: Sequence[tuple[float, CpuTicks]], cpus: Sequence[int]
+) -> list[tuple[float, float]]:
+    """The time spans between consecutive ``samples`` ``(time, ticks)`` in which the
+    hypervisor stole no tick from any of ``cpus``; adjacent spans are merged."""
+    out: list[tuple[float, float]] = []
+    for (t0, a), (t1, b) in itertools.pairwise(samples):
+        if any(c not in a or c not in b or b[c][2] != a[c][2] for c in cpus):
+            continue
+        if out and out[-1][1] == t0:
+            out[-1] = (out[-1][0], t1)
+        else:
+            out.append((t0, t1))
+    return out
+
+
+class TickSampler:
+    """``with TickSampler(0.5) as s: ...``: :func:`cpu_busy_ticks` with the wall time,
+    on entry, every ``interval`` seconds on a thread, and on exit (``s.samples``)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, CpuTicks]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tick-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.samples.append((time.time(), cpu_busy_ticks()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TickSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def cpu_busy_ticks() -> CpuTicks:

@@ -100,9 +100,13 @@ METRICS = (
     "rss_mib",
     "latency_rps",
     "latency_steal",
+    "quiet_p99",
+    "added_quiet_p99",
+    "quiet_share",
     "errors",
     "x_rps",
     "x_added_p99",
+    "x_added_quiet_p99",
     "x_cpu",
 )
 
@@ -117,6 +121,13 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
     direct_p99 = (direct.get("latency_s") or {}).get("p99") if not direct.get("error") else None
     p99 = lat.get("p99")
     added = p99 - direct_p99 if (p99 is not None and direct_p99 is not None) else None
+    quiet_p99 = (res.get("latency_quiet_s") or {}).get("p99")
+    direct_quiet = (
+        (direct.get("latency_quiet_s") or {}).get("p99") if not direct.get("error") else None
+    )
+    added_quiet = (
+        quiet_p99 - direct_quiet if (quiet_p99 is not None and direct_quiet is not None) else None
+    )
     out: dict[str, float | None] = {
         "rps": res.get("rps"),
         "p50": lat.get("p50"),
@@ -129,9 +140,13 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         "rss_mib": res["peak_rss_kib"] / 1024 if case.hops and res.get("peak_rss_kib") else None,
         "latency_rps": res.get("latency_rps"),
         "latency_steal": res.get("latency_steal_on_proxy_cpu"),
+        "quiet_p99": quiet_p99,
+        "added_quiet_p99": added_quiet if case.hops else None,
+        "quiet_share": res.get("latency_quiet_share"),
         "errors": float(res.get("errors", 0)) + float(res.get("latency_errors", 0)),
         "x_rps": None,
         "x_added_p99": None,
+        "x_added_quiet_p99": None,
         "x_cpu": None,
     }
     if case.baseline and case.baseline != case.name:
@@ -140,9 +155,16 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         if base is not None:
             out["x_rps"] = ratio(out["rps"], base["rps"])
             out["x_added_p99"] = ratio(out["added_p99"], base["added_p99"])
+            out["x_added_quiet_p99"] = ratio(out["added_quiet_p99"], base["added_quiet_p99"])
             out["x_cpu"] = ratio(out["cpu_per_10k"], base["cpu_per_10k"])
     elif case.baseline == case.name:
-        out["x_rps"] = out["x_added_p99"] = out["x_cpu"] = 1.0
+        for x, of in (
+            ("x_rps", "rps"),
+            ("x_added_p99", "added_p99"),
+            ("x_added_quiet_p99", "added_quiet_p99"),
+            ("x_cpu", "cpu_per_10k"),
+        ):
+            out[x] = 1.0 if out[of] is not None else None
     return out
 
 
@@ -238,6 +260,10 @@ def latency_table(rows: Sequence[Row]) -> str:
         "× HAProxy",
         "achieved req/s",
         "CPU 0 steal",
+        "steal-free p99 ms",
+        "steal-free added p99 ms",
+        "× HAProxy",
+        "steal-free share",
     ]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
@@ -252,6 +278,10 @@ def latency_table(rows: Sequence[Row]) -> str:
             fmt_stat(s["x_added_p99"], digits=2, suffix="×"),
             fmt_stat(s["latency_rps"]),
             fmt_stat(s["latency_steal"], scale=100.0, digits=1, suffix="%"),
+            fmt_stat(s["quiet_p99"], **ms),
+            fmt_stat(s["added_quiet_p99"], **ms),
+            fmt_stat(s["x_added_quiet_p99"], digits=2, suffix="×"),
+            fmt_stat(s["quiet_share"], scale=100.0, suffix="%"),
         ]
         lines.append(_md_row([f"`{row.case.name}`", *cells]))
     return "\n".join(lines)

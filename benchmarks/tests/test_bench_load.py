@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from load import (
+    durations_within,
     h2load_argv,
     latency_summary,
     parse_duration_s,
@@ -105,6 +106,24 @@ def test_h2load_log_keeps_ok_durations_and_counts_the_rest():
     ok, bad = parse_h2load_log(log)
     assert ok == pytest.approx([475e-6, 1000e-6])
     assert bad == 2
+
+
+def test_durations_within_keep_requests_that_began_and_ended_in_one_window():
+    log = "\n".join(
+        [
+            "10000000\t200\t1000",  # 10.0-10.001 s: kept
+            "10999500\t200\t1000",  # ends 11.0005, after the first window: dropped
+            "11200000\t200\t2000",  # between the windows: dropped
+            "12000000\t503\t100",  # not a 2xx/3xx: not counted
+            "12100000\t200\t3000",  # kept
+            "11999000\t200\t500",  # unsorted in the log, kept
+            "14000000\t200\t100",  # after the last window: dropped
+        ]
+    )
+    kept, ok = durations_within(log, [(10.0, 11.0), (11.5, 13.0)])
+    assert kept == pytest.approx([1e-3, 500e-6, 3e-3])
+    assert ok == 6
+    assert durations_within(log, []) == ([], 6)
 
 
 @pytest.mark.parametrize(

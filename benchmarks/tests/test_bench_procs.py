@@ -1,13 +1,16 @@
 """/proc parsers (benchmarks/procs.py)."""
 
 import os
+import time
 
 from procs import (
+    TickSampler,
     cpu_seconds,
     parse_cpu_times,
     parse_proc_stat,
     parse_vm_hwm,
     peak_rss_kib,
+    quiet_windows,
     steal_share,
 )
 
@@ -48,3 +51,33 @@ def test_steal_share_between_two_readings():
 def test_readers_on_this_process():
     assert cpu_seconds([os.getpid()]) > 0
     assert peak_rss_kib([os.getpid()]) > 1000
+
+
+def ticks(steal0, steal1):
+    return {0: (0, 100, steal0), 1: (0, 100, steal1)}
+
+
+def test_quiet_windows_are_the_spans_without_steal_on_any_given_cpu():
+    samples = [
+        (10.0, ticks(0, 0)),
+        (10.5, ticks(0, 0)),
+        (11.0, ticks(0, 0)),  # 10.0-11.0 quiet, merged
+        (11.5, ticks(2, 0)),  # CPU 0 stolen from
+        (12.0, ticks(2, 0)),  # quiet
+        (12.5, ticks(2, 1)),  # CPU 1 stolen from
+        (13.0, ticks(2, 1)),  # quiet
+    ]
+    assert quiet_windows(samples, (0, 1)) == [(10.0, 11.0), (11.5, 12.0), (12.5, 13.0)]
+    assert quiet_windows(samples, (0,)) == [(10.0, 11.0), (11.5, 13.0)]
+    assert quiet_windows(samples, (2,)) == []  # a CPU the samples do not have
+    assert quiet_windows(samples[:1], (0,)) == []
+
+
+def test_tick_sampler_samples_on_entry_while_running_and_on_exit():
+    with TickSampler(0.05) as sampler:
+        time.sleep(0.3)
+    times = [t for t, _ in sampler.samples]
+    assert len(times) >= 4
+    assert times == sorted(times)
+    assert times[-1] - times[0] >= 0.3
+    assert all(0 in t for _, t in sampler.samples)

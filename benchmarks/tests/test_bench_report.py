@@ -21,7 +21,7 @@ from report import (
 )
 
 
-def res(rps, p99, cpu=None, p50=0.001):
+def res(rps, p99, cpu=None, p50=0.001, quiet_p99=None):
     out = {
         "rps": rps,
         "requests": int(rps * 10),
@@ -30,6 +30,8 @@ def res(rps, p99, cpu=None, p50=0.001):
         "latency_rps": 1000.0,
         "latency_errors": 0,
         "latency_steal_on_proxy_cpu": 0.015,
+        "latency_quiet_s": {"p99": quiet_p99 if quiet_p99 is not None else p99 / 2},
+        "latency_quiet_share": 0.8,
     }
     if cpu is not None:
         out.update(cpu_per_10k=cpu, cpu_busy=1.0, peak_rss_kib=2048)
@@ -79,6 +81,22 @@ def test_per_rep_ratios_use_the_same_repetition():
     assert m["x_added_p99"] == pytest.approx(0.008 / 0.004)
     assert m["x_cpu"] == pytest.approx(3.0)
     assert m["rss_mib"] == 2.0
+    # steal-free: (0.010 / 2 - 0.002 / 2) / (0.006 / 2 - 0.002 / 2)
+    assert m["added_quiet_p99"] == pytest.approx(0.004)
+    assert m["x_added_quiet_p99"] == pytest.approx(2.0)
+    assert m["quiet_share"] == 0.8
+
+
+def test_a_run_without_steal_free_latency_has_no_ratio():
+    rep = {name: dict(r) for name, r in REPS[0].items()}
+    rep["direct"]["latency_quiet_s"] = {}  # too few steal-free requests
+    m = per_rep_metrics(rep, Case("plait-1hop", "plait", 1))
+    assert m["quiet_p99"] == pytest.approx(0.0045)
+    assert m["added_quiet_p99"] is None
+    assert m["x_added_quiet_p99"] is None
+    base = per_rep_metrics(rep, Case("haproxy-1hop", "haproxy", 1))
+    assert base["x_added_quiet_p99"] is None  # the baseline too: no value, no 1.00×
+    assert base["x_added_p99"] == 1.0
 
 
 def test_summary_medians_and_ranges():
@@ -123,8 +141,11 @@ def test_tables_and_report():
     assert "| `haproxy-2hop` | load → outbound → inbound → upstream | failed: no result" in t
     lat = latency_table(rows)
     assert "| `plait-1hop` | 1.00 |" in lat
-    assert lat.splitlines()[0].endswith("| achieved req/s | CPU 0 steal |")
-    assert "| 1,000 | 1.5% |" in lat
+    assert "| achieved req/s | CPU 0 steal | steal-free p99 ms |" in lat.splitlines()[0]
+    # plait-1hop, rep 1: steal-free p99s 4.5 ms, direct 0.5 ms, HAProxy 1.5 ms -> 4.0 / 1.0
+    assert (
+        "| 1,000 | 1.5% | 4.50 (2.50–5.00) | 4.00 (2.00–4.00) | 4.00× (2.00×–4.00×) | 80% |" in lat
+    )
     text = render(
         rows,
         machine={"CPU": "test CPU"},
