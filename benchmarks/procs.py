@@ -139,10 +139,10 @@ def quiet_windows(
 
 
 class TickSampler:
-    """``with TickSampler(0.5) as s: ...``: :func:`cpu_busy_ticks` with the wall time,
+    """``with TickSampler(0.1) as s: ...``: :func:`cpu_busy_ticks` with the wall time,
     on entry, every ``interval`` seconds on a thread, and on exit (``s.samples``)."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
         self.samples: list[tuple[float, CpuTicks]] = []
         self._stop = threading.Event()

@@ -58,7 +58,7 @@ PROXY_CPU, SIDE_CPU = 0, 1
 # /proc/stat is read every STEAL_SAMPLE_S during h2load; a span in which the hypervisor
 # stole no tick (10 ms) from either CPU is steal-free. The steal-free percentiles need at
 # least MIN_QUIET_REQUESTS requests (1 s at 1000 req/s: ten beyond p99).
-STEAL_SAMPLE_S = 0.5
+STEAL_SAMPLE_S = 0.1
 MIN_QUIET_REQUESTS = 1000
 
 
@@ -538,7 +538,9 @@ def build_notes(
             f"{statistics.median(steal):.1%}, max {max(steal):.1%} over all runs. While it "
             "steals, every request waits, whichever proxy serves it: a rep's tails move with "
             "it more than with the proxy (the raw JSON also has `steal_on_proxy_cpu` of the "
-            "wrk runs)."
+            "wrk runs). The `steal-free` columns count only the requests that began and ended "
+            f"while /proc/stat, read every {STEAL_SAMPLE_S:g} s, showed no steal on CPU "
+            f"{PROXY_CPU} or CPU {SIDE_CPU} (benchmarks/README.md)."
         )
     for name, why in setup.items():
         notes.append(f"`{name}` could not start: {why.splitlines()[0][:300]}")
