@@ -138,18 +138,24 @@ def parse_h2load_rows(text: str) -> list[tuple[float, int, float]]:
     return rows
 
 
-def parse_h2load_log(text: str) -> tuple[list[float], int]:
-    """The per-request log -> (durations in seconds of 2xx/3xx responses, count of the rest)."""
-    rows = parse_h2load_rows(text)
+def ok_durations(rows: Sequence[tuple[float, int, float]]) -> tuple[list[float], int]:
+    """Log rows -> (durations in seconds of 2xx/3xx responses, count of the rest)."""
     ok = [duration for _, status, duration in rows if 200 <= status < 400]
     return ok, len(rows) - len(ok)
 
 
-def durations_within(text: str, windows: Sequence[tuple[float, float]]) -> tuple[list[float], int]:
-    """Of the 2xx/3xx requests in an h2load log, the durations of those that started and
-    ended inside one of ``windows`` (sorted, disjoint ``(start, end)`` in seconds), and how
-    many 2xx/3xx requests there were in all."""
-    rows = sorted(r for r in parse_h2load_rows(text) if 200 <= r[1] < 400)
+def parse_h2load_log(text: str) -> tuple[list[float], int]:
+    """The per-request log -> (durations in seconds of 2xx/3xx responses, count of the rest)."""
+    return ok_durations(parse_h2load_rows(text))
+
+
+def durations_within(
+    rows: Sequence[tuple[float, int, float]], windows: Sequence[tuple[float, float]]
+) -> tuple[list[float], int]:
+    """Of the 2xx/3xx requests among h2load log ``rows``, the durations of those that
+    started and ended inside one of ``windows`` (sorted, disjoint ``(start, end)`` in
+    seconds), and how many 2xx/3xx requests there were in all."""
+    rows = sorted(r for r in rows if 200 <= r[1] < 400)
     kept: list[float] = []
     i = 0
     for start, _, duration in rows:
@@ -204,13 +210,16 @@ def run_wrk(argv: list[str], *, cpu: int | None, timeout: float) -> tuple[dict[s
 
 def run_h2load(
     argv: list[str], log_file: Path, *, cpu: int | None, timeout: float
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, list[tuple[float, int, float]]]:
+    """Run h2load; its summary (``latency_s`` from the log), its output, and the log's
+    rows (:func:`parse_h2load_rows`)."""
     log_file.unlink(missing_ok=True)  # h2load appends
     r = subprocess.run(_taskset(cpu, argv), capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr or r.stdout}")
     summary = parse_h2load(r.stdout)
-    durations, bad = parse_h2load_log(log_file.read_text())
+    rows = parse_h2load_rows(log_file.read_text())
+    durations, bad = ok_durations(rows)
     summary["log_non_ok"] = bad
     summary["latency_s"] = latency_summary(durations) if durations else {}
-    return summary, r.stdout
+    return summary, r.stdout, rows

@@ -118,16 +118,19 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         return None
     lat = res.get("latency_s") or {}
     direct = rep.get("direct") or {}
-    direct_p99 = (direct.get("latency_s") or {}).get("p99") if not direct.get("error") else None
+    if direct.get("error"):
+        direct = {}
+
+    def p99_of(r: Mapping[str, Any], key: str) -> float | None:
+        return (r.get(key) or {}).get("p99")
+
+    def minus(x: float | None, y: float | None) -> float | None:
+        return x - y if (x is not None and y is not None) else None
+
     p99 = lat.get("p99")
-    added = p99 - direct_p99 if (p99 is not None and direct_p99 is not None) else None
-    quiet_p99 = (res.get("latency_quiet_s") or {}).get("p99")
-    direct_quiet = (
-        (direct.get("latency_quiet_s") or {}).get("p99") if not direct.get("error") else None
-    )
-    added_quiet = (
-        quiet_p99 - direct_quiet if (quiet_p99 is not None and direct_quiet is not None) else None
-    )
+    added = minus(p99, p99_of(direct, "latency_s"))
+    quiet_p99 = p99_of(res, "latency_quiet_s")
+    added_quiet = minus(quiet_p99, p99_of(direct, "latency_quiet_s"))
     out: dict[str, float | None] = {
         "rps": res.get("rps"),
         "p50": lat.get("p50"),

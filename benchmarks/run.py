@@ -205,11 +205,11 @@ def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) 
         log_file=log_file,
     )
     with TickSampler(STEAL_SAMPLE_S) as ticks:
-        lat, lat_text = load.run_h2load(
+        lat, lat_text, lat_rows = load.run_h2load(
             h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_duration + 30
         )
     quiet, latency_ok = load.durations_within(
-        log_file.read_text(), quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU))
+        lat_rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU))
     )
     rss = peak_rss_kib(pids)
     for proc in ep.procs:
