@@ -24,9 +24,20 @@ Only small writes wait: once a connection holds :data:`HOLD_LIMIT` bytes, they g
 the transport at once. So flow control is as before: a transport whose buffer fills
 tells the protocol to pause at the write that filled it, and the upstream stops being
 read (libuv reads a stream up to 32 times per readiness event: held without a limit, a
-fast upstream's body piled up in memory until the iteration's end). Latency: a write
-waits for the rest of the iteration's callbacks, microseconds at the rates where
-latency is measured.
+fast upstream's body piled up in memory until the iteration's end).
+
+Only a busy loop holds. On a quiet loop there is nothing to gather (a reader is woken
+once per write either way), and the iteration-end callback itself costs latency where
+two proxies share a CPU: at 1000 req/s through two plait hops on one CPU the p50 was
+about 0.1 ms longer held than not, and (measured interpreted) as long with the writes
+passed through at once but the callback still scheduled (benchmarks/RESULTS.md,
+"Eighth round"). So :meth:`WriteBehind.busy` counts the writes to connections with
+nothing held (on a busy loop, about one per connection and iteration) and reads the
+loop's clock every :data:`RATE_EVERY` of them: from :data:`HOLD_FROM_RATE` such writes
+per second on, writes are held; below it, such a write goes to the transport at once
+and schedules nothing. A proxy makes about two per request: at 1000 req/s about 2,000
+a second, at the benchmark's saturation 13,000 or more. A connection that holds pieces
+keeps holding until they are sent, so no write overtakes another.
 """
 
 from __future__ import annotations
@@ -41,14 +52,36 @@ log = logging.getLogger("plait.proxy")
 Buffer = bytes | bytearray | memoryview
 
 HOLD_LIMIT = 64 * 1024  # bytes held per connection before its writes go out at once
+HOLD_FROM_RATE = 5_000.0  # writes per second from which a loop holds them
+RATE_EVERY = 64  # writes between two readings of the loop's clock
 
 
 class WriteBehind:
     """One event loop's held writes: sent by one callback at the iteration's end."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, hold_from_rate: float = HOLD_FROM_RATE
+    ) -> None:
         self.loop = loop
         self._held: list[HeldWrites] = []
+        self.hold_from_rate = hold_from_rate
+        # Whether writes wait for the iteration's end: while the loop writes at
+        # hold_from_rate or more (the module docstring, "Only a busy loop holds"); 0
+        # holds always.
+        self.holding = hold_from_rate <= 0.0
+        self._writes = 0  # since _since
+        self._since: float = loop.time()
+
+    def busy(self) -> bool:
+        """Count a write; whether the loop writes fast enough for writes to wait."""
+        self._writes += 1
+        if self._writes >= RATE_EVERY:
+            now: float = self.loop.time()
+            elapsed = now - self._since
+            self.holding = self._writes >= self.hold_from_rate * elapsed
+            self._writes = 0
+            self._since = now
+        return self.holding
 
     def hold(self, conn: HeldWrites) -> None:
         """``conn`` has its first held piece: send it with the others."""
@@ -86,7 +119,11 @@ class HeldWrites:
             return
         pieces = self._pieces
         if not pieces:
-            self._behind.hold(self)
+            behind = self._behind
+            if not behind.busy():  # nothing held here to overtake: at once
+                self.transport.write(data)
+                return
+            behind.hold(self)
         pieces.append(data)
         self._size += len(data)
         if self._size >= HOLD_LIMIT:
@@ -98,7 +135,11 @@ class HeldWrites:
             return
         pieces = self._pieces
         if not pieces:
-            self._behind.hold(self)
+            behind = self._behind
+            if not behind.busy():
+                self.transport.writelines(list_of_data)
+                return
+            behind.hold(self)
         for data in list_of_data:
             pieces.append(data)
             self._size += len(data)

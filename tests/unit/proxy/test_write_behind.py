@@ -1,7 +1,8 @@
 """plait.proxy.write_behind: writes to clients held to the loop iteration's end.
 
 Recording transports on a real event loop: held pieces leave together at the iteration's
-end, in order, one ``writelines`` per connection; ``close`` and ``write_eof`` send them
+end, in order, one ``writelines`` per connection, and only on a loop that writes fast
+enough (below that, at once); ``close`` and ``write_eof`` send them
 first, ``abort`` drops them, a closing transport drops them; a transport that fails
 does not keep the others' data; and the proxy's client connections hold their writes
 only on a bound DataPlane. A property test checks the bytes and their order for any
@@ -22,7 +23,13 @@ from wire_rig import config as wire_config
 
 from plait.proxy.dataplane import DataPlane
 from plait.proxy.http1 import Http1Server
-from plait.proxy.write_behind import HOLD_LIMIT, HeldWrites, WriteBehind
+from plait.proxy.write_behind import (
+    HOLD_FROM_RATE,
+    HOLD_LIMIT,
+    RATE_EVERY,
+    HeldWrites,
+    WriteBehind,
+)
 
 
 class Recording:
@@ -82,7 +89,7 @@ def _iteration(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def test_writes_wait_for_the_iteration_and_leave_together(loop: Any) -> None:
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     a, b = Recording(), Recording()
     ha, hb = HeldWrites(a, behind), HeldWrites(b, behind)
     ha.write(b"HTTP/1.1 200 OK\r\n\r\n")
@@ -99,8 +106,71 @@ def test_writes_wait_for_the_iteration_and_leave_together(loop: Any) -> None:
     assert b.sent == b"onetwo"
 
 
+class Clock:
+    """A stand-in loop: a clock the test sets, and the callbacks scheduled with it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.ready: list[Any] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, callback: Any) -> None:
+        self.ready.append(callback)
+
+    def iteration(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+
+
+def test_a_quiet_loop_writes_at_once_and_a_busy_one_holds() -> None:
+    """Below HOLD_FROM_RATE writes per second a write goes out at once and schedules
+    nothing; from it on, writes wait for the iteration's end; the rate is read from the
+    loop's clock every RATE_EVERY writes."""
+    clock = Clock()
+    behind = WriteBehind(clock)  # type: ignore[arg-type]
+    t = Recording()
+    held = HeldWrites(t, behind)
+    assert not behind.holding  # a new loop is quiet
+    for i in range(RATE_EVERY - 1):
+        held.write(b"%d," % i)
+        clock.now += 1.0 / HOLD_FROM_RATE / 2  # twice the rate
+    assert len(t.calls) == RATE_EVERY - 1 and clock.ready == []  # at once, no callback
+    held.writelines([b"x", b"y"])  # the RATE_EVERY-th write: the rate is read
+    assert behind.holding and t.calls[-1] == ("write", b"62,")
+    held.write(b"z")
+    assert held.held == 3 and len(clock.ready) == 1
+    clock.iteration()
+    assert t.calls[-1] == ("writelines", [b"x", b"y", b"z"])
+    for _ in range(RATE_EVERY):  # then slower than the rate, an iteration each
+        clock.now += 2.0 / HOLD_FROM_RATE
+        held.write(b".")
+        clock.iteration()
+    assert not behind.holding
+    held.write(b"!")  # at once again
+    assert t.sent.endswith(b"xyz" + b"." * RATE_EVERY + b"!") and clock.ready == []
+
+
+def test_a_connection_that_holds_keeps_holding_when_the_loop_goes_quiet(loop: Any) -> None:
+    """No write overtakes a held one: the rate may drop within an iteration."""
+    behind = WriteBehind(loop, hold_from_rate=0.0)
+    t = Recording()
+    held = HeldWrites(t, behind)
+    held.write(b"first")
+    behind.holding = False  # as when the rate is read between two writes
+    held.write(b"second")
+    held.writelines([b"third"])
+    assert t.calls == []
+    _iteration(loop)
+    assert t.calls == [("writelines", [b"first", b"second", b"third"])]
+    held.write(b"fourth")  # nothing held any more: at once
+    assert t.calls[-1] == ("write", b"fourth")
+
+
 def test_close_and_write_eof_send_what_is_held_first(loop: Any) -> None:
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     t, u = Recording(), Recording()
     held, other = HeldWrites(t, behind), HeldWrites(u, behind)
     held.write(b"last response")
@@ -117,7 +187,7 @@ def test_close_and_write_eof_send_what_is_held_first(loop: Any) -> None:
 
 
 def test_abort_drops_what_is_held(loop: Any) -> None:
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     t = Recording()
     held = HeldWrites(t, behind)
     held.write(b"never sent")
@@ -128,7 +198,7 @@ def test_abort_drops_what_is_held(loop: Any) -> None:
 
 def test_a_closing_transport_drops_what_is_held(loop: Any) -> None:
     """The peer went away within the iteration: the transport would drop the bytes."""
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     t = Recording()
     held = HeldWrites(t, behind)
     held.write(b"too late")
@@ -140,7 +210,7 @@ def test_a_closing_transport_drops_what_is_held(loop: Any) -> None:
 def test_a_failing_transport_does_not_keep_the_others_data(
     loop: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     broken, fine = Recording(fail=True), Recording()
     hb, hf = HeldWrites(broken, behind), HeldWrites(fine, behind)
     hb.write(b"x")
@@ -176,7 +246,7 @@ def test_the_transports_own_calls_pass_through(loop: Any) -> None:
             self.calls.append(("set_protocol", protocol))
 
     t = Full()
-    held = HeldWrites(t, WriteBehind(loop))
+    held = HeldWrites(t, WriteBehind(loop, hold_from_rate=0.0))
     held.pause_reading()
     held.resume_reading()
     held.set_protocol("p")
@@ -192,6 +262,7 @@ ops = st.lists(
         st.tuples(st.just("write"), st.binary(max_size=8)),
         st.tuples(st.just("writelines"), st.lists(st.binary(max_size=8), max_size=3)),
         st.tuples(st.just("iteration"), st.none()),
+        st.tuples(st.just("holding"), st.booleans()),
     ),
     max_size=25,
 )
@@ -202,7 +273,7 @@ ops = st.lists(
 def test_every_byte_arrives_once_and_in_order(per_connection: list[list[Any]]) -> None:
     loop = asyncio.new_event_loop()
     try:
-        behind = WriteBehind(loop)
+        behind = WriteBehind(loop, hold_from_rate=0.0)
         transports = [Recording() for _ in per_connection]
         held = [HeldWrites(t, behind) for t in transports]
         expected = [b""] * len(per_connection)
@@ -218,6 +289,8 @@ def test_every_byte_arrives_once_and_in_order(per_connection: list[list[Any]]) -
                 elif name == "writelines":
                     held[i].writelines(arg)
                     expected[i] += b"".join(arg)
+                elif name == "holding":
+                    behind.holding = arg  # the rate read as above or below the mark
                 else:
                     _iteration(loop)
         _iteration(loop)
@@ -256,7 +329,7 @@ def test_client_connections_hold_their_writes_only_on_a_bound_data_plane() -> No
 def test_past_the_hold_limit_writes_go_out_at_once(loop: Any) -> None:
     """Flow control as without holding: a big body reaches the transport at the write
     that passes the limit (whose buffer may then tell the protocol to pause)."""
-    behind = WriteBehind(loop)
+    behind = WriteBehind(loop, hold_from_rate=0.0)
     t = Recording()
     held = HeldWrites(t, behind)
     piece = b"x" * (HOLD_LIMIT // 4)
@@ -278,6 +351,8 @@ def test_requests_to_upstreams_are_held_too() -> None:
     try:
         assert isinstance(rig.conn.transport, HeldWrites)
         assert rig.pool.write_behind is rig.dp.write_behind is not None
+        assert rig.dp.write_behind is not None
+        rig.dp.write_behind.holding = True  # as on a busy loop
         rig.server.data_received(b"GET /held HTTP/1.1\r\nHost: bench\r\n\r\n")
         assert rig.up.take() == b""  # held
         rig.loop.run_until_complete(asyncio.sleep(0))
