@@ -101,6 +101,28 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
+def merge_wrk(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`parse_wrk` results of one case (its saturation run in slices) -> one:
+    requests, seconds and errors summed, rps = requests / seconds. wrk's latency
+    percentiles do not add up, so each slice's are kept under ``slices_latency_s``."""
+    if not parts:
+        raise ValueError("no wrk results to merge")
+    seconds = sum(p["seconds"] for p in parts)
+    requests = sum(p["requests"] for p in parts)
+    sockets = {k: sum(p["socket_errors"][k] for p in parts) for k in parts[0]["socket_errors"]}
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "rps": requests / seconds if seconds > 0 else 0.0,
+        "non_2xx": sum(p["non_2xx"] for p in parts),
+        "socket_errors": sockets,
+        "errors": sum(p["errors"] for p in parts),
+        "latency_s": dict(parts[0]["latency_s"]) if len(parts) == 1 else {},
+        "slices_latency_s": [p["latency_s"] for p in parts],
+        "slices_rps": [p["rps"] for p in parts],
+    }
+
+
 def parse_h2load(text: str) -> dict[str, Any]:
     """h2load's summary -> seconds, rps, requests total/succeeded/failed/errored/timeout, 2xx."""
     fin = re.search(r"^finished in ([0-9.]+\w+), ([0-9.]+) req/s", text, re.M)

@@ -122,6 +122,18 @@ def steal_share(before: CpuTicks, after: CpuTicks, cpu: int) -> float | None:
     return (after[cpu][2] - before[cpu][2]) / total if total > 0 else None
 
 
+def ticks_spent(spans: Sequence[tuple[CpuTicks, CpuTicks]]) -> CpuTicks:
+    """Per CPU, the (busy, total, steal) ticks spent over several ``(before, after)``
+    spans of :func:`cpu_busy_ticks`, summed (the CPUs present at both ends of each)."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for before, after in spans:
+        for cpu in before.keys() & after.keys():
+            b = out.get(cpu, (0, 0, 0))
+            d = tuple(x - y for x, y in zip(after[cpu], before[cpu], strict=True))
+            out[cpu] = (b[0] + d[0], b[1] + d[1], b[2] + d[2])
+    return out
+
+
 def quiet_windows(
     samples: Sequence[tuple[float, CpuTicks]], cpus: Sequence[int]
 ) -> list[tuple[float, float]]:

@@ -310,6 +310,14 @@ LEGACY = (
 )
 
 
+def sliced(settings: dict[str, Any]) -> str:
+    """How a saturation run was cut (runs made before ``--slice`` existed: not at all)."""
+    step = settings.get("slice")
+    if not step or step >= settings["duration"]:
+        return ""
+    return f" per case, in {step:g}-s runs alternated with the other cases of its path"
+
+
 def render(
     rows: Sequence[Row],
     *,
@@ -332,7 +340,7 @@ def render(
         "taken. Added p99 = the case's p99 minus the `direct` p99 of the same repetition.",
         "",
         f"### Saturation throughput (wrk, {settings['connections']} keep-alive connections, "
-        f"{settings['duration']:g} s)",
+        f"{settings['duration']:g} s{sliced(settings)})",
         "",
         throughput_table(rows),
         "",

@@ -5,10 +5,13 @@
 
 Every case is ``load generator -> [proxies] -> upstream nginx (fixed 1 KiB body)``; the
 proxies of the case under test run on CPU 0 (``taskset -c 0``), the load generators, the
-upstream and the plait control planes on CPU 1. Cases alternate within each repetition
-(A B C … A B C …). Per case: a warm-up, a saturation run with wrk (the proxies' CPU time
-is read from /proc before and after it), a latency run with h2load at a fixed rate (per
-request times from ``--log-file``), then the proxies' peak RSS (VmHWM).
+upstream and the plait control planes on CPU 1. Within each repetition the cases are
+taken path by path (direct; one hop; two hops; mTLS). For the cases of one path: each a
+warm-up; then the saturation runs with wrk, each cut into ``--slice``-second wrk runs alternated
+between the cases (A B C A B C …: a slow spell of the machine falls on all of them alike;
+the proxies' CPU time is read from /proc before and after each slice); then each case's
+latency run with h2load at a fixed rate (per request times from ``--log-file``) and the
+proxies' peak RSS (VmHWM).
 
 Writes ``benchmarks/out/run-<UTC time>.json`` (raw, after every repetition), the
 run's configs and logs under ``benchmarks/out/run-<UTC time>/``, and the Markdown
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ from procs import (  # noqa: E402
     peak_rss_kib,
     quiet_windows,
     steal_share,
+    ticks_spent,
 )
 
 REPO = HERE.parent
@@ -73,6 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of the h2load run (default: --duration)",
     )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up per case")
+    p.add_argument(
+        "--slice",
+        type=int,
+        default=1,
+        metavar="SECONDS",
+        help="the saturation run is cut into wrk runs of this many seconds, alternated with "
+        "the other cases of the same path (A B C A B C …); requests, CPU and wall time are "
+        "summed; --duration must be a multiple",
+    )
     p.add_argument("--connections", type=int, default=50, help="wrk connections (1 thread)")
     p.add_argument("--rate", type=float, default=1000.0, help="h2load total req/s")
     p.add_argument("--clients", type=int, default=10, help="h2load connections")
@@ -104,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.reps, a.duration = 1, 3.0
         a.warmup = min(a.warmup, 1.0)
     a.latency_duration = a.latency_duration or a.duration
+    # wrk takes whole seconds
+    if a.slice < 1:
+        p.error(f"--slice must be at least 1 (s), not {a.slice}")
+    if a.duration < a.slice or a.duration % a.slice:
+        p.error(f"--duration {a.duration:g} is not a multiple of --slice {a.slice}")
+    a.slices = int(a.duration // a.slice)
     if a.results is None:
         a.results = HERE / ("out/RESULTS.quick.md" if a.quick else "RESULTS.md")
     return a
@@ -171,33 +191,91 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{ep.port}/"
+def check_alive(ep: Endpoint, when: str) -> None:
     for proc in ep.procs:
         if not proc.alive():
-            raise proc.failure(f"is not running (exit code {proc.popen.returncode})")
+            raise proc.failure(f"{when} (exit code {proc.popen.returncode})")
 
-    def wrk(seconds: float) -> list[str]:
-        return load.wrk_argv(
-            url, host=SERVICE, connections=a.connections, threads=1, duration=seconds
-        )
 
+def wrk_of(ep: Endpoint, a: argparse.Namespace, seconds: float) -> list[str]:
+    return load.wrk_argv(
+        f"http://127.0.0.1:{ep.port}/",
+        host=SERVICE,
+        connections=a.connections,
+        threads=1,
+        duration=seconds,
+    )
+
+
+def warm_up(ep: Endpoint, a: argparse.Namespace) -> None:
+    check_alive(ep, "is not running")
     if a.warmup > 0:
-        load.run_wrk(wrk(a.warmup), cpu=SIDE_CPU, timeout=a.warmup + 30)
+        load.run_wrk(wrk_of(ep, a, a.warmup), cpu=SIDE_CPU, timeout=a.warmup + 30)
+
+
+def saturation_slice(ep: Endpoint, a: argparse.Namespace, upstream_pid: int) -> dict[str, Any]:
+    """One wrk run of ``--slice`` seconds, with the CPU time of the
+    case's proxies and of the upstream, and the CPUs' ticks, before and after it."""
+    seconds = a.slice
     pids = ep.pids
     load_before = os.getloadavg()[0]
     s0 = cpu_busy_ticks()
     c0, u0, t0 = cpu_seconds(pids), cpu_seconds([upstream_pid]), time.monotonic()
-    sat, sat_text = load.run_wrk(wrk(a.duration), cpu=SIDE_CPU, timeout=a.duration + 30)
+    sat, text = load.run_wrk(wrk_of(ep, a, seconds), cpu=SIDE_CPU, timeout=seconds + 30)
     wall = time.monotonic() - t0
     c1, u1 = cpu_seconds(pids), cpu_seconds([upstream_pid])
     s1 = cpu_busy_ticks()
-    busy = {
-        cpu: (s1[cpu][0] - s0[cpu][0]) / max(1, s1[cpu][1] - s0[cpu][1]) for cpu in s1 if cpu in s0
+    return {
+        "wrk": sat,
+        "text": text,
+        "cpu": c1 - c0,
+        "upstream_cpu": u1 - u0,
+        "wall": wall,
+        "ticks": (s0, s1),
+        "loadavg_before": load_before,
     }
+
+
+def saturation(slices: list[dict[str, Any]], pids: list[int]) -> dict[str, Any]:
+    """A case's saturation slices -> its saturation figures (summed over the slices)."""
+    sat = load.merge_wrk([s["wrk"] for s in slices])
+    wall = sum(s["wall"] for s in slices)
+    cpu = sum(s["cpu"] for s in slices)
+    spent = ticks_spent([s["ticks"] for s in slices])
+    busy = {c: b / max(1, total) for c, (b, total, _) in spent.items()}
+    return {
+        "rps": sat["rps"],
+        "requests": sat["requests"],
+        "errors": sat["errors"],
+        "wrk": {k: v for k, v in sat.items() if k != "rps"},
+        "slices": len(slices),
+        "cpu_s": cpu,
+        "cpu_per_10k": cpu / sat["requests"] * 10_000 if pids and sat["requests"] else None,
+        "cpu_busy": cpu / wall if pids else None,
+        "upstream_cpu_busy": sum(s["upstream_cpu"] for s in slices) / wall,
+        # Whole-CPU busy fractions during the wrk runs; on the proxies' CPU, what the
+        # case's proxies did not use was other work on the machine (noise).
+        "cpu_busy_by_cpu": busy,
+        "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
+        # Of that, what the hypervisor took (steal), during the wrk and the h2load run.
+        "steal_on_proxy_cpu": (
+            spent[PROXY_CPU][2] / spent[PROXY_CPU][1]
+            if PROXY_CPU in spent and spent[PROXY_CPU][1] > 0
+            else None
+        ),
+        "wall_s": wall,
+        "loadavg_before": slices[0]["loadavg_before"],
+        "raw_wrk": [s["text"] for s in slices],
+    }
+
+
+def latency(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The h2load run at ``--rate``, its steal-free part, then the peak RSS and the
+    access log check."""
+    pids = ep.pids
     log_file = work / f"h2load-{ep.name}.log"
     h2_argv = load.h2load_argv(
-        url,
+        f"http://127.0.0.1:{ep.port}/",
         host=SERVICE,
         clients=a.clients,
         rate=a.rate,
@@ -212,34 +290,17 @@ def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) 
         lat_rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU))
     )
     rss = peak_rss_kib(pids)
-    for proc in ep.procs:
-        if not proc.alive():
-            raise proc.failure(f"exited during the run (code {proc.popen.returncode})")
+    check_alive(ep, "exited during the run")
     log_lines = 0
     for path in ep.access_logs:  # proof that the access log was on; then keep the disk free
         log_lines += count_lines(path)
         if path.exists():
             os.truncate(path, 0)  # every writer opened it O_APPEND
-    cpu = c1 - c0
     return {
-        "rps": sat["rps"],
-        "requests": sat["requests"],
-        "errors": sat["errors"],
-        "wrk": {k: v for k, v in sat.items() if k != "rps"},
         "latency_s": lat["latency_s"],
         "latency_rps": lat["rps"],
         "latency_errors": lat["errors"] + lat["log_non_ok"],
         "h2load": {k: v for k, v in lat.items() if k != "latency_s"},
-        "cpu_s": cpu,
-        "cpu_per_10k": cpu / sat["requests"] * 10_000 if pids and sat["requests"] else None,
-        "cpu_busy": cpu / wall if pids else None,
-        "upstream_cpu_busy": (u1 - u0) / wall,
-        # Whole-CPU busy fractions during the wrk run; on the proxies' CPU, what the case's
-        # proxies did not use was other work on the machine (noise).
-        "cpu_busy_by_cpu": busy,
-        "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
-        # Of that, what the hypervisor took (steal), during the wrk and the h2load run.
-        "steal_on_proxy_cpu": steal_share(s0, s1, PROXY_CPU),
         "latency_steal_on_proxy_cpu": steal_share(
             ticks.samples[0][1], ticks.samples[-1][1], PROXY_CPU
         ),
@@ -248,13 +309,65 @@ def measure(ep: Endpoint, a: argparse.Namespace, work: Path, upstream_pid: int) 
             load.latency_summary(quiet) if len(quiet) >= MIN_QUIET_REQUESTS else {}
         ),
         "latency_quiet_share": len(quiet) / latency_ok if latency_ok else None,
-        "wall_s": wall,
         "peak_rss_kib": rss if pids else None,
         "access_log_lines": log_lines,
-        "loadavg_before": load_before,
-        "commands": {"wrk": shlex.join(wrk(a.duration)), "h2load": shlex.join(h2_argv)},
-        "raw": {"wrk": sat_text, "h2load": lat_text.splitlines()[-9:]},
+        "h2load_argv": h2_argv,
+        "raw_h2load": lat_text.splitlines()[-9:],
     }
+
+
+def measure_group(
+    group: list[Endpoint], a: argparse.Namespace, work: Path, upstream_pid: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The cases of one path, in one repetition: each warmed up, then their saturation
+    runs in ``--slice``-second wrk runs alternated between them (A B C A B C …, so that each
+    case's share of a slow spell of the machine is alike), then each one's latency run.
+    Yields ``(case name, result)`` as each case is done; a case that fails has
+    ``{"error": …}`` and is left out of the rest of the group's rounds."""
+    errors: dict[str, str] = {}
+    slices: dict[str, list[dict[str, Any]]] = {ep.name: [] for ep in group}
+    for ep in group:
+        try:
+            warm_up(ep, a)
+        except MEASURE_ERRORS as exc:
+            errors[ep.name] = str(exc)
+    for _ in range(a.slices):
+        for ep in group:
+            if ep.name in errors:
+                continue
+            try:
+                slices[ep.name].append(saturation_slice(ep, a, upstream_pid))
+            except MEASURE_ERRORS as exc:
+                errors[ep.name] = str(exc)
+    for ep in group:
+        if ep.name in errors:
+            yield ep.name, {"error": errors[ep.name]}
+            continue
+        try:
+            out = saturation(slices[ep.name], ep.pids)
+            lat = latency(ep, a, work)
+        except MEASURE_ERRORS as exc:
+            yield ep.name, {"error": str(exc)}
+            continue
+        h2_argv, h2_raw = lat.pop("h2load_argv"), lat.pop("raw_h2load")
+        out.update(lat)
+        out["commands"] = {
+            "wrk": shlex.join(wrk_of(ep, a, a.slice)),
+            "h2load": shlex.join(h2_argv),
+        }
+        out["raw"] = {"wrk": out.pop("raw_wrk"), "h2load": h2_raw}
+        yield ep.name, out
+
+
+MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)
+
+
+def path_groups(names: list[str], path_of: dict[str, tuple[int, bool]]) -> list[list[str]]:
+    """Case names grouped by path (hops, mTLS), groups and names in first-seen order."""
+    groups: dict[tuple[int, bool], list[str]] = {}
+    for name in names:
+        groups.setdefault(path_of[name], []).append(name)
+    return list(groups.values())
 
 
 def summary_line(name: str, r: dict[str, Any]) -> str:
@@ -388,30 +501,22 @@ def main(argv: list[str] | None = None) -> int:
             "checks": checks,
             "reps": reps,
         }
+        path_of = {c.name: (c.hops, c.mtls) for c in runnable}
         for rep in range(a.reps):
             results: dict[str, Any] = {}
             reps.append(results)
-            for case in runnable:
-                if case.name in setup_errors:
-                    results[case.name] = {"error": setup_errors[case.name]}
-                    continue
-                ep = endpoints[case.name]
-                try:
-                    results[case.name] = measure(ep, a, work, upstream.pid)
-                except (
-                    StartError,
-                    RuntimeError,
-                    ValueError,
-                    OSError,
-                    subprocess.TimeoutExpired,
-                ) as exc:
-                    results[case.name] = {"error": str(exc)}
-                el = time.monotonic() - t_start
-                print(
-                    f"[rep {rep + 1}/{a.reps} {el:5.0f}s] "
-                    f"{summary_line(case.name, results[case.name])}",
-                    flush=True,
-                )
+            for names in path_groups([c.name for c in runnable], path_of):
+                for name in names:
+                    if name in setup_errors:
+                        results[name] = {"error": setup_errors[name]}
+                group = [endpoints[n] for n in names if n not in setup_errors]
+                for name, result in measure_group(group, a, work, upstream.pid):
+                    results[name] = result
+                    el = time.monotonic() - t_start
+                    print(
+                        f"[rep {rep + 1}/{a.reps} {el:5.0f}s] {summary_line(name, result)}",
+                        flush=True,
+                    )
             raw_file.write_text(json.dumps(raw, indent=1))
         for name in endpoints:
             res = next((r[name] for r in reps if "commands" in r.get(name, {})), None)
@@ -453,7 +558,7 @@ def write_report(a: argparse.Namespace, raw: dict[str, Any], raw_file: Path) -> 
     text = report.render(
         rows,
         machine=raw["machine"],
-        settings={k: st[k] for k in keys},
+        settings={k: st[k] for k in (*keys, "slice") if k in st},
         commands=raw.get("commands", []),
         date=started.strftime("%Y-%m-%d %H:%M UTC"),
         raw_file=os.path.relpath(raw_file, a.results.parent),

@@ -8,6 +8,7 @@ from load import (
     durations_within,
     h2load_argv,
     latency_summary,
+    merge_wrk,
     parse_duration_s,
     parse_h2load,
     parse_h2load_log,
@@ -86,6 +87,26 @@ def test_wrk_errors_are_counted():
     assert r["seconds"] == 60.0
     assert r["latency_s"]["p50"] == pytest.approx(573e-6)
     assert r["latency_s"]["p99"] == pytest.approx(1.2)
+
+
+def test_wrk_slices_merge_into_one_run():
+    """A saturation run cut into slices: requests, seconds and errors add up, rps is the
+    total over the total time (not the mean of the slices' rates), and wrk's percentiles,
+    which do not add up, stay per slice."""
+    ok, errs = parse_wrk(WRK_OK), parse_wrk(WRK_ERRORS)
+    m = merge_wrk([ok, errs])
+    assert m["requests"] == ok["requests"] + errs["requests"]
+    assert m["seconds"] == pytest.approx(63.01)
+    assert m["rps"] == pytest.approx(m["requests"] / 63.01)
+    assert m["errors"] == 15 and m["non_2xx"] == 5
+    assert m["socket_errors"] == {"connect": 1, "read": 2, "write": 3, "timeout": 4}
+    assert m["latency_s"] == {}
+    assert m["slices_latency_s"] == [ok["latency_s"], errs["latency_s"]]
+    assert m["slices_rps"] == [ok["rps"], errs["rps"]]
+    one = merge_wrk([ok])
+    assert one["latency_s"] == ok["latency_s"] and one["requests"] == ok["requests"]
+    with pytest.raises(ValueError, match="no wrk results"):
+        merge_wrk([])
 
 
 def test_wrk_garbage_is_an_error():

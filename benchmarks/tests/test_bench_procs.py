@@ -12,6 +12,7 @@ from procs import (
     peak_rss_kib,
     quiet_windows,
     steal_share,
+    ticks_spent,
 )
 
 STAT = "3627 (we ird) name)) R 3559 3559 24762 0 -1 4194304 101 0 0 0 17 5 0 0 20 0 1 0 176301"
@@ -46,6 +47,17 @@ def test_steal_share_between_two_readings():
     assert steal_share(before, after, 0) == 0.25
     assert steal_share(before, after, 1) is None  # no ticks between the readings
     assert steal_share(before, after, 2) is None
+
+
+def test_ticks_spent_add_up_over_spans():
+    """A saturation run in slices: the busy, total and steal ticks of each span, summed;
+    a CPU missing at either end of a span counts nothing for that span."""
+    spans = [
+        ({0: (100, 1000, 10), 1: (5, 1000, 0)}, {0: (300, 1200, 60), 1: (55, 1100, 0)}),
+        ({0: (400, 1300, 60)}, {0: (450, 1400, 70), 1: (60, 1200, 1)}),
+    ]
+    assert ticks_spent(spans) == {0: (250, 300, 60), 1: (50, 100, 0)}
+    assert ticks_spent([]) == {}
 
 
 def test_readers_on_this_process():

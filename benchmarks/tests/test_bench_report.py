@@ -167,6 +167,28 @@ def test_tables_and_report():
     assert "| CPU | test CPU |" in text
     assert "- a note" in text
     assert "benchmarks/run.py --reps 3" in text
+    assert "### Saturation throughput (wrk, 50 keep-alive connections, 8 s)\n" in text
+    sliced = render(
+        rows,
+        machine={},
+        settings={
+            "reps": 3,
+            "duration": 8,
+            "slice": 2,
+            "latency_duration": 8,
+            "connections": 50,
+            "rate": 1000,
+            "clients": 10,
+        },
+        commands=[],
+        date="2026-01-01 00:00 UTC",
+        raw_file="out/run-x.json",
+        notes=[],
+    )
+    assert (
+        "(wrk, 50 keep-alive connections, 8 s per case, in 2-s runs alternated with the "
+        "other cases of its path)" in sliced
+    )
 
 
 OTHER = "## Control plane at scale\n\nxds table\n\n### Findings\n\nkept\n"

@@ -1,0 +1,151 @@
+"""benchmarks/run.py: arguments, the grouping by path, and the saturation runs cut into
+slices alternated between the cases of one path (with stand-in runs, and once with real
+nginx, HAProxy, wrk and h2load when they are installed)."""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import run
+from peers import Endpoint, PeerSet
+from procs import Procs
+
+
+def test_duration_must_be_whole_slices() -> None:
+    a = run.parse_args(["--duration", "4", "--results", "/dev/null"])
+    assert (a.slice, a.slices) == (1, 4)
+    a = run.parse_args(["--duration", "6", "--slice", "2", "--results", "/dev/null"])
+    assert a.slices == 3
+    assert run.parse_args(["--quick", "--results", "/dev/null"]).slices == 3
+    for bad in (["--duration", "5", "--slice", "2"], ["--slice", "0"], ["--duration", "2.5"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
+
+
+def test_cases_are_grouped_by_path_in_order() -> None:
+    path_of = {
+        "direct": (0, False),
+        "plait-1hop": (1, False),
+        "haproxy-1hop": (1, False),
+        "plait-2hop-mtls": (2, True),
+        "plait-2hop": (2, False),
+        "haproxy-2hop-mtls": (2, True),
+        "haproxy-2hop": (2, False),
+    }
+    assert run.path_groups(list(path_of), path_of) == [
+        ["direct"],
+        ["plait-1hop", "haproxy-1hop"],
+        ["plait-2hop-mtls", "haproxy-2hop-mtls"],
+        ["plait-2hop", "haproxy-2hop"],
+    ]
+
+
+def wrk_result(requests: int, seconds: float = 1.0, errors: int = 0) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "rps": requests / seconds,
+        "non_2xx": errors,
+        "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+        "errors": errors,
+        "latency_s": {"p50": 0.001},
+    }
+
+
+def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A B A B A B, each case's requests, CPU and wall time summed; a case that fails in
+    a slice gets its error and leaves the rounds, the others go on."""
+    calls: list[str] = []
+    per_slice = {"a": 1000, "b": 3000, "c": 500}
+
+    def warm_up(ep: Endpoint, a: Any) -> None:
+        calls.append(f"warm {ep.name}")
+
+    def saturation_slice(ep: Endpoint, a: Any, upstream_pid: int) -> dict[str, Any]:
+        calls.append(ep.name)
+        if ep.name == "c" and calls.count("c") == 2:
+            raise RuntimeError("wrk exited 1: connection refused")
+        t0 = {0: (0, 0, 0), 1: (0, 0, 0)}
+        t1 = {0: (90, 100, 2), 1: (50, 100, 0)}
+        return {
+            "wrk": wrk_result(per_slice[ep.name]),
+            "text": f"{ep.name} slice",
+            "cpu": 0.5,
+            "upstream_cpu": 0.25,
+            "wall": 1.0,
+            "ticks": (t0, t1),
+            "loadavg_before": 0.5,
+        }
+
+    def latency(ep: Endpoint, a: Any, work: Path) -> dict[str, Any]:
+        calls.append(f"latency {ep.name}")
+        return {"latency_s": {"p99": 0.002}, "h2load_argv": ["h2load"], "raw_h2load": ["ok"]}
+
+    monkeypatch.setattr(run, "warm_up", warm_up)
+    monkeypatch.setattr(run, "saturation_slice", saturation_slice)
+    monkeypatch.setattr(run, "latency", latency)
+    a = run.parse_args(["--duration", "3", "--results", "/dev/null"])
+    group = [Endpoint(n, 1, []) for n in ("a", "b", "c")]
+    results = dict(run.measure_group(group, a, tmp_path, upstream_pid=1))
+    assert calls == [
+        "warm a", "warm b", "warm c",
+        "a", "b", "c", "a", "b", "c", "a", "b",
+        "latency a", "latency b",
+    ]  # fmt: skip
+    assert results["c"] == {"error": "wrk exited 1: connection refused"}
+    a_res = results["a"]
+    assert a_res["requests"] == 3000 and a_res["rps"] == 1000.0 and a_res["slices"] == 3
+    assert a_res["cpu_s"] == 1.5 and a_res["wall_s"] == 3.0
+    assert a_res["cpu_per_10k"] is None  # no pids: nothing measured
+    assert a_res["cpu_busy_by_cpu"] == {0: 0.9, 1: 0.5}
+    assert a_res["steal_on_proxy_cpu"] == pytest.approx(0.02)
+    assert a_res["wrk"]["slices_rps"] == [1000.0] * 3
+    assert a_res["raw"] == {"wrk": ["a slice"] * 3, "h2load": ["ok"]}
+    assert a_res["commands"]["wrk"].startswith("wrk -t1 -c50 -d1s")
+    assert results["b"]["rps"] == 3000.0
+
+
+TOOLS = ("nginx", "haproxy", "wrk", "h2load", "taskset")
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)} installed"
+)
+def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """direct and HAProxy on one hop, 2 one-second slices each: every request counted,
+    the proxy's CPU read, the latency run made."""
+    order: list[str] = []
+    real_slice = run.saturation_slice
+
+    def recorded(ep: Endpoint, a: Any, upstream_pid: int) -> dict[str, Any]:
+        order.append(ep.name)
+        return real_slice(ep, a, upstream_pid)
+
+    monkeypatch.setattr(run, "saturation_slice", recorded)
+    a = run.parse_args(
+        ["--duration", "2", "--latency-duration", "1", "--warmup", "0", "--results", "/dev/null"]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs = Procs(work / "logs")
+        try:
+            peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=0)
+            up = peers.start_upstream()
+            upstream_pid = procs.started[-1].pid
+            group = [Endpoint("direct", up, []), peers.chain("haproxy", 1, False)]
+            results = dict(run.measure_group(group, a, work, upstream_pid))
+        finally:
+            procs.stop_all()
+    assert order == ["direct", "haproxy-1hop", "direct", "haproxy-1hop"]
+    assert set(results) == {"direct", "haproxy-1hop"}
+    for res in results.values():
+        assert "error" not in res, res
+        assert res["slices"] == 2 and res["requests"] == sum(
+            int(r.split(" requests in")[0].split()[-1]) for r in res["raw"]["wrk"]
+        )
+        assert res["errors"] == 0 and res["latency_errors"] == 0
+    assert results["haproxy-1hop"]["cpu_per_10k"] > 0
+    assert results["direct"]["cpu_per_10k"] is None
