@@ -149,6 +149,24 @@ def parse_h2load(text: str) -> dict[str, Any]:
     return out
 
 
+def merge_h2load(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`run_h2load` summaries of one case (its latency run in slices) ->
+    one: seconds, request and status counts and errors summed, rps over the whole time.
+    The percentiles are not merged here: take them over all the slices' requests."""
+    if not parts:
+        raise ValueError("no h2load results to merge")
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "seconds": seconds,
+        "rps": sum(p["rps"] * p["seconds"] for p in parts) / seconds if seconds > 0 else 0.0,
+        "requests": {k: sum(p["requests"][k] for p in parts) for k in parts[0]["requests"]},
+        "status": {k: sum(p["status"][k] for p in parts) for k in parts[0]["status"]},
+        "errors": sum(p["errors"] for p in parts),
+        "log_non_ok": sum(p.get("log_non_ok", 0) for p in parts),
+        "slices_rps": [p["rps"] for p in parts],
+    }
+
+
 def parse_h2load_rows(text: str) -> list[tuple[float, int, float]]:
     """The per-request log -> ``(start, status, duration)``, times in seconds."""
     rows = []

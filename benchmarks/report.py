@@ -310,12 +310,12 @@ LEGACY = (
 )
 
 
-def sliced(settings: dict[str, Any]) -> str:
-    """How a saturation run was cut (runs made before ``--slice`` existed: not at all)."""
-    step = settings.get("slice")
-    if not step or step >= settings["duration"]:
+def sliced(settings: dict[str, Any], duration: str = "duration", step: str = "slice") -> str:
+    """How a run was cut (runs made before ``--slice`` existed: not at all)."""
+    seconds = settings.get(step)
+    if not seconds or seconds >= settings[duration]:
         return ""
-    return f" per case, in {step:g}-s runs alternated with the other cases of its path"
+    return f" per case, in {seconds:g}-s runs alternated with the other cases of its path"
 
 
 def render(
@@ -345,7 +345,8 @@ def render(
         throughput_table(rows),
         "",
         f"### Latency at a fixed {settings['rate']:g} req/s (h2load, {settings['clients']} "
-        f"connections, {settings['latency_duration']:g} s)",
+        f"connections, {settings['latency_duration']:g} s"
+        f"{sliced(settings, 'latency_duration', 'latency_slice')})",
         "",
         latency_table(rows),
         "",

@@ -54,7 +54,6 @@ from procs import (  # noqa: E402
     cpu_seconds,
     peak_rss_kib,
     quiet_windows,
-    steal_share,
     ticks_spent,
 )
 
@@ -87,6 +86,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the other cases of the same path (A B C A B C …); requests, CPU and wall time are "
         "summed; --duration must be a multiple",
     )
+    p.add_argument(
+        "--latency-slice",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="the same for the h2load run: cut into h2load runs of this many seconds, "
+        "alternated between the cases of one path; --latency-duration must be a multiple "
+        "(or shorter: one run)",
+    )
     p.add_argument("--connections", type=int, default=50, help="wrk connections (1 thread)")
     p.add_argument("--rate", type=float, default=1000.0, help="h2load total req/s")
     p.add_argument("--clients", type=int, default=10, help="h2load connections")
@@ -118,15 +126,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.reps, a.duration = 1, 3.0
         a.warmup = min(a.warmup, 1.0)
     a.latency_duration = a.latency_duration or a.duration
-    # wrk takes whole seconds
-    if a.slice < 1:
-        p.error(f"--slice must be at least 1 (s), not {a.slice}")
-    if a.duration < a.slice or a.duration % a.slice:
-        p.error(f"--duration {a.duration:g} is not a multiple of --slice {a.slice}")
-    a.slices = int(a.duration // a.slice)
+    # wrk and h2load take whole seconds
+    a.slice, a.slices = slicing(p, "--duration", a.duration, "--slice", a.slice)
+    a.latency_slice, a.latency_slices = slicing(
+        p, "--latency-duration", a.latency_duration, "--latency-slice", a.latency_slice
+    )
     if a.results is None:
         a.results = HERE / ("out/RESULTS.quick.md" if a.quick else "RESULTS.md")
     return a
+
+
+def slicing(
+    p: argparse.ArgumentParser, dname: str, duration: float, sname: str, step: int
+) -> tuple[int, int]:
+    """(seconds per run, runs) for a ``duration`` cut into runs of ``step`` seconds: a
+    duration shorter than the step is one run; else it must be a whole multiple."""
+    if step < 1:
+        p.error(f"{sname} must be at least 1 (s), not {step}")
+    if duration != int(duration) or duration < 1:
+        p.error(f"{dname} must be a whole number of seconds, not {duration:g}")
+    if duration <= step:
+        return int(duration), 1
+    if duration % step:
+        p.error(f"{dname} {duration:g} is not a multiple of {sname} {step}")
+    return step, int(duration // step)
 
 
 def machine_info(python: str) -> dict[str, str]:
@@ -258,37 +281,50 @@ def saturation(slices: list[dict[str, Any]], pids: list[int]) -> dict[str, Any]:
         "cpu_busy_by_cpu": busy,
         "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
         # Of that, what the hypervisor took (steal), during the wrk and the h2load run.
-        "steal_on_proxy_cpu": (
-            spent[PROXY_CPU][2] / spent[PROXY_CPU][1]
-            if PROXY_CPU in spent and spent[PROXY_CPU][1] > 0
-            else None
-        ),
+        "steal_on_proxy_cpu": steal_of(spent, PROXY_CPU),
         "wall_s": wall,
         "loadavg_before": slices[0]["loadavg_before"],
         "raw_wrk": [s["text"] for s in slices],
     }
 
 
-def latency(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The h2load run at ``--rate``, its steal-free part, then the peak RSS and the
-    access log check."""
-    pids = ep.pids
+def latency_slice(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One h2load run of ``--latency-slice`` seconds at ``--rate``, /proc/stat sampled
+    meanwhile for its steal-free part."""
     log_file = work / f"h2load-{ep.name}.log"
     h2_argv = load.h2load_argv(
         f"http://127.0.0.1:{ep.port}/",
         host=SERVICE,
         clients=a.clients,
         rate=a.rate,
-        duration=a.latency_duration,
+        duration=a.latency_slice,
         log_file=log_file,
     )
     with TickSampler(STEAL_SAMPLE_S) as ticks:
-        lat, lat_text, lat_rows = load.run_h2load(
-            h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_duration + 30
+        lat, text, rows = load.run_h2load(
+            h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_slice + 30
         )
-    quiet, latency_ok = load.durations_within(
-        lat_rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU))
-    )
+    quiet, ok = load.durations_within(rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU)))
+    return {
+        "h2load": lat,
+        "text": text,
+        "durations": load.ok_durations(rows)[0],
+        "quiet": quiet,
+        "ok": ok,
+        "ticks": (ticks.samples[0][1], ticks.samples[-1][1]),
+        "argv": h2_argv,
+    }
+
+
+def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
+    """A case's latency slices -> its latency figures (percentiles over all their
+    requests), then the peak RSS and the access log check."""
+    lat = load.merge_h2load([s["h2load"] for s in slices])
+    durations = [d for s in slices for d in s["durations"]]
+    quiet = [d for s in slices for d in s["quiet"]]
+    latency_ok = sum(s["ok"] for s in slices)
+    spent = ticks_spent([s["ticks"] for s in slices])
+    pids = ep.pids
     rss = peak_rss_kib(pids)
     check_alive(ep, "exited during the run")
     log_lines = 0
@@ -297,13 +333,12 @@ def latency(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         if path.exists():
             os.truncate(path, 0)  # every writer opened it O_APPEND
     return {
-        "latency_s": lat["latency_s"],
+        "latency_s": load.latency_summary(durations) if durations else {},
         "latency_rps": lat["rps"],
         "latency_errors": lat["errors"] + lat["log_non_ok"],
-        "h2load": {k: v for k, v in lat.items() if k != "latency_s"},
-        "latency_steal_on_proxy_cpu": steal_share(
-            ticks.samples[0][1], ticks.samples[-1][1], PROXY_CPU
-        ),
+        "h2load": lat,
+        "latency_slices": len(slices),
+        "latency_steal_on_proxy_cpu": steal_of(spent, PROXY_CPU),
         # Latency of the requests that began and ended in a steal-free span (README.md).
         "latency_quiet_s": (
             load.latency_summary(quiet) if len(quiet) >= MIN_QUIET_REQUESTS else {}
@@ -311,9 +346,16 @@ def latency(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         "latency_quiet_share": len(quiet) / latency_ok if latency_ok else None,
         "peak_rss_kib": rss if pids else None,
         "access_log_lines": log_lines,
-        "h2load_argv": h2_argv,
-        "raw_h2load": lat_text.splitlines()[-9:],
+        "h2load_argv": slices[0]["argv"],
+        "raw_h2load": [s["text"].splitlines()[-9:] for s in slices],
     }
+
+
+def steal_of(spent: dict[int, tuple[int, int, int]], cpu: int) -> float | None:
+    """The stolen share of ``cpu``'s ticks in :func:`ticks_spent`'s sums."""
+    if cpu not in spent or spent[cpu][1] <= 0:
+        return None
+    return spent[cpu][2] / spent[cpu][1]
 
 
 def measure_group(
@@ -321,7 +363,8 @@ def measure_group(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """The cases of one path, in one repetition: each warmed up, then their saturation
     runs in ``--slice``-second wrk runs alternated between them (A B C A B C …, so that each
-    case's share of a slow spell of the machine is alike), then each one's latency run.
+    case's share of a slow spell of the machine is alike), then their latency runs in
+    ``--latency-slice``-second h2load runs, alternated the same way.
     Yields ``(case name, result)`` as each case is done; a case that fails has
     ``{"error": …}`` and is left out of the rest of the group's rounds."""
     errors: dict[str, str] = {}
@@ -339,13 +382,22 @@ def measure_group(
                 slices[ep.name].append(saturation_slice(ep, a, upstream_pid))
             except MEASURE_ERRORS as exc:
                 errors[ep.name] = str(exc)
+    lat_slices: dict[str, list[dict[str, Any]]] = {ep.name: [] for ep in group}
+    for _ in range(a.latency_slices):
+        for ep in group:
+            if ep.name in errors:
+                continue
+            try:
+                lat_slices[ep.name].append(latency_slice(ep, a, work))
+            except MEASURE_ERRORS as exc:
+                errors[ep.name] = str(exc)
     for ep in group:
         if ep.name in errors:
             yield ep.name, {"error": errors[ep.name]}
             continue
         try:
             out = saturation(slices[ep.name], ep.pids)
-            lat = latency(ep, a, work)
+            lat = latency(lat_slices[ep.name], ep)
         except MEASURE_ERRORS as exc:
             yield ep.name, {"error": str(exc)}
             continue
@@ -558,7 +610,7 @@ def write_report(a: argparse.Namespace, raw: dict[str, Any], raw_file: Path) -> 
     text = report.render(
         rows,
         machine=raw["machine"],
-        settings={k: st[k] for k in (*keys, "slice") if k in st},
+        settings={k: st[k] for k in (*keys, "slice", "latency_slice") if k in st},
         commands=raw.get("commands", []),
         date=started.strftime("%Y-%m-%d %H:%M UTC"),
         raw_file=os.path.relpath(raw_file, a.results.parent),

@@ -8,6 +8,7 @@ from load import (
     durations_within,
     h2load_argv,
     latency_summary,
+    merge_h2load,
     merge_wrk,
     parse_duration_s,
     parse_h2load,
@@ -107,6 +108,20 @@ def test_wrk_slices_merge_into_one_run():
     assert one["latency_s"] == ok["latency_s"] and one["requests"] == ok["requests"]
     with pytest.raises(ValueError, match="no wrk results"):
         merge_wrk([])
+
+
+def test_h2load_slices_merge_into_one_run():
+    one = parse_h2load(H2LOAD)
+    one["log_non_ok"] = 2
+    m = merge_h2load([one, one])
+    assert m["seconds"] == pytest.approx(2 * one["seconds"])
+    assert m["rps"] == pytest.approx(one["rps"])
+    assert m["requests"] == {k: 2 * v for k, v in one["requests"].items()}
+    assert m["status"] == {k: 2 * v for k, v in one["status"].items()}
+    assert m["errors"] == 2 * one["errors"] and m["log_non_ok"] == 4
+    assert m["slices_rps"] == [one["rps"], one["rps"]]
+    with pytest.raises(ValueError, match="no h2load results"):
+        merge_h2load([])
 
 
 def test_wrk_garbage_is_an_error():

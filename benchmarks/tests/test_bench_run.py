@@ -14,13 +14,22 @@ from peers import Endpoint, PeerSet
 from procs import Procs
 
 
-def test_duration_must_be_whole_slices() -> None:
+def test_durations_must_be_whole_slices() -> None:
     a = run.parse_args(["--duration", "4", "--results", "/dev/null"])
     assert (a.slice, a.slices) == (1, 4)
-    a = run.parse_args(["--duration", "6", "--slice", "2", "--results", "/dev/null"])
-    assert a.slices == 3
+    assert (a.latency_slice, a.latency_slices) == (4, 1)  # shorter than a slice: one run
+    a = run.parse_args(
+        ["--duration", "6", "--slice", "2", "--latency-duration", "15", "--results", "x"]
+    )
+    assert (a.slices, a.latency_slice, a.latency_slices) == (3, 5, 3)
     assert run.parse_args(["--quick", "--results", "/dev/null"]).slices == 3
-    for bad in (["--duration", "5", "--slice", "2"], ["--slice", "0"], ["--duration", "2.5"]):
+    for bad in (
+        ["--duration", "5", "--slice", "2"],
+        ["--slice", "0"],
+        ["--duration", "2.5"],
+        ["--latency-duration", "12"],  # not a multiple of 5
+        ["--latency-slice", "0"],
+    ):
         with pytest.raises(SystemExit):
             run.parse_args(bad)
 
@@ -80,20 +89,40 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             "loadavg_before": 0.5,
         }
 
-    def latency(ep: Endpoint, a: Any, work: Path) -> dict[str, Any]:
+    def latency_slice(ep: Endpoint, a: Any, work: Path) -> dict[str, Any]:
         calls.append(f"latency {ep.name}")
-        return {"latency_s": {"p99": 0.002}, "h2load_argv": ["h2load"], "raw_h2load": ["ok"]}
+        n = calls.count(f"latency {ep.name}")
+        h2 = {
+            "seconds": 2.0,
+            "rps": 1000.0,
+            "requests": {"total": 2000, "done": 2000},
+            "status": {"2xx": 1999, "5xx": 1},
+            "errors": 1,
+            "log_non_ok": 1,
+        }
+        durations = [0.001 * n] * 1999  # the second slice twice as slow
+        return {
+            "h2load": h2,
+            "text": f"h2load slice {n}",
+            "durations": durations,
+            "quiet": durations[:1000],
+            "ok": 1999,
+            "ticks": ({0: (0, 0, 0)}, {0: (10, 100, 5)}),
+            "argv": ["h2load", "-D", "2"],
+        }
 
     monkeypatch.setattr(run, "warm_up", warm_up)
     monkeypatch.setattr(run, "saturation_slice", saturation_slice)
-    monkeypatch.setattr(run, "latency", latency)
-    a = run.parse_args(["--duration", "3", "--results", "/dev/null"])
+    monkeypatch.setattr(run, "latency_slice", latency_slice)
+    a = run.parse_args(
+        ["--duration", "3", "--latency-duration", "4", "--latency-slice", "2", "--results", "x"]
+    )
     group = [Endpoint(n, 1, []) for n in ("a", "b", "c")]
     results = dict(run.measure_group(group, a, tmp_path, upstream_pid=1))
     assert calls == [
         "warm a", "warm b", "warm c",
         "a", "b", "c", "a", "b", "c", "a", "b",
-        "latency a", "latency b",
+        "latency a", "latency b", "latency a", "latency b",
     ]  # fmt: skip
     assert results["c"] == {"error": "wrk exited 1: connection refused"}
     a_res = results["a"]
@@ -103,8 +132,20 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert a_res["cpu_busy_by_cpu"] == {0: 0.9, 1: 0.5}
     assert a_res["steal_on_proxy_cpu"] == pytest.approx(0.02)
     assert a_res["wrk"]["slices_rps"] == [1000.0] * 3
-    assert a_res["raw"] == {"wrk": ["a slice"] * 3, "h2load": ["ok"]}
+    assert a_res["raw"] == {
+        "wrk": ["a slice"] * 3,
+        "h2load": [["h2load slice 1"], ["h2load slice 2"]],
+    }
+    assert a_res["commands"] == {"wrk": a_res["commands"]["wrk"], "h2load": "h2load -D 2"}
     assert a_res["commands"]["wrk"].startswith("wrk -t1 -c50 -d1s")
+    # latency over both slices' requests: half at 1 ms, half at 2 ms
+    assert a_res["latency_s"]["p50"] == pytest.approx(0.0015)
+    assert a_res["latency_s"]["p99"] == pytest.approx(0.002)
+    assert a_res["latency_s"]["samples"] == 3998
+    assert a_res["latency_quiet_s"]["samples"] == 2000
+    assert a_res["latency_quiet_share"] == pytest.approx(2000 / 3998)
+    assert a_res["latency_errors"] == 4 and a_res["latency_slices"] == 2
+    assert a_res["latency_steal_on_proxy_cpu"] == pytest.approx(0.05)
     assert results["b"]["rps"] == 3000.0
 
 
@@ -115,8 +156,8 @@ TOOLS = ("nginx", "haproxy", "wrk", "h2load", "taskset")
     not all(shutil.which(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)} installed"
 )
 def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
-    """direct and HAProxy on one hop, 2 one-second slices each: every request counted,
-    the proxy's CPU read, the latency run made."""
+    """direct and HAProxy on one hop, 2 one-second slices each for saturation and for
+    latency: every request counted, the proxy's CPU read."""
     order: list[str] = []
     real_slice = run.saturation_slice
 
@@ -126,7 +167,10 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(run, "saturation_slice", recorded)
     a = run.parse_args(
-        ["--duration", "2", "--latency-duration", "1", "--warmup", "0", "--results", "/dev/null"]
+        [
+            *("--duration", "2", "--latency-duration", "2", "--latency-slice", "1"),
+            *("--warmup", "0", "--results", "/dev/null"),
+        ]
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -147,5 +191,6 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
             int(r.split(" requests in")[0].split()[-1]) for r in res["raw"]["wrk"]
         )
         assert res["errors"] == 0 and res["latency_errors"] == 0
+        assert res["latency_slices"] == 2 and res["latency_s"]["samples"] > 100
     assert results["haproxy-1hop"]["cpu_per_10k"] > 0
     assert results["direct"]["cpu_per_10k"] is None
