@@ -7,11 +7,11 @@ Every case is ``load generator -> [proxies] -> upstream nginx (fixed 1 KiB body)
 proxies of the case under test run on CPU 0 (``taskset -c 0``), the load generators, the
 upstream and the plait control planes on CPU 1. Within each repetition the cases are
 taken path by path (direct; one hop; two hops; mTLS). For the cases of one path: each a
-warm-up; then the saturation runs with wrk, each cut into ``--slice``-second wrk runs alternated
+warm-up; then the saturation runs with wrk, cut into ``--slice``-second runs alternated
 between the cases (A B C A B C …: a slow spell of the machine falls on all of them alike;
-the proxies' CPU time is read from /proc before and after each slice); then each case's
-latency run with h2load at a fixed rate (per request times from ``--log-file``) and the
-proxies' peak RSS (VmHWM).
+the proxies' CPU time is read from /proc before and after each slice); then the latency
+runs with h2load at a fixed rate (per request times from ``--log-file``), cut and
+alternated the same way (``--latency-slice``); then each case's peak RSS (VmHWM).
 
 Writes ``benchmarks/out/run-<UTC time>.json`` (raw, after every repetition), the
 run's configs and logs under ``benchmarks/out/run-<UTC time>/``, and the Markdown
