@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +358,27 @@ def steal_of(spent: dict[int, tuple[int, int, int]], cpu: int) -> float | None:
     return spent[cpu][2] / spent[cpu][1]
 
 
+MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)
+
+
+def alternate(
+    group: list[Endpoint], rounds: int, step: Callable[[Endpoint], Any], errors: dict[str, str]
+) -> dict[str, list[Any]]:
+    """``step`` for each case of ``group`` in turn, ``rounds`` times (A B C A B C …); what
+    each returned, per case. A case whose step fails gets its error in ``errors`` and is
+    left out from then on (as is one that had failed before)."""
+    out: dict[str, list[Any]] = {ep.name: [] for ep in group}
+    for _ in range(rounds):
+        for ep in group:
+            if ep.name in errors:
+                continue
+            try:
+                out[ep.name].append(step(ep))
+            except MEASURE_ERRORS as exc:
+                errors[ep.name] = str(exc)
+    return out
+
+
 def measure_group(
     group: list[Endpoint], a: argparse.Namespace, work: Path, upstream_pid: int
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -368,29 +389,9 @@ def measure_group(
     Yields ``(case name, result)`` as each case is done; a case that fails has
     ``{"error": …}`` and is left out of the rest of the group's rounds."""
     errors: dict[str, str] = {}
-    slices: dict[str, list[dict[str, Any]]] = {ep.name: [] for ep in group}
-    for ep in group:
-        try:
-            warm_up(ep, a)
-        except MEASURE_ERRORS as exc:
-            errors[ep.name] = str(exc)
-    for _ in range(a.slices):
-        for ep in group:
-            if ep.name in errors:
-                continue
-            try:
-                slices[ep.name].append(saturation_slice(ep, a, upstream_pid))
-            except MEASURE_ERRORS as exc:
-                errors[ep.name] = str(exc)
-    lat_slices: dict[str, list[dict[str, Any]]] = {ep.name: [] for ep in group}
-    for _ in range(a.latency_slices):
-        for ep in group:
-            if ep.name in errors:
-                continue
-            try:
-                lat_slices[ep.name].append(latency_slice(ep, a, work))
-            except MEASURE_ERRORS as exc:
-                errors[ep.name] = str(exc)
+    alternate(group, 1, lambda ep: warm_up(ep, a), errors)
+    slices = alternate(group, a.slices, lambda ep: saturation_slice(ep, a, upstream_pid), errors)
+    lat_slices = alternate(group, a.latency_slices, lambda ep: latency_slice(ep, a, work), errors)
     for ep in group:
         if ep.name in errors:
             yield ep.name, {"error": errors[ep.name]}
@@ -409,9 +410,6 @@ def measure_group(
         }
         out["raw"] = {"wrk": out.pop("raw_wrk"), "h2load": h2_raw}
         yield ep.name, out
-
-
-MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)
 
 
 def path_groups(names: list[str], path_of: dict[str, tuple[int, bool]]) -> list[list[str]]:
