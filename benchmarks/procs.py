@@ -114,14 +114,6 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return sum(cpu_times(pids))
 
 
-def steal_share(before: CpuTicks, after: CpuTicks, cpu: int) -> float | None:
-    """Share of ``cpu``'s time between two :func:`cpu_busy_ticks` the hypervisor stole."""
-    if cpu not in before or cpu not in after:
-        return None
-    total = after[cpu][1] - before[cpu][1]
-    return (after[cpu][2] - before[cpu][2]) / total if total > 0 else None
-
-
 def ticks_spent(spans: Sequence[tuple[CpuTicks, CpuTicks]]) -> CpuTicks:
     """Per CPU, the (busy, total, steal) ticks spent over several ``(before, after)``
     spans of :func:`cpu_busy_ticks`, summed (the CPUs present at both ends of each)."""
@@ -132,6 +124,14 @@ def ticks_spent(spans: Sequence[tuple[CpuTicks, CpuTicks]]) -> CpuTicks:
             d = tuple(x - y for x, y in zip(after[cpu], before[cpu], strict=True))
             out[cpu] = (b[0] + d[0], b[1] + d[1], b[2] + d[2])
     return out
+
+
+def steal_share(spent: CpuTicks, cpu: int) -> float | None:
+    """The share of ``cpu``'s ticks in :func:`ticks_spent` sums that the hypervisor
+    stole; None if no tick of it passed."""
+    if cpu not in spent or spent[cpu][1] <= 0:
+        return None
+    return spent[cpu][2] / spent[cpu][1]
 
 
 def quiet_windows(

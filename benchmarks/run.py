@@ -54,6 +54,7 @@ from procs import (  # noqa: E402
     cpu_seconds,
     peak_rss_kib,
     quiet_windows,
+    steal_share,
     ticks_spent,
 )
 
@@ -281,7 +282,7 @@ def saturation(slices: list[dict[str, Any]], pids: list[int]) -> dict[str, Any]:
         "cpu_busy_by_cpu": busy,
         "foreign_on_proxy_cpu": max(0.0, busy.get(PROXY_CPU, 0.0) - (cpu / wall)),
         # Of that, what the hypervisor took (steal), during the wrk and the h2load run.
-        "steal_on_proxy_cpu": steal_of(spent, PROXY_CPU),
+        "steal_on_proxy_cpu": steal_share(spent, PROXY_CPU),
         "wall_s": wall,
         "loadavg_before": slices[0]["loadavg_before"],
         "raw_wrk": [s["text"] for s in slices],
@@ -338,7 +339,7 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
         "latency_errors": lat["errors"] + lat["log_non_ok"],
         "h2load": lat,
         "latency_slices": len(slices),
-        "latency_steal_on_proxy_cpu": steal_of(spent, PROXY_CPU),
+        "latency_steal_on_proxy_cpu": steal_share(spent, PROXY_CPU),
         # Latency of the requests that began and ended in a steal-free span (README.md).
         "latency_quiet_s": (
             load.latency_summary(quiet) if len(quiet) >= MIN_QUIET_REQUESTS else {}
@@ -349,13 +350,6 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
         "h2load_argv": slices[0]["argv"],
         "raw_h2load": [s["text"].splitlines()[-9:] for s in slices],
     }
-
-
-def steal_of(spent: dict[int, tuple[int, int, int]], cpu: int) -> float | None:
-    """The stolen share of ``cpu``'s ticks in :func:`ticks_spent`'s sums."""
-    if cpu not in spent or spent[cpu][1] <= 0:
-        return None
-    return spent[cpu][2] / spent[cpu][1]
 
 
 MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)

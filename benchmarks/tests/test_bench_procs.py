@@ -44,9 +44,10 @@ def test_cpu_times_per_cpu():
 def test_steal_share_between_two_readings():
     before = {0: (100, 1000, 10), 1: (5, 1000, 0)}
     after = {0: (300, 1200, 60), 1: (5, 1000, 0)}
-    assert steal_share(before, after, 0) == 0.25
-    assert steal_share(before, after, 1) is None  # no ticks between the readings
-    assert steal_share(before, after, 2) is None
+    spent = ticks_spent([(before, after)])
+    assert steal_share(spent, 0) == 0.25
+    assert steal_share(spent, 1) is None  # no ticks between the readings
+    assert steal_share(spent, 2) is None
 
 
 def test_ticks_spent_add_up_over_spans():
