@@ -399,12 +399,14 @@ class PeerSet:
         path.write_text(conf)
         return self.procs.start(name, ["haproxy", "-db", "-f", str(path)], cpu=self.proxy_cpu)
 
-    def chain(self, kind: str, hops: int, mtls: bool) -> Endpoint:
+    def chain(self, kind: str, hops: int, mtls: bool, name: str | None = None) -> Endpoint:
         """Start ``kind`` ("haproxy" or "nginx") proxies: ``hops`` of them in front of the
-        upstream, mutual TLS between the two when ``mtls``; the outbound port."""
+        upstream, mutual TLS between the two when ``mtls``; the outbound port. ``name``
+        (default ``<kind>-<hops>hop[-mtls]``) names the endpoint and the processes' dirs,
+        so that a second chain of the same kind gets files of its own."""
         if mtls and self.certs is None:
             self.certs = make_certs(self.work / "certs")
-        name = f"{kind}-{hops}hop{'-mtls' if mtls else ''}"
+        name = name or f"{kind}-{hops}hop{'-mtls' if mtls else ''}"
         started: list[Proc] = []
         target = self.upstream_port
         for i in range(hops):

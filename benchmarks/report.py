@@ -36,6 +36,9 @@ class Case:
     hops: int
     mtls: bool = False
     unavailable: str | None = None  # why the case cannot run at all (e.g. NOT_YET)
+    # a second, identical HAProxy measured as a case of its own (CONTROL): its ratios to
+    # the baseline are what two equal proxies give on this machine
+    control: bool = False
 
     @property
     def path(self) -> str:
@@ -54,12 +57,19 @@ class Case:
         return f"haproxy-{self.hops}hop{'-mtls' if self.mtls else ''}"
 
 
-def all_cases(plait_mtls: str | None = NOT_YET) -> list[Case]:
+CONTROL = "haproxy-1hop-control"
+
+
+def all_cases(plait_mtls: str | None = NOT_YET, control: bool = False) -> list[Case]:
+    """Every case in run order; with ``control``, :data:`CONTROL` last of the one-hop path
+    (after nginx, so that it never runs right after the HAProxy it is compared with)."""
     cases = [Case("direct", "direct", 0)]
     for hops, mtls in ((1, False), (2, False), (2, True)):
         for kind in ("plait", "haproxy", "nginx"):
             why = plait_mtls if (kind == "plait" and mtls) else None
             cases.append(Case(f"{kind}-{hops}hop{'-mtls' if mtls else ''}", kind, hops, mtls, why))
+        if control and hops == 1:
+            cases.append(Case(CONTROL, "haproxy", 1, control=True))
     return cases
 
 

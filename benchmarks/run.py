@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated case names or prefixes "
         "(default: all); 'direct' always runs, added latency needs it",
     )
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help=f"leave out {report.CONTROL}, the second HAProxy whose ratios to the first "
+        "show the noise between two identical proxies",
+    )
     p.add_argument("--results", type=Path, default=None, help="Markdown report path")
     p.add_argument("--no-install", action="store_true", help="do not apt-get missing tools")
     p.add_argument(
@@ -462,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    cases = report.all_cases(plait_mtls=None)  # plait mTLS exists: every case runs
+    # plait mTLS exists: every case runs
+    cases = report.all_cases(plait_mtls=None, control=not a.no_control)
     wanted = [w for w in a.cases.split(",") if w]
     if wanted:
         cases = [
@@ -520,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
                             flush=True,
                         )
                 else:
-                    endpoints[case.name] = side.chain(case.kind, case.hops, case.mtls)
+                    endpoints[case.name] = side.chain(
+                        case.kind, case.hops, case.mtls, name=case.name
+                    )
                 print(f"started {case.name} on port {endpoints[case.name].port}", flush=True)
             except (StartError, OSError, subprocess.CalledProcessError) as exc:
                 setup_errors[case.name] = str(exc)
@@ -653,6 +662,15 @@ def build_notes(
             "dummy local service `loadgen` (never called) for its identity, and the load "
             "enters through `outbound|loadgen`. Before the load, one request's line in the "
             "inbound proxy's access log must have `peer` = loadgen's SPIFFE id."
+        )
+    control = next((c for c in cases or [] if c.control), None)
+    if control is not None:
+        notes.append(
+            f"`{control.name}` is a second HAProxy, started with the same config as "
+            f"`{control.baseline}` and measured as a case of its own in the same alternation "
+            f"(after nginx, never right after `{control.baseline}`). Its × HAProxy figures "
+            "are what this machine's noise gives two identical proxies: read the other "
+            "ratios against them (`--no-control` leaves it out)."
         )
     if nice:
         notes.append(f"Run with `--nice {nice}` (every benchmark process).")

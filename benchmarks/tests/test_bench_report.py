@@ -3,6 +3,7 @@
 import pytest
 
 from report import (
+    CONTROL,
     NOT_YET,
     SECTION,
     TITLE,
@@ -71,6 +72,23 @@ def test_all_cases_shape():
     assert Case("nginx-2hop-mtls", "nginx", 2, True).baseline == "haproxy-2hop-mtls"
     assert Case("direct", "direct", 0).baseline is None
     assert "mTLS" in Case("x", "nginx", 2, True).path
+
+
+def test_the_control_is_a_second_haproxy_compared_with_the_first():
+    names = [c.name for c in all_cases(control=True)]
+    assert len(names) == 11 and names.count(CONTROL) == 1
+    assert names[names.index("nginx-1hop") + 1] == CONTROL  # never right after haproxy-1hop
+    control = next(c for c in all_cases(control=True) if c.control)
+    assert (control.kind, control.hops, control.mtls) == ("haproxy", 1, False)
+    assert control.baseline == "haproxy-1hop"
+    rep = {**REPS[0], CONTROL: res(25000, 0.004, cpu=0.4)}
+    m = per_rep_metrics(rep, control)
+    assert m is not None
+    assert m["x_rps"] == pytest.approx(25000 / 20000)
+    assert m["x_added_p99"] == pytest.approx((0.004 - 0.001) / (0.003 - 0.001))
+    assert m["x_cpu"] == pytest.approx(0.4 / 0.5)
+    # a raw run file from before the control (no "control" key) still loads
+    assert Case(**{"name": "direct", "kind": "direct", "hops": 0}).control is False
 
 
 def test_per_rep_ratios_use_the_same_repetition():

@@ -12,6 +12,7 @@ import pytest
 import run
 from peers import Endpoint, PeerSet
 from procs import Procs
+from report import CONTROL, all_cases
 
 
 def test_durations_must_be_whole_slices() -> None:
@@ -49,6 +50,22 @@ def test_cases_are_grouped_by_path_in_order() -> None:
         ["plait-1hop", "haproxy-1hop"],
         ["plait-2hop-mtls", "haproxy-2hop-mtls"],
         ["plait-2hop", "haproxy-2hop"],
+    ]
+
+
+def test_the_control_case_is_on_unless_left_out() -> None:
+    assert run.parse_args([]).no_control is False
+    assert run.parse_args(["--no-control"]).no_control is True
+    cases = all_cases(control=True)
+    notes = run.build_notes(0, [], {}, cases)
+    assert any(n.startswith(f"`{CONTROL}` is a second HAProxy") for n in notes)
+    assert not any(CONTROL in n for n in run.build_notes(0, [], {}, all_cases()))
+    path_of = {c.name: (c.hops, c.mtls) for c in cases}
+    assert run.path_groups([c.name for c in cases], path_of)[1] == [
+        "plait-1hop",
+        "haproxy-1hop",
+        "nginx-1hop",
+        CONTROL,
     ]
 
 
@@ -179,12 +196,17 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
             peers = PeerSet(procs, work, proxy_cpu=0, side_cpu=0)
             up = peers.start_upstream()
             upstream_pid = procs.started[-1].pid
-            group = [Endpoint("direct", up, []), peers.chain("haproxy", 1, False)]
+            group = [
+                Endpoint("direct", up, []),
+                peers.chain("haproxy", 1, False),
+                peers.chain("haproxy", 1, False, name=CONTROL),  # files of its own
+            ]
+            assert group[1].procs[0].pid != group[2].procs[0].pid
             results = dict(run.measure_group(group, a, work, upstream_pid))
         finally:
             procs.stop_all()
-    assert order == ["direct", "haproxy-1hop", "direct", "haproxy-1hop"]
-    assert set(results) == {"direct", "haproxy-1hop"}
+    assert order == ["direct", "haproxy-1hop", CONTROL] * 2
+    assert set(results) == {"direct", "haproxy-1hop", CONTROL}
     for res in results.values():
         assert "error" not in res, res
         assert res["slices"] == 2 and res["requests"] == sum(
