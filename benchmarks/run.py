@@ -361,15 +361,27 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
 MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)
 
 
+def rotated(group: list[Endpoint], k: int) -> list[Endpoint]:
+    """``group`` started at its ``k``-th case (modulo its length): A B C, B C A, C A B."""
+    k %= len(group) or 1
+    return group[k:] + group[:k]
+
+
 def alternate(
-    group: list[Endpoint], rounds: int, step: Callable[[Endpoint], Any], errors: dict[str, str]
+    group: list[Endpoint],
+    rounds: int,
+    step: Callable[[Endpoint], Any],
+    errors: dict[str, str],
+    start: int = 0,
 ) -> dict[str, list[Any]]:
-    """``step`` for each case of ``group`` in turn, ``rounds`` times (A B C A B C …); what
-    each returned, per case. A case whose step fails gets its error in ``errors`` and is
-    left out from then on (as is one that had failed before)."""
+    """``step`` for each case of ``group`` in turn, ``rounds`` times; round ``r`` goes in
+    the order of ``rotated(group, start + r)`` (A B C, B C A, C A B …), so that no case
+    always runs in the same place, right after the same other case. What each step
+    returned, per case. A case whose step fails gets its error in ``errors`` and is left
+    out from then on (as is one that had failed before)."""
     out: dict[str, list[Any]] = {ep.name: [] for ep in group}
-    for _ in range(rounds):
-        for ep in group:
+    for r in range(rounds):
+        for ep in rotated(group, start + r):
             if ep.name in errors:
                 continue
             try:
@@ -380,18 +392,28 @@ def alternate(
 
 
 def measure_group(
-    group: list[Endpoint], a: argparse.Namespace, work: Path, upstream_pid: int
+    group: list[Endpoint], a: argparse.Namespace, work: Path, upstream_pid: int, rep: int = 0
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The cases of one path, in one repetition: each warmed up, then their saturation
-    runs in ``--slice``-second wrk runs alternated between them (A B C A B C …, so that each
-    case's share of a slow spell of the machine is alike), then their latency runs in
-    ``--latency-slice``-second h2load runs, alternated the same way.
+    """The cases of one path, in repetition ``rep``: each warmed up, then their saturation
+    runs in ``--slice``-second wrk runs alternated between them (so that each case's share
+    of a slow spell of the machine is alike), then their latency runs in
+    ``--latency-slice``-second h2load runs, alternated the same way. Each round starts one
+    case further on (:func:`alternate`), counted over the whole run, so that every case
+    runs in every place of the order about as often (benchmarks/README.md).
     Yields ``(case name, result)`` as each case is done; a case that fails has
     ``{"error": …}`` and is left out of the rest of the group's rounds."""
     errors: dict[str, str] = {}
     alternate(group, 1, lambda ep: warm_up(ep, a), errors)
-    slices = alternate(group, a.slices, lambda ep: saturation_slice(ep, a, upstream_pid), errors)
-    lat_slices = alternate(group, a.latency_slices, lambda ep: latency_slice(ep, a, work), errors)
+    slices = alternate(
+        group, a.slices, lambda ep: saturation_slice(ep, a, upstream_pid), errors, rep * a.slices
+    )
+    lat_slices = alternate(
+        group,
+        a.latency_slices,
+        lambda ep: latency_slice(ep, a, work),
+        errors,
+        rep * a.latency_slices,
+    )
     for ep in group:
         if ep.name in errors:
             yield ep.name, {"error": errors[ep.name]}
@@ -563,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                     if name in setup_errors:
                         results[name] = {"error": setup_errors[name]}
                 group = [endpoints[n] for n in names if n not in setup_errors]
-                for name, result in measure_group(group, a, work, upstream.pid):
+                for name, result in measure_group(group, a, work, upstream.pid, rep):
                     results[name] = result
                     el = time.monotonic() - t_start
                     print(

@@ -53,6 +53,22 @@ def test_cases_are_grouped_by_path_in_order() -> None:
     ]
 
 
+def test_rounds_rotate_over_the_whole_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repetition r starts its saturation rounds at r * slices: over a run every case
+    takes every place of the order (and so follows every other case) alike."""
+    names = ["direct", "plait", "haproxy", "nginx", "control"]
+    group = [Endpoint(n, 1, []) for n in names]
+    assert [ep.name for ep in run.rotated(group, 7)] == names[2:] + names[:2]
+    assert run.rotated([], 3) == []
+    place: dict[str, list[int]] = {n: [0] * len(names) for n in names}
+    for rep in range(5):
+        order: list[str] = []
+        run.alternate(group, 3, lambda ep: order.append(ep.name), {}, rep * 3)
+        for i, name in enumerate(order):
+            place[name][i % len(names)] += 1
+    assert all(counts == [3] * len(names) for counts in place.values())
+
+
 def test_the_control_case_is_on_unless_left_out() -> None:
     assert run.parse_args([]).no_control is False
     assert run.parse_args(["--no-control"]).no_control is True
@@ -82,7 +98,7 @@ def wrk_result(requests: int, seconds: float = 1.0, errors: int = 0) -> dict[str
 
 
 def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A B A B A B, each case's requests, CPU and wall time summed; a case that fails in
+    """Rounds rotated (A B C, B C A, C A B), each case's requests, CPU and wall time summed; a case that fails in
     a slice gets its error and leaves the rounds, the others go on."""
     calls: list[str] = []
     per_slice = {"a": 1000, "b": 3000, "c": 500}
@@ -138,8 +154,8 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     results = dict(run.measure_group(group, a, tmp_path, upstream_pid=1))
     assert calls == [
         "warm a", "warm b", "warm c",
-        "a", "b", "c", "a", "b", "c", "a", "b",
-        "latency a", "latency b", "latency a", "latency b",
+        "a", "b", "c", "b", "c", "a", "a", "b",  # c failed in round 2: gone from round 3
+        "latency a", "latency b", "latency b", "latency a",
     ]  # fmt: skip
     assert results["c"] == {"error": "wrk exited 1: connection refused"}
     a_res = results["a"]
@@ -205,7 +221,7 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
             results = dict(run.measure_group(group, a, work, upstream_pid))
         finally:
             procs.stop_all()
-    assert order == ["direct", "haproxy-1hop", CONTROL] * 2
+    assert order == ["direct", "haproxy-1hop", CONTROL, "haproxy-1hop", CONTROL, "direct"]
     assert set(results) == {"direct", "haproxy-1hop", CONTROL}
     for res in results.values():
         assert "error" not in res, res
