@@ -689,8 +689,8 @@ def build_notes(
     if control is not None:
         notes.append(
             f"`{control.name}` is a second HAProxy, started with the same config as "
-            f"`{control.baseline}` and measured as a case of its own in the same alternation "
-            f"(after nginx, never right after `{control.baseline}`). Its × HAProxy figures "
+            f"`{control.baseline}` and measured as a case of its own in the same rotated "
+            "rounds. Its × HAProxy figures "
             "are what this machine's noise gives two identical proxies: read the other "
             "ratios against them (`--no-control` leaves it out)."
         )

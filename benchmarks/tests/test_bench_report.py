@@ -77,7 +77,7 @@ def test_all_cases_shape():
 def test_the_control_is_a_second_haproxy_compared_with_the_first():
     names = [c.name for c in all_cases(control=True)]
     assert len(names) == 11 and names.count(CONTROL) == 1
-    assert names[names.index("nginx-1hop") + 1] == CONTROL  # never right after haproxy-1hop
+    assert names[names.index("nginx-1hop") + 1] == CONTROL  # last of the one-hop path
     control = next(c for c in all_cases(control=True) if c.control)
     assert (control.kind, control.hops, control.mtls) == ("haproxy", 1, False)
     assert control.baseline == "haproxy-1hop"

@@ -62,10 +62,10 @@ def test_rounds_rotate_over_the_whole_run(monkeypatch: pytest.MonkeyPatch) -> No
     assert run.rotated([], 3) == []
     place: dict[str, list[int]] = {n: [0] * len(names) for n in names}
     for rep in range(5):
-        order: list[str] = []
-        run.alternate(group, 3, lambda ep: order.append(ep.name), {}, rep * 3)
-        for i, name in enumerate(order):
-            place[name][i % len(names)] += 1
+        order: list[Endpoint] = []
+        run.alternate(group, 3, order.append, {}, rep * 3)  # step gets the endpoint
+        for i, ep in enumerate(order):
+            place[ep.name][i % len(names)] += 1
     assert all(counts == [3] * len(names) for counts in place.values())
 
 
@@ -98,8 +98,9 @@ def wrk_result(requests: int, seconds: float = 1.0, errors: int = 0) -> dict[str
 
 
 def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Rounds rotated (A B C, B C A, C A B), each case's requests, CPU and wall time summed; a case that fails in
-    a slice gets its error and leaves the rounds, the others go on."""
+    """Rounds rotated (A B C, B C A, C A B), each case's requests, CPU and wall time
+    summed; a case that fails in a slice gets its error and leaves the rounds, the others
+    go on."""
     calls: list[str] = []
     per_slice = {"a": 1000, "b": 3000, "c": 500}
 
