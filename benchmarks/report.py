@@ -62,7 +62,7 @@ CONTROL = "haproxy-1hop-control"
 
 def all_cases(plait_mtls: str | None = NOT_YET, control: bool = False) -> list[Case]:
     """Every case in run order; with ``control``, :data:`CONTROL` last of the one-hop path
-    (the rounds of a path rotate, so its place in the order changes from round to round)."""
+    (the rounds of a path change order, so its place and predecessor change too)."""
     cases = [Case("direct", "direct", 0)]
     for hops, mtls in ((1, False), (2, False), (2, True)):
         for kind in ("plait", "haproxy", "nginx"):

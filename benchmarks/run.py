@@ -361,10 +361,28 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
 MEASURE_ERRORS = (StartError, RuntimeError, ValueError, OSError, subprocess.TimeoutExpired)
 
 
-def rotated(group: list[Endpoint], k: int) -> list[Endpoint]:
-    """``group`` started at its ``k``-th case (modulo its length): A B C, B C A, C A B."""
-    k %= len(group) or 1
-    return group[k:] + group[:k]
+def round_order(group: list[Endpoint], t: int) -> list[Endpoint]:
+    """The order of ``group`` in round ``t``: rows of a Williams design, a Latin square in
+    which every case also follows every other case equally often (for an even count of
+    cases over ``n`` rounds; for an odd one over ``2n``, every other square reversed). In
+    round ``t`` the cases go ``k, k+1, k-1, k+2, k-2, …`` (mod ``n``), ``k = t mod n``:
+    A B D C, B C A D, C D B A, D A C B."""
+    n = len(group)
+    if n < 2:
+        return list(group)
+    steps = [0]
+    lo, hi = 1, n - 1
+    while len(steps) < n:
+        steps.append(lo)
+        lo += 1
+        if len(steps) < n:
+            steps.append(hi)
+            hi -= 1
+    k = t % n
+    row = [group[(k + j) % n] for j in steps]
+    if n % 2 and (t // n) % 2:
+        row.reverse()
+    return row
 
 
 def alternate(
@@ -375,13 +393,13 @@ def alternate(
     start: int = 0,
 ) -> dict[str, list[Any]]:
     """``step`` for each case of ``group`` in turn, ``rounds`` times; round ``r`` goes in
-    the order of ``rotated(group, start + r)`` (A B C, B C A, C A B …), so that no case
-    always runs in the same place, right after the same other case. What each step
+    the order of ``round_order(group, start + r)``, so that over enough rounds every case
+    runs in every place, and right after every other case, equally often. What each step
     returned, per case. A case whose step fails gets its error in ``errors`` and is left
     out from then on (as is one that had failed before)."""
     out: dict[str, list[Any]] = {ep.name: [] for ep in group}
     for r in range(rounds):
-        for ep in rotated(group, start + r):
+        for ep in round_order(group, start + r):
             if ep.name in errors:
                 continue
             try:
@@ -397,9 +415,9 @@ def measure_group(
     """The cases of one path, in repetition ``rep``: each warmed up, then their saturation
     runs in ``--slice``-second wrk runs alternated between them (so that each case's share
     of a slow spell of the machine is alike), then their latency runs in
-    ``--latency-slice``-second h2load runs, alternated the same way. Each round starts one
-    case further on (:func:`alternate`), counted over the whole run, so that every case
-    runs in every place of the order about as often (benchmarks/README.md).
+    ``--latency-slice``-second h2load runs, alternated the same way. The rounds' orders
+    (:func:`round_order`) are counted over the whole run, so that every case runs in every
+    place, and after every other case, about as often (benchmarks/README.md).
     Yields ``(case name, result)`` as each case is done; a case that fails has
     ``{"error": …}`` and is left out of the rest of the group's rounds."""
     errors: dict[str, str] = {}
@@ -689,7 +707,7 @@ def build_notes(
     if control is not None:
         notes.append(
             f"`{control.name}` is a second HAProxy, started with the same config as "
-            f"`{control.baseline}` and measured as a case of its own in the same rotated "
+            f"`{control.baseline}` and measured as a case of its own in the same "
             "rounds. Its × HAProxy figures "
             "are what this machine's noise gives two identical proxies: read the other "
             "ratios against them (`--no-control` leaves it out)."

@@ -2,6 +2,7 @@
 slices alternated between the cases of one path (with stand-in runs, and once with real
 nginx, HAProxy, wrk and h2load when they are installed)."""
 
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,20 +54,30 @@ def test_cases_are_grouped_by_path_in_order() -> None:
     ]
 
 
-def test_rounds_rotate_over_the_whole_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Repetition r starts its saturation rounds at r * slices: over a run every case
-    takes every place of the order (and so follows every other case) alike."""
-    names = ["direct", "plait", "haproxy", "nginx", "control"]
-    group = [Endpoint(n, 1, []) for n in names]
-    assert [ep.name for ep in run.rotated(group, 7)] == names[2:] + names[:2]
-    assert run.rotated([], 3) == []
-    place: dict[str, list[int]] = {n: [0] * len(names) for n in names}
-    for rep in range(5):
-        order: list[Endpoint] = []
-        run.alternate(group, 3, order.append, {}, rep * 3)  # step gets the endpoint
-        for i, ep in enumerate(order):
-            place[ep.name][i % len(names)] += 1
-    assert all(counts == [3] * len(names) for counts in place.values())
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_round_orders_balance_places_and_predecessors(n: int) -> None:
+    """Over n rounds (2n for an odd n) every case runs in every place equally often and
+    right after every other case equally often; alternate() follows those orders from
+    its start round on."""
+    group = [Endpoint(chr(ord("a") + i), 1, []) for i in range(n)]
+    rounds = n if n % 2 == 0 else 2 * n
+    place: dict[tuple[str, int], int] = {}
+    after: dict[tuple[str, str], int] = {}
+    for t in range(rounds):
+        row = [ep.name for ep in run.round_order(group, t)]
+        assert sorted(row) == [ep.name for ep in group]
+        for i, name in enumerate(row):
+            place[name, i] = place.get((name, i), 0) + 1
+        for prev, name in itertools.pairwise(row):
+            after[prev, name] = after.get((prev, name), 0) + 1
+    assert set(place.values()) == {rounds // n}
+    assert len(after) == n * (n - 1) and len(set(after.values())) == 1
+    four = [Endpoint(name, 1, []) for name in "abcd"]
+    assert [ep.name for ep in run.round_order(four, 1)] == ["b", "c", "a", "d"]
+    order: list[Endpoint] = []
+    run.alternate(group, 2, order.append, {}, start=5)
+    assert order == run.round_order(group, 5) + run.round_order(group, 6)
+    assert run.round_order([], 3) == []
 
 
 def test_the_control_case_is_on_unless_left_out() -> None:
