@@ -5,7 +5,8 @@ it by its PID (SIGTERM, then SIGKILL) -- never by name. CPU time and peak RSS co
 ``/proc/<pid>/stat`` and ``/proc/<pid>/status`` of the process and its descendants (nginx
 runs a master and a worker).
 
-The parsers (:func:`parse_proc_stat`, :func:`parse_vm_hwm`) are pure and unit-tested.
+The parsers (:func:`parse_proc_stat`, :func:`parse_vm_hwm`, :func:`parse_ctxt_switches`) are
+pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ def parse_vm_hwm(text: str) -> int | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return None
+
+
+def parse_ctxt_switches(text: str) -> tuple[int, int]:
+    """``/proc/<pid>/task/<tid>/status`` -> (voluntary, involuntary) context switches: a
+    voluntary one is the task going to sleep (its event loop waits for I/O), an
+    involuntary one the scheduler taking the CPU from it while it could still run."""
+    counts = {"voluntary_ctxt_switches:": 0, "nonvoluntary_ctxt_switches:": 0}
+    for line in text.splitlines():
+        key, _, value = line.partition("\t")
+        if key in counts:
+            counts[key] = int(value)
+    return counts["voluntary_ctxt_switches:"], counts["nonvoluntary_ctxt_switches:"]
 
 
 CpuTicks = dict[int, tuple[int, int, int]]  # cpu -> (busy, total, steal) ticks
@@ -107,6 +120,25 @@ def cpu_times(pids: Sequence[int]) -> tuple[float, float]:
                 user += utime
                 system += stime
     return user / CLK_TCK, system / CLK_TCK
+
+
+def ctxt_switches(pids: Sequence[int]) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches so far of every thread of ``pids`` and
+    their descendants."""
+    vol = invol = 0
+    for root in pids:
+        for p in descendants(root):
+            try:
+                tids = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                text = _read(f"/proc/{p}/task/{tid}/status")
+                if text is not None:
+                    v, n = parse_ctxt_switches(text)
+                    vol += v
+                    invol += n
+    return vol, invol
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

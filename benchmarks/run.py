@@ -52,6 +52,7 @@ from procs import (  # noqa: E402
     TickSampler,
     cpu_busy_ticks,
     cpu_seconds,
+    ctxt_switches,
     peak_rss_kib,
     quiet_windows,
     steal_share,
@@ -307,10 +308,12 @@ def latency_slice(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, 
         duration=a.latency_slice,
         log_file=log_file,
     )
+    switched = ctxt_switches(ep.pids)
     with TickSampler(STEAL_SAMPLE_S) as ticks:
         lat, text, rows = load.run_h2load(
             h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_slice + 30
         )
+    vol, invol = ctxt_switches(ep.pids)
     quiet, ok = load.durations_within(rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU)))
     return {
         "h2load": lat,
@@ -319,6 +322,7 @@ def latency_slice(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, 
         "quiet": quiet,
         "ok": ok,
         "ticks": (ticks.samples[0][1], ticks.samples[-1][1]),
+        "switches": (vol - switched[0], invol - switched[1]),
         "argv": h2_argv,
     }
 
@@ -332,6 +336,7 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
     latency_ok = sum(s["ok"] for s in slices)
     spent = ticks_spent([s["ticks"] for s in slices])
     pids = ep.pids
+    switches = [sum(s["switches"][i] for s in slices) for i in (0, 1)]
     rss = peak_rss_kib(pids)
     check_alive(ep, "exited during the run")
     log_lines = 0
@@ -351,6 +356,10 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
             load.latency_summary(quiet) if len(quiet) >= MIN_QUIET_REQUESTS else {}
         ),
         "latency_quiet_share": len(quiet) / latency_ok if latency_ok else None,
+        # The proxies' (voluntary, involuntary) context switches per request (README.md).
+        "latency_switches_per_req": (
+            [n / latency_ok for n in switches] if pids and latency_ok else None
+        ),
         "peak_rss_kib": rss if pids else None,
         "access_log_lines": log_lines,
         "h2load_argv": slices[0]["argv"],
@@ -749,9 +758,35 @@ def build_notes(
             f"while /proc/stat, read every {STEAL_SAMPLE_S:g} s, showed no steal on CPU "
             f"{PROXY_CPU} or CPU {SIDE_CPU} (benchmarks/README.md)."
         )
+    switches = switches_note(reps, cases or [])
+    if switches:
+        notes.append(switches)
     for name, why in setup.items():
         notes.append(f"`{name}` could not start: {why.splitlines()[0][:300]}")
     return notes
+
+
+def switches_note(reps: list[dict[str, Any]], cases: list[report.Case]) -> str | None:
+    """The note on the proxies' context switches per request during the h2load runs."""
+    parts = []
+    for case in cases:
+        per_rep = [
+            r["latency_switches_per_req"]
+            for rep in reps
+            if (r := rep.get(case.name)) and r.get("latency_switches_per_req")
+        ]
+        if per_rep:
+            vol = statistics.median(v for v, _ in per_rep)
+            invol = statistics.median(n for _, n in per_rep)
+            parts.append(f"`{case.name}` {vol:.2f} / {invol:.3f}")
+    if not parts:
+        return None
+    return (
+        "Context switches of the case's proxy processes per request during the h2load runs "
+        "(voluntary: the process slept, waiting for I/O / involuntary: the scheduler took "
+        "the CPU from it while it could still run; `/proc/<pid>/task/*/status`), median "
+        f"over reps: {'; '.join(parts)}."
+    )
 
 
 if __name__ == "__main__":

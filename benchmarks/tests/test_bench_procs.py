@@ -1,12 +1,15 @@
 """/proc parsers (benchmarks/procs.py)."""
 
 import os
+import threading
 import time
 
 from procs import (
     TickSampler,
     cpu_seconds,
+    ctxt_switches,
     parse_cpu_times,
+    parse_ctxt_switches,
     parse_proc_stat,
     parse_vm_hwm,
     peak_rss_kib,
@@ -26,6 +29,34 @@ def test_vm_hwm():
     text = "Name:\tnginx\nVmPeak:\t  10 kB\nVmHWM:\t   15872 kB\nVmRSS:\t 15000 kB\n"
     assert parse_vm_hwm(text) == 15872
     assert parse_vm_hwm("Name:\tkthreadd\n") is None
+
+
+def test_ctxt_switches_parsed_and_read_per_thread():
+    text = (
+        "Name:\tpython\nThreads:\t2\nvoluntary_ctxt_switches:\t1542\n"
+        "nonvoluntary_ctxt_switches:\t37\n"
+    )
+    assert parse_ctxt_switches(text) == (1542, 37)
+    assert parse_ctxt_switches("Name:\tx\n") == (0, 0)
+    # A second thread that sleeps 20 times: its switches count in the process's.
+    before = ctxt_switches([os.getpid()])[0]
+    slept, done = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(20):
+            time.sleep(0.001)
+        slept.set()
+        done.wait()
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        assert slept.wait(10)
+        assert ctxt_switches([os.getpid()])[0] >= before + 20
+    finally:
+        done.set()
+        t.join()
+    assert ctxt_switches([2**22 + 12345]) == (0, 0)  # no such process
 
 
 def test_cpu_times_per_cpu():

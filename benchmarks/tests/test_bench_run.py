@@ -36,6 +36,19 @@ def test_durations_must_be_whole_slices() -> None:
             run.parse_args(bad)
 
 
+def test_switches_note_gives_medians_per_case() -> None:
+    cases = all_cases()
+    reps: list[dict[str, Any]] = [
+        {"plait-1hop": {"latency_switches_per_req": [1.0, 0.01]}, "direct": {}},
+        {"plait-1hop": {"latency_switches_per_req": [3.0, 0.03]}},
+        {"plait-1hop": {"latency_switches_per_req": [0.5, 0.2]}, "haproxy-1hop": {"error": "x"}},
+    ]
+    note = run.switches_note(reps, cases)
+    assert note is not None and note.endswith("median over reps: `plait-1hop` 1.00 / 0.030.")
+    assert run.switches_note([{"direct": {"latency_switches_per_req": None}}], cases) is None
+    assert note in run.build_notes(0, reps, {}, cases)
+
+
 def test_cases_are_grouped_by_path_in_order() -> None:
     path_of = {
         "direct": (0, False),
@@ -153,6 +166,7 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             "quiet": durations[:1000],
             "ok": 1999,
             "ticks": ({0: (0, 0, 0)}, {0: (10, 100, 5)}),
+            "switches": (200 * n, n),
             "argv": ["h2load", "-D", "2"],
         }
 
@@ -174,6 +188,7 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert a_res["requests"] == 3000 and a_res["rps"] == 1000.0 and a_res["slices"] == 3
     assert a_res["cpu_s"] == 1.5 and a_res["wall_s"] == 3.0
     assert a_res["cpu_per_10k"] is None  # no pids: nothing measured
+    assert a_res["latency_switches_per_req"] is None
     assert a_res["cpu_busy_by_cpu"] == {0: 0.9, 1: 0.5}
     assert a_res["steal_on_proxy_cpu"] == pytest.approx(0.02)
     assert a_res["wrk"]["slices_rps"] == [1000.0] * 3
@@ -244,3 +259,6 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
         assert res["latency_slices"] == 2 and res["latency_s"]["samples"] > 100
     assert results["haproxy-1hop"]["cpu_per_10k"] > 0
     assert results["direct"]["cpu_per_10k"] is None
+    # HAProxy sleeps between h2load's bursts: at least one voluntary switch per 10 requests
+    assert results["haproxy-1hop"]["latency_switches_per_req"][0] > 0.1
+    assert results["direct"]["latency_switches_per_req"] is None
