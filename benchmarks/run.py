@@ -308,12 +308,13 @@ def latency_slice(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, 
         duration=a.latency_slice,
         log_file=log_file,
     )
-    switched = ctxt_switches(ep.pids)
+    switched, cpu0 = ctxt_switches(ep.pids), cpu_seconds(ep.pids)
     with TickSampler(STEAL_SAMPLE_S) as ticks:
         lat, text, rows = load.run_h2load(
             h2_argv, log_file, cpu=SIDE_CPU, timeout=a.latency_slice + 30
         )
     vol, invol = ctxt_switches(ep.pids)
+    cpu1 = cpu_seconds(ep.pids)
     quiet, ok = load.durations_within(rows, quiet_windows(ticks.samples, (PROXY_CPU, SIDE_CPU)))
     return {
         "h2load": lat,
@@ -323,6 +324,7 @@ def latency_slice(ep: Endpoint, a: argparse.Namespace, work: Path) -> dict[str, 
         "ok": ok,
         "ticks": (ticks.samples[0][1], ticks.samples[-1][1]),
         "switches": (vol - switched[0], invol - switched[1]),
+        "cpu_s": cpu1 - cpu0,
         "argv": h2_argv,
     }
 
@@ -356,7 +358,11 @@ def latency(slices: list[dict[str, Any]], ep: Endpoint) -> dict[str, Any]:
             load.latency_summary(quiet) if len(quiet) >= MIN_QUIET_REQUESTS else {}
         ),
         "latency_quiet_share": len(quiet) / latency_ok if latency_ok else None,
-        # The proxies' (voluntary, involuntary) context switches per request (README.md).
+        # The proxies' CPU time and (voluntary, involuntary) context switches per request
+        # at this rate (README.md).
+        "latency_cpu_us_per_req": (
+            sum(s["cpu_s"] for s in slices) / latency_ok * 1e6 if pids and latency_ok else None
+        ),
         "latency_switches_per_req": (
             [n / latency_ok for n in switches] if pids and latency_ok else None
         ),
@@ -767,25 +773,28 @@ def build_notes(
 
 
 def switches_note(reps: list[dict[str, Any]], cases: list[report.Case]) -> str | None:
-    """The note on the proxies' context switches per request during the h2load runs."""
+    """The note on the proxies' CPU time and context switches per request during the
+    h2load runs."""
     parts = []
     for case in cases:
         per_rep = [
-            r["latency_switches_per_req"]
+            (r["latency_cpu_us_per_req"], *r["latency_switches_per_req"])
             for rep in reps
-            if (r := rep.get(case.name)) and r.get("latency_switches_per_req")
+            if (r := rep.get(case.name))
+            and r.get("latency_switches_per_req")
+            and r.get("latency_cpu_us_per_req") is not None
         ]
         if per_rep:
-            vol = statistics.median(v for v, _ in per_rep)
-            invol = statistics.median(n for _, n in per_rep)
-            parts.append(f"`{case.name}` {vol:.2f} / {invol:.3f}")
+            cpu, vol, invol = (statistics.median(x[i] for x in per_rep) for i in range(3))
+            parts.append(f"`{case.name}` {cpu:.0f} µs, {vol:.2f} / {invol:.3f}")
     if not parts:
         return None
     return (
-        "Context switches of the case's proxy processes per request during the h2load runs "
-        "(voluntary: the process slept, waiting for I/O / involuntary: the scheduler took "
-        "the CPU from it while it could still run; `/proc/<pid>/task/*/status`), median "
-        f"over reps: {'; '.join(parts)}."
+        "At 1000 req/s (the h2load runs), per request: the CPU time of the case's proxy "
+        "processes, and their context switches voluntary / involuntary (voluntary: a "
+        "process slept, waiting for I/O; involuntary: the scheduler took the CPU from it "
+        "while it could still run; `/proc/<pid>/task/*/status`), median over reps: "
+        f"{'; '.join(parts)}."
     )
 
 

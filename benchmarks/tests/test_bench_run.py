@@ -38,13 +38,18 @@ def test_durations_must_be_whole_slices() -> None:
 
 def test_switches_note_gives_medians_per_case() -> None:
     cases = all_cases()
+
+    def res(cpu: float, vol: float, invol: float) -> dict[str, Any]:
+        return {"latency_cpu_us_per_req": cpu, "latency_switches_per_req": [vol, invol]}
+
     reps: list[dict[str, Any]] = [
-        {"plait-1hop": {"latency_switches_per_req": [1.0, 0.01]}, "direct": {}},
-        {"plait-1hop": {"latency_switches_per_req": [3.0, 0.03]}},
-        {"plait-1hop": {"latency_switches_per_req": [0.5, 0.2]}, "haproxy-1hop": {"error": "x"}},
+        {"plait-1hop": res(40.0, 1.0, 0.01), "direct": {}},
+        {"plait-1hop": res(60.0, 3.0, 0.03)},
+        {"plait-1hop": res(45.0, 0.5, 0.2), "haproxy-1hop": {"error": "x"}},
     ]
     note = run.switches_note(reps, cases)
-    assert note is not None and note.endswith("median over reps: `plait-1hop` 1.00 / 0.030.")
+    assert note is not None
+    assert note.endswith("median over reps: `plait-1hop` 45 µs, 1.00 / 0.030.")
     assert run.switches_note([{"direct": {"latency_switches_per_req": None}}], cases) is None
     assert note in run.build_notes(0, reps, {}, cases)
 
@@ -167,6 +172,7 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             "ok": 1999,
             "ticks": ({0: (0, 0, 0)}, {0: (10, 100, 5)}),
             "switches": (200 * n, n),
+            "cpu_s": 0.1 * n,
             "argv": ["h2load", "-D", "2"],
         }
 
@@ -189,6 +195,7 @@ def test_slices_alternate_and_add_up(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert a_res["cpu_s"] == 1.5 and a_res["wall_s"] == 3.0
     assert a_res["cpu_per_10k"] is None  # no pids: nothing measured
     assert a_res["latency_switches_per_req"] is None
+    assert a_res["latency_cpu_us_per_req"] is None
     assert a_res["cpu_busy_by_cpu"] == {0: 0.9, 1: 0.5}
     assert a_res["steal_on_proxy_cpu"] == pytest.approx(0.02)
     assert a_res["wrk"]["slices_rps"] == [1000.0] * 3
@@ -262,3 +269,4 @@ def test_a_real_group_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
     # HAProxy sleeps between h2load's bursts: at least one voluntary switch per 10 requests
     assert results["haproxy-1hop"]["latency_switches_per_req"][0] > 0.1
     assert results["direct"]["latency_switches_per_req"] is None
+    assert 1 < results["haproxy-1hop"]["latency_cpu_us_per_req"] < 10_000
