@@ -90,8 +90,8 @@ def _read(path: str) -> str | None:
         return None
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and all its live descendants (by scanning ``/proc/*/stat``)."""
+def descendants(pids: Sequence[int]) -> list[int]:
+    """``pids`` and all their live descendants (by scanning ``/proc/*/stat`` once)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -101,7 +101,7 @@ def descendants(pid: int) -> list[int]:
             continue
         ppid = parse_proc_stat(text)[0]
         children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
+    out, todo = [], list(pids)
     while todo:
         p = todo.pop()
         out.append(p)
@@ -112,13 +112,12 @@ def descendants(pid: int) -> list[int]:
 def cpu_times(pids: Sequence[int]) -> tuple[float, float]:
     """(utime, stime), in seconds, of ``pids`` and their descendants."""
     user = system = 0
-    for root in pids:
-        for p in descendants(root):
-            text = _read(f"/proc/{p}/stat")
-            if text is not None:
-                _, utime, stime = parse_proc_stat(text)
-                user += utime
-                system += stime
+    for p in descendants(pids):
+        text = _read(f"/proc/{p}/stat")
+        if text is not None:
+            _, utime, stime = parse_proc_stat(text)
+            user += utime
+            system += stime
     return user / CLK_TCK, system / CLK_TCK
 
 
@@ -126,18 +125,17 @@ def ctxt_switches(pids: Sequence[int]) -> tuple[int, int]:
     """(voluntary, involuntary) context switches so far of every thread of ``pids`` and
     their descendants."""
     vol = invol = 0
-    for root in pids:
-        for p in descendants(root):
-            try:
-                tids = os.listdir(f"/proc/{p}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                text = _read(f"/proc/{p}/task/{tid}/status")
-                if text is not None:
-                    v, n = parse_ctxt_switches(text)
-                    vol += v
-                    invol += n
+    for p in descendants(pids):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            text = _read(f"/proc/{p}/task/{tid}/status")
+            if text is not None:
+                v, n = parse_ctxt_switches(text)
+                vol += v
+                invol += n
     return vol, invol
 
 
@@ -218,11 +216,10 @@ def cpu_busy_ticks() -> CpuTicks:
 def peak_rss_kib(pids: Sequence[int]) -> int:
     """Sum of VmHWM over ``pids`` and their descendants, KiB."""
     total = 0
-    for root in pids:
-        for p in descendants(root):
-            text = _read(f"/proc/{p}/status")
-            if text is not None:
-                total += parse_vm_hwm(text) or 0
+    for p in descendants(pids):
+        text = _read(f"/proc/{p}/status")
+        if text is not None:
+            total += parse_vm_hwm(text) or 0
     return total
 
 
