@@ -193,10 +193,15 @@ class DataPlane(Observer):
         port: int,
         direction: Direction,
         service: str | None = None,
+        *,
+        listen: bool = True,
     ) -> tuple[str, int]:
         """Listen on ``address:port`` (0 = any free port) as listener ``name``.
 
         Returns the bound address. Requests are answered 503 until a config names it.
+        ``listen=False``: bind only, so the kernel gives this socket no connections
+        until :meth:`start_serving` (a replaced worker, until it has a config: the other
+        workers of its ``SO_REUSEPORT`` group take them meanwhile).
         """
         self.loop = asyncio.get_running_loop()
         if self.timers is None or self.timers.loop is not self.loop:
@@ -220,7 +225,7 @@ class DataPlane(Observer):
         slot.identity = identity
         server: asyncio.Server | InboundAcceptor
         if direction == "inbound":  # its TLS mode comes with the config: decided per accept
-            server = await InboundAcceptor.bind(self, slot, address, port)
+            server = await InboundAcceptor.bind(self, slot, address, port, listen=listen)
         else:
             server = await self.loop.create_server(
                 lambda: Http1Server(self, slot),
@@ -229,6 +234,7 @@ class DataPlane(Observer):
                 reuse_address=True,
                 reuse_port=bool(self.reuse_port and port),
                 backlog=1024,
+                start_serving=listen,
             )
         sockname = server.sockets[0].getsockname()
         slot.address, slot.port = sockname[0], sockname[1]
@@ -237,6 +243,13 @@ class DataPlane(Observer):
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep(), name="dataplane-sweep")
         return slot.address, slot.port
+
+    async def start_serving(self) -> None:
+        """Listen on every listener bound with ``listen=False``."""
+        for slot in self.listeners.values():
+            server = slot.server
+            if server is not None and not server.is_serving():
+                await server.start_serving()
 
     async def _sweep(self) -> None:
         """Downstream timeouts: idle keep-alive connections and slow request heads."""

@@ -62,7 +62,8 @@ class MtlsHttp1Server(Http1Server):
 
 
 class InboundAcceptor:
-    """Accepts on one inbound listening socket; quacks like ``asyncio.Server.close``."""
+    """Accepts on one inbound listening socket; quacks like ``asyncio.Server`` (``close``,
+    ``is_serving``, ``start_serving``)."""
 
     def __init__(self, dp: DataPlane, slot: ListenerSlot, sock: socket.socket) -> None:
         self.dp = dp
@@ -72,12 +73,14 @@ class InboundAcceptor:
         self.sockets = [sock]
         self._sniffing: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
         self._closed = False
-        self.loop.add_reader(sock.fileno(), self._accept)
+        self._serving = False
 
     @classmethod
     async def bind(
-        cls, dp: DataPlane, slot: ListenerSlot, address: str, port: int
+        cls, dp: DataPlane, slot: ListenerSlot, address: str, port: int, *, listen: bool = True
     ) -> InboundAcceptor:
+        """Bind ``address:port``; listen and accept now, or (``listen=False``) once
+        :meth:`start_serving` is called."""
         info = await asyncio.get_running_loop().getaddrinfo(
             address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -88,17 +91,35 @@ class InboundAcceptor:
             if port and dp.reuse_port:  # a worker of `plait proxy --workers N`
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(sockaddr)
-            sock.listen(1024)
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        return cls(dp, slot, sock)
+        acceptor = cls(dp, slot, sock)
+        if listen:
+            try:
+                await acceptor.start_serving()
+            except OSError:
+                sock.close()
+                raise
+        return acceptor
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        """Listen and accept (as ``asyncio.Server.start_serving``)."""
+        if self._serving or self._closed:
+            return
+        self.sock.listen(1024)
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self._serving = True
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._serving = False
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()

@@ -51,7 +51,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -85,6 +85,9 @@ log = logging.getLogger("plait.proxy")
 
 FLUSH_INTERVAL = 1.0
 STOP_TASKS_TIMEOUT = 2.0  # seconds the proxy waits for its cancelled tasks at shutdown
+# a replaced worker listens once it has a config, or after this many seconds without one
+# (no last-known-good, the control plane not answering): Envoy's initial_fetch_timeout
+WARM_TIMEOUT = 15.0
 GC_THRESHOLD = 20_000  # gen0 allocations between collections (CPython's default: 700)
 
 
@@ -192,6 +195,8 @@ async def run_proxy(
     # the proxy's name in Via, Proxy-Status and the access log: the same for every worker
     hop_node = worker.hop_node_id if worker is not None else boot.node_id
     register = worker is None or worker.register
+    # a replaced worker binds now and listens once configured (plait.proxy.workers)
+    warm = worker is not None and worker.replacement
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,7 +220,7 @@ async def run_proxy(
     admin: AdminServer | None = None
     xds: XdsClient | None = None
     try:
-        bound = await bind_listeners(dp, boot)
+        bound = await bind_listeners(dp, boot, listen=not warm)
         identities = make_identities(dp, boot, metrics, ca, ca_bundle, tokens or {})
         checkers: dict[str, HealthChecker] = {}
         registrar = Registrar(
@@ -241,16 +246,21 @@ async def run_proxy(
             clock=time.time,
             on_written=lambda t: setattr(source, "lkg_written_at", t),
         )
+        configured = asyncio.Event()  # set once a config with listeners is applied
         stored = boot_from_lkg(lkg_file, boot.node_id, metrics, source)
         if stored is not None:
             dp.apply(guard.filter(stored[0]))
             source.name = "last-known-good"
+            if dp.ready:
+                configured.set()
 
         def on_config(config: ProxyConfig) -> None:
             dp.apply(guard.filter(config))
             if source.name != "live":
                 log.info("serving live config from the control plane")
             source.name = "live"
+            if dp.ready:
+                configured.set()
 
         xds = XdsClient(
             boot.control_plane.xds_addresses,
@@ -279,18 +289,24 @@ async def run_proxy(
         spawn(xds.run(), "xds")
         spawn(_flush_every(writer, FLUSH_INTERVAL), "access-log-flush")
 
-        ready_path = ready_file or boot.ready_file
-        if ready_path:
-            write_ready_file(ready_path, ready_info(boot, bound, admin_address))
-        if worker is not None:
-            worker.ready(ready_info(boot, bound, admin_address))
-        log.info(
-            "proxy %s serving: outbound %s:%s, admin http://%s:%s; request path %s",
-            boot.node_id,
-            *bound.outbound,
-            *admin_address,
-            native.STATE,
-        )
+        def report_ready() -> None:
+            ready_path = ready_file or boot.ready_file
+            if ready_path:
+                write_ready_file(ready_path, ready_info(boot, bound, admin_address))
+            if worker is not None:
+                worker.ready(ready_info(boot, bound, admin_address))
+            log.info(
+                "proxy %s serving: outbound %s:%s, admin http://%s:%s; request path %s",
+                boot.node_id,
+                *bound.outbound,
+                *admin_address,
+                native.STATE,
+            )
+
+        if warm:
+            spawn(serve_when_configured(dp, configured, WARM_TIMEOUT, report_ready), "warm")
+        else:
+            report_ready()
         settle_gc()
         await stop.wait()
         log.info("proxy %s stopping", boot.node_id)
@@ -336,20 +352,46 @@ def settle_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
-async def bind_listeners(dp: DataPlane, boot: Bootstrap) -> BoundPorts:
-    """Bind ``outbound``, and ``inbound|<svc>`` and ``outbound|<svc>`` per local service."""
-    outbound = await dp.bind("outbound", boot.outbound.address, boot.outbound.port, "outbound")
+async def bind_listeners(dp: DataPlane, boot: Bootstrap, *, listen: bool = True) -> BoundPorts:
+    """Bind ``outbound``, and ``inbound|<svc>`` and ``outbound|<svc>`` per local service
+    (``listen=False``: bound only, until ``dp.start_serving()``)."""
+    outbound = await dp.bind(
+        "outbound", boot.outbound.address, boot.outbound.port, "outbound", listen=listen
+    )
     inbound = {}
     own_outbound = {}
     for svc in boot.services:
         address = svc.inbound.address
         inbound[svc.name] = await dp.bind(
-            f"inbound|{svc.name}", address, svc.inbound.port, "inbound", svc.name
+            f"inbound|{svc.name}", address, svc.inbound.port, "inbound", svc.name, listen=listen
         )
         own_outbound[svc.name] = await dp.bind(
-            f"outbound|{svc.name}", svc.outbound.address, svc.outbound.port, "outbound", svc.name
+            f"outbound|{svc.name}",
+            svc.outbound.address,
+            svc.outbound.port,
+            "outbound",
+            svc.name,
+            listen=listen,
         )
     return BoundPorts(outbound=outbound, inbound=inbound, service_outbound=own_outbound)
+
+
+async def serve_when_configured(
+    dp: DataPlane, configured: asyncio.Event, timeout: float, on_serving: Callable[[], None]
+) -> None:
+    """Listen once ``configured`` is set, or after ``timeout`` seconds without a config
+    (then requests are answered 503 "no config" until one comes, as a proxy that just
+    started); then ``on_serving()``."""
+    try:
+        await asyncio.wait_for(configured.wait(), timeout)
+    except TimeoutError:
+        log.warning(
+            "no config within %gs (none stored, the control plane not answering): "
+            "listening without one",
+            timeout,
+        )
+    await dp.start_serving()
+    on_serving()
 
 
 def service_token(svc: LocalService, tokens: dict[str, str]) -> str | None:

@@ -34,7 +34,11 @@ connections queued at it (and those it was serving).
 supervisor's) is written by the supervisor once every worker is ready, and rewritten
 when a worker was replaced; each worker hands its own ready info to the supervisor as
 ``<data_dir>/workers/worker-<i>.json``. A worker that exits is started again after a backoff (0.5 s,
-doubling up to 30 s; back to 0.5 s once a worker has run for a minute). SIGTERM or
+doubling up to 30 s; back to 0.5 s once a worker has run for a minute). The replacement
+binds its ports but listens only once it has a config (its last-known-good, or the
+control plane's; at most ``main.WARM_TIMEOUT`` seconds): a socket that does not listen
+gets no connections, so until then the running workers take them all, rather than the
+replacement answering 503 "no config". SIGTERM or
 SIGINT to the supervisor sends SIGTERM to every worker, which drains as a single proxy
 does (worker 0 deregisters; all keep serving ``drain_time``, then finish requests in
 flight); workers still alive after ``drain_time + grace + 5`` seconds are killed. Every
@@ -89,6 +93,9 @@ class WorkerRole:
     hop_node_id: str  # the proxy's name in Via / Proxy-Status / the access log
     register: bool  # heartbeats and health checks of the local services
     ready: Callable[[dict[str, Any]], None]  # called with the ready info once serving
+    # a replacement for a worker that exited: it listens only once it has a config
+    # (stored or from the control plane), so the running workers take its share meanwhile
+    replacement: bool = False
 
 
 def worker_node_id(node_id: str, index: int) -> str:
@@ -239,6 +246,7 @@ class Supervisor:
                         hop_node_id=self.boot.node_id,
                         register=slot.index == 0,
                         ready=lambda info: write_json_atomic(ready_path, info, 0o600),
+                        replacement=slot.restarts > 0,
                     )
                 )
             except KeyboardInterrupt:
