@@ -10,6 +10,16 @@ its docstring); the gap between it and plait is what plait's request path costs 
 that basic work. Cases alternate within each round (1 s of warm-up each); per run it
 prints requests/s and the proxy's user and system CPU µs per request (``/proc``), then a
 table of medians with each figure's ratio to HAProxy in the same round.
+
+    .venv/bin/python benchmarks/lean_compare.py --rate 1000 [--rounds 8] [--duration 5]
+
+``--rate R`` measures latency instead, as ``run.py``'s h2load runs do: h2load at R req/s
+over 10 connections (``--h1 --rps``) for ``--duration`` seconds per case and round, a
+``direct`` case (no proxy) included, cases alternated within each round. Per run: p50
+and p99, and the proxy's CPU per request; then a table of medians, and per proxy its
+added p99 (its p99 minus direct's in the same round) pooled over the rounds as a ratio
+to HAProxy's (sum over sum, as ``pool.py``). It is how close a Python relay that does
+the least can come to HAProxy's tail at that rate on the machine it runs on.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -37,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=4.0)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="latency at this many req/s (h2load, 10 connections) instead of saturation",
+    )
     p.add_argument(
         "--python",
         action="append",
@@ -96,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             extra.append(other)
             started = other.start()
             cases[f"plait@{python}"] = (started.port, [x.pid for x in started.procs])
+        if a.rate:
+            cases = {"direct": (upstream, []), **cases}
+            rated(cases, a, work)
+            return 0
         runs: dict[str, list[tuple[float, float, float]]] = {c: [] for c in cases}
         for r in range(a.rounds):
             for name, (cport, pids) in cases.items():
@@ -141,6 +162,89 @@ def main(argv: list[str] | None = None) -> int:
         for path in [*work.glob("*.log"), *work.glob("plait*/access-*.log")]:
             path.unlink()
     return 0
+
+
+CLIENTS = 10  # h2load connections in --rate mode, as run.py's latency runs
+
+
+def rated(cases: dict[str, tuple[int, list[int]]], a: argparse.Namespace, work: Path) -> None:
+    """``--rate``: every case at ``a.rate`` req/s per round; prints runs and the table."""
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
+    log_file = work / "h2load.log"
+    for r in range(a.rounds):
+        names = list(cases) if r % 2 == 0 else list(reversed(cases))  # A B C, C B A, ...
+        for name in names:
+            cport, pids = cases[name]
+            url = f"http://127.0.0.1:{cport}/"
+
+            def h2(s: float, url: str = url) -> list[str]:
+                return load.h2load_argv(
+                    url, host=SERVICE, clients=CLIENTS, rate=a.rate, duration=s, log_file=log_file
+                )
+
+            load.run_h2load(h2(1), log_file, cpu=SIDE_CPU, timeout=30)
+            u0, s0 = cpu_times(pids)
+            _, _, rows = load.run_h2load(
+                h2(a.duration), log_file, cpu=SIDE_CPU, timeout=a.duration + 30
+            )
+            u1, s1 = cpu_times(pids)
+            ok, failed = load.ok_durations(rows)
+            if not ok:
+                raise RuntimeError(f"round {r + 1} {name}: no request completed")
+            lat = load.latency_summary(ok)
+            run = {
+                "p50": lat["p50"],
+                "p99": lat["p99"],
+                "user": (u1 - u0) / len(ok) * 1e6,
+                "system": (s1 - s0) / len(ok) * 1e6,
+                "failed": failed,
+            }
+            runs[name].append(run)
+            print(
+                f"round {r + 1} {name}: p50 {run['p50'] * 1e3:.3f} ms, p99 {run['p99'] * 1e3:.3f} "
+                f"ms, user {run['user']:.1f} µs + system {run['system']:.1f} µs per request"
+                + (f", {failed} failed" if failed else ""),
+                flush=True,
+            )
+    print()
+    print(rate_table(runs))
+
+
+def rate_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Medians per case; added p99 = p99 minus direct's in the same round, pooled over the
+    rounds as a ratio to HAProxy's (sum over sum); CPU per request as a same-round ratio."""
+    direct = runs["direct"]
+    base = runs["haproxy"]
+
+    def added(rs: list[dict[str, Any]]) -> list[float]:
+        return [x["p99"] - d["p99"] for x, d in zip(rs, direct, strict=True)]
+
+    def cpu(x: dict[str, Any]) -> float:
+        return float(x["user"] + x["system"])
+
+    lines = [
+        "| case | p50 ms | p99 ms | added p99 ms | added p99 × HAProxy, pooled "
+        "| user µs/req | system µs/req | CPU × HAProxy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base_sum = sum(added(base))
+    for name, rs in runs.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in ("p50", "p99", "user", "system")}
+        if name == "direct":
+            extra = ["—", "—"]
+            cpu_x = "—"
+        else:
+            mine = added(rs)
+            pooled = f"{sum(mine) / base_sum:.2f}×" if base_sum > 0 else "—"
+            extra = [f"{statistics.median(mine) * 1e3:.3f}", pooled]
+            cpu_x = (
+                f"{statistics.median(cpu(x) / cpu(b) for x, b in zip(rs, base, strict=True)):.2f}×"
+            )
+        lines.append(
+            f"| {name} | {med['p50'] * 1e3:.3f} | {med['p99'] * 1e3:.3f} | {' | '.join(extra)} | "
+            f"{med['user']:.1f} | {med['system']:.1f} | {cpu_x} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
