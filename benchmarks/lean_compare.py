@@ -38,6 +38,7 @@ import load  # noqa: E402
 import plait_case  # noqa: E402
 from peers import SERVICE, PeerSet  # noqa: E402
 from procs import Procs, cpu_times, free_port, wait_http_ok  # noqa: E402
+from report import ratio  # noqa: E402
 
 PROXY_CPU, SIDE_CPU = 0, 1
 
@@ -235,7 +236,8 @@ def rate_table(runs: dict[str, list[dict[str, Any]]]) -> str:
             cpu_x = "—"
         else:
             mine = added(rs)
-            pooled = f"{sum(mine) / base_sum:.2f}×" if base_sum > 0 else "—"
+            x = ratio(sum(mine), base_sum)
+            pooled = "—" if x is None else f"{x:.2f}×"
             extra = [f"{statistics.median(mine) * 1e3:.3f}", pooled]
             cpu_x = (
                 f"{statistics.median(cpu(x) / cpu(b) for x, b in zip(rs, base, strict=True)):.2f}×"

@@ -53,8 +53,7 @@ class Pooled:
     case: Case
     reps: int = 0  # repetitions with a figure for the case and for its HAProxy baseline
     x_rps: Stat | None = None
-    rps_at_target: int = 0  # repetitions with x_rps >= TARGET_RPS
-    rps_counted: int = 0
+    rps_at_target: int = 0  # repetitions with x_rps >= TARGET_RPS (of x_rps.n)
     added: float | None = None  # pooled ratio of the added p99s (sums), raw
     added_quiet: float | None = None  # the same, steal-free
     x_added: Stat | None = None  # same-repetition ratios, raw
@@ -74,12 +73,6 @@ def cases_of(runs: Sequence[Mapping[str, Any]]) -> list[Case]:
     return list(seen.values())
 
 
-def _cpu_at_rate(rep: Mapping[str, Any], name: str) -> float | None:
-    res = rep.get(name) or {}
-    value = res.get("latency_cpu_us_per_req")
-    return None if res.get("error") or value is None else float(value)
-
-
 def _pooled_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
     """sum(case) / sum(baseline) over the pairs; None without pairs or a positive sum."""
     if not pairs:
@@ -87,19 +80,22 @@ def _pooled_ratio(pairs: Sequence[tuple[float, float]]) -> float | None:
     return ratio(sum(a for a, _ in pairs), sum(b for _, b in pairs))
 
 
+def _ratios(pairs: Sequence[tuple[float, float]]) -> list[float]:
+    """The same-repetition ratios of the pairs that have one."""
+    return [x for a, b in pairs if (x := ratio(a, b)) is not None]
+
+
 def pool_case(case: Case, runs: Sequence[Mapping[str, Any]]) -> Pooled:
     """``case`` against its HAProxy baseline over every repetition of ``runs``."""
     out = Pooled(case)
     base_case = Case(str(case.baseline), "haproxy", case.hops, case.mtls)
     x_rps: list[float] = []
-    x_added: list[float] = []
-    x_quiet: list[float] = []
     x_cpu: list[float] = []
-    added: list[tuple[float, float]] = []
-    quiet: list[tuple[float, float]] = []
+    added: list[tuple[float, float]] = []  # (case's added p99, HAProxy's), raw
+    quiet: list[tuple[float, float]] = []  # the same, steal-free
     rss: list[float] = []
     for run in runs:
-        run_quiet: list[float] = []
+        run_quiet: list[tuple[float, float]] = []
         for rep in run["reps"]:
             mine = per_rep_metrics(rep, case)
             base = per_rep_metrics(rep, base_case)
@@ -110,32 +106,22 @@ def pool_case(case: Case, runs: Sequence[Mapping[str, Any]]) -> Pooled:
             if base is None:
                 continue
             out.reps += 1
-            if mine["x_rps"] is not None:
-                x_rps.append(mine["x_rps"])
-            for key, pairs, xs, per_run in (
-                ("added_p99", added, x_added, None),
-                ("added_quiet_p99", quiet, x_quiet, run_quiet),
-            ):
-                a, b = mine[key], base[key]
-                if a is None or b is None:
-                    continue
-                pairs.append((a, b))
-                x = ratio(a, b)
+            for x, xs in ((mine["x_rps"], x_rps), (mine["x_cpu_at_rate"], x_cpu)):
                 if x is not None:
                     xs.append(x)
-                    if per_run is not None:
-                        per_run.append(x)
-            c = ratio(_cpu_at_rate(rep, case.name), _cpu_at_rate(rep, base_case.name))
-            if c is not None:
-                x_cpu.append(c)
-        out.run_medians.append(statistics.median(run_quiet) if run_quiet else None)
+            for key, pairs in (("added_p99", added), ("added_quiet_p99", run_quiet)):
+                a, b = mine[key], base[key]
+                if a is not None and b is not None:
+                    pairs.append((a, b))
+        quiet += run_quiet
+        run_x = _ratios(run_quiet)
+        out.run_medians.append(statistics.median(run_x) if run_x else None)
     out.x_rps = Stat.of(x_rps)
-    out.rps_counted = len(x_rps)
     out.rps_at_target = sum(1 for x in x_rps if x >= TARGET_RPS)
     out.added = _pooled_ratio(added)
     out.added_quiet = _pooled_ratio(quiet)
-    out.x_added = Stat.of(x_added)
-    out.x_added_quiet = Stat.of(x_quiet)
+    out.x_added = Stat.of(_ratios(added))
+    out.x_added_quiet = Stat.of(_ratios(quiet))
     out.x_cpu_at_rate = Stat.of(x_cpu)
     out.rss_mib = max(rss) if rss else None
     return out
@@ -183,7 +169,7 @@ def table(rows: Sequence[Pooled]) -> str:
                     f"`{r.case.name}`",
                     str(r.reps),
                     _xs(r.x_rps),
-                    f"{r.rps_at_target} of {r.rps_counted}",
+                    f"{r.rps_at_target} of {r.x_rps.n if r.x_rps else 0}",
                     _x(r.added_quiet),
                     _xs(r.x_added_quiet),
                     ", ".join(_x(m) for m in r.run_medians),

@@ -106,6 +106,7 @@ METRICS = (
     "p99.9",
     "added_p99",
     "cpu_per_10k",
+    "cpu_at_rate",
     "cpu_busy",
     "rss_mib",
     "latency_rps",
@@ -118,6 +119,7 @@ METRICS = (
     "x_added_p99",
     "x_added_quiet_p99",
     "x_cpu",
+    "x_cpu_at_rate",
 )
 
 
@@ -149,6 +151,8 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         "p99.9": lat.get("p99.9"),
         "added_p99": added if case.hops else None,
         "cpu_per_10k": res.get("cpu_per_10k") if case.hops else None,
+        # CPU µs per request during the fixed-rate runs (raw runs from the Eleventh round on)
+        "cpu_at_rate": res.get("latency_cpu_us_per_req") if case.hops else None,
         "cpu_busy": res.get("cpu_busy") if case.hops else None,
         "rss_mib": res["peak_rss_kib"] / 1024 if case.hops and res.get("peak_rss_kib") else None,
         "latency_rps": res.get("latency_rps"),
@@ -161,6 +165,7 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
         "x_added_p99": None,
         "x_added_quiet_p99": None,
         "x_cpu": None,
+        "x_cpu_at_rate": None,
     }
     if case.baseline and case.baseline != case.name:
         base_case = Case(case.baseline, "haproxy", case.hops, case.mtls)
@@ -170,12 +175,14 @@ def per_rep_metrics(rep: Mapping[str, Any], case: Case) -> dict[str, float | Non
             out["x_added_p99"] = ratio(out["added_p99"], base["added_p99"])
             out["x_added_quiet_p99"] = ratio(out["added_quiet_p99"], base["added_quiet_p99"])
             out["x_cpu"] = ratio(out["cpu_per_10k"], base["cpu_per_10k"])
+            out["x_cpu_at_rate"] = ratio(out["cpu_at_rate"], base["cpu_at_rate"])
     elif case.baseline == case.name:
         for x, of in (
             ("x_rps", "rps"),
             ("x_added_p99", "added_p99"),
             ("x_added_quiet_p99", "added_quiet_p99"),
             ("x_cpu", "cpu_per_10k"),
+            ("x_cpu_at_rate", "cpu_at_rate"),
         ):
             out[x] = 1.0 if out[of] is not None else None
     return out

@@ -87,7 +87,7 @@ def test_throughput_counts_the_repetitions_at_the_target():
     plait = row(pool.pool([RUN_A, RUN_B]), "plait-1hop")
     assert plait.x_rps.median == pytest.approx(1.1)
     assert (plait.x_rps.lo, plait.x_rps.hi) == pytest.approx((0.95, 1.25))
-    assert (plait.rps_at_target, plait.rps_counted) == (2, 3)
+    assert (plait.rps_at_target, plait.x_rps.n) == (2, 3)
 
 
 def test_cpu_at_the_fixed_rate_and_peak_rss():
