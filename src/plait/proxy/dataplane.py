@@ -36,7 +36,15 @@ from plait.proxy.observe import Observer
 from plait.proxy.peer_identity import trust_domain_of
 from plait.proxy.proxy_status import hop_name
 from plait.proxy.router import Router
-from plait.proxy.runtime import Cluster, Direction, Endpoint, ProxyConfig, RbacFilter, TlsMode
+from plait.proxy.runtime import (
+    Cluster,
+    Direction,
+    Endpoint,
+    ProxyConfig,
+    RbacFilter,
+    Route,
+    TlsMode,
+)
 from plait.proxy.tls import TRUST_BUNDLE, LocalIdentity, TlsContexts
 from plait.proxy.upstream import UpstreamPool
 from plait.proxy.via import via_entry
@@ -105,6 +113,10 @@ class ClusterState:
         self.service = parts[1] if len(parts) > 1 else config.name
 
 
+# Snapshot.targets' entries: (memo, listener name, route, cluster, head before, after)
+Target = tuple[object, str, Route, ClusterState, bytes, bytes]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One applied config and what the request path needs from it."""
@@ -116,7 +128,8 @@ class Snapshot:
     # Per remembered request head (http1_whole), by id (the entry keeps the head alive):
     # (head, listener, route, cluster, upstream head before and after the new request
     # id). Filled by Dispatch.start; a new config is a new Snapshot, so never stale.
-    targets: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # Typed field by field, so that the compiled request path reads them natively.
+    targets: dict[int, Target] = field(default_factory=dict)
 
 
 def cluster_endpoints(config: ProxyConfig, cluster: Cluster) -> Sequence[Endpoint]:

@@ -34,10 +34,11 @@ class Expiring(Protocol):
 class Deadlines:
     """Deadlines on ``loop``'s clock, one per owner, sharing one loop timer."""
 
-    __slots__ = ("_armed_at", "_handle", "loop", "pending")
+    __slots__ = ("_armed_at", "_handle", "_time", "loop", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._time = loop.time  # bound once: arm() calls it per request
         self.pending: dict[Expiring, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -45,14 +46,16 @@ class Deadlines:
     def arm(self, owner: Expiring, delay: float) -> None:
         """Call ``owner.expired()`` from the loop in ``delay`` seconds unless disarmed
         first; arming an owner again replaces its deadline."""
-        at = self.loop.time() + delay
+        at = self._time() + delay
         self.pending[owner] = at
         if at < self._armed_at:
             self._arm(at)
 
     def disarm(self, owner: Expiring) -> None:
         """Drop ``owner``'s deadline, if it has one (idempotent)."""
-        self.pending.pop(owner, None)
+        pending = self.pending
+        if owner in pending:  # (not pop(owner, None): a method looked up per call)
+            del pending[owner]
 
     def _arm(self, at: float) -> None:
         if self._handle is not None:
@@ -63,7 +66,7 @@ class Deadlines:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = math.inf
-        now = self.loop.time() + _SLACK
+        now = self._time() + _SLACK
         pending = self.pending
         for owner in [o for o, at in pending.items() if at <= now]:
             at = pending.get(owner)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -67,6 +68,10 @@ class Http1Server(asyncio.Protocol):
     """One downstream connection."""
 
     peer: str | None = None  # the caller's SPIFFE id once an mTLS handshake checked it
+    # The transport's write and writelines, bound at connection_made: the response path
+    # calls them without looking the method up on the transport per write.
+    send: Callable[[bytes], object]
+    send_all: Callable[[Iterable[bytes]], object]
 
     def __init__(self, dp: DataPlane, listener: ListenerSlot) -> None:
         self.dp = dp
@@ -74,6 +79,9 @@ class Http1Server(asyncio.Protocol):
         self.transport: Any = None
         self.parser = HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
+        # its append and popleft, bound once: every request is queued and dequeued
+        self._queue_append = self.queue.append
+        self._queue_popleft = self.queue.popleft
         self.current: Exchange | None = None  # the exchange whose request is being read
         self.upgrading: Exchange | None = None
         self.tunnel: Any = None  # upstream transport once a 101 switched protocols
@@ -102,6 +110,8 @@ class Http1Server(asyncio.Protocol):
         # On a running proxy the writes to the client wait for the loop iteration's end
         # (plait.proxy.write_behind); a DataPlane never bound (tests' rigs) writes at once.
         self.transport = transport if behind is None else HeldWrites(transport, behind)
+        self.send = self.transport.write
+        self.send_all = self.transport.writelines
         self.dp.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -165,9 +175,8 @@ class Http1Server(asyncio.Protocol):
             # what goes upstream is not held back to the read's end (send_up's cork).
             ex = Exchange(self, head)
             self.current = ex
-            queue = self.queue
-            queue.append(ex)
-            if len(queue) == 1:
+            self._queue_append(ex)
+            if len(self.queue) == 1:
                 ex.start(memo)
             else:
                 self.pause(P_QUEUE)
@@ -343,7 +352,7 @@ class Http1Server(asyncio.Protocol):
         self._head_pending = False
         ex = Exchange(self, head)
         self.current = ex
-        self.queue.append(ex)
+        self._queue_append(ex)
         if len(self.queue) == 1:
             ex.start()
         else:
@@ -406,7 +415,7 @@ class Http1Server(asyncio.Protocol):
         ex = Exchange(self, None, err)
         if err.request_id is not None:
             ex.request_id, ex.new_request_id = err.request_id, None
-        self.queue.append(ex)
+        self._queue_append(ex)
         if len(self.queue) == 1:
             ex.start()
 
@@ -426,7 +435,7 @@ class Http1Server(asyncio.Protocol):
     def exchange_finished(self, ex: Exchange) -> None:
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            self._queue_popleft()
         if self.tunnel is not None:
             return
         if self.upgrading is ex:

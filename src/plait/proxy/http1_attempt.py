@@ -86,9 +86,9 @@ class Attempt:
                 self.sent = True
                 self.endpoint.start()
             if len(pieces) == 1:
-                conn.transport.write(pieces[0])  # the usual head-only request: no iovec
+                conn.send(pieces[0])  # the usual head-only request: no iovec
             else:
-                conn.transport.writelines(pieces)
+                conn.send_all(pieces)
 
     def run(self) -> None:
         tls = self.cluster.config.tls

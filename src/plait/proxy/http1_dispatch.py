@@ -154,7 +154,8 @@ class Dispatch:
         target = snap.targets.get(id(memo)) if memo is not None else None
         if target is not None and target[0] is memo and target[1] == name:
             route, cluster = target[2], target[3]
-            self.head_bytes = target[4] + (self.new_request_id or head.request_id) + target[5]
+            rid = self.new_request_id or head.request_id or b""  # (kept only with one)
+            self.head_bytes = target[4] + rid + target[5]
         else:
             try:
                 route, cluster = select_target(snap, name, head, self.dp.rng)
@@ -337,7 +338,7 @@ class Dispatch:
             head=head is not None and head.method == b"HEAD",
         )
         self.started = True
-        self.server.transport.write(data)
+        self.server.send(data)
         self._finish()
 
     def _fail_started(self, error: str, details: str) -> None:
@@ -354,7 +355,7 @@ class Dispatch:
         corked = self.corked
         if corked is not None:
             self.corked = None
-            self.server.transport.write(corked)
+            self.server.send(corked)
 
     def _finish(self) -> None:
         if self.done:

@@ -199,7 +199,7 @@ class Exchange(Dispatch):
         assert head is not None
         if status < 200 and status != 101:
             if head.version == "1.1":
-                self.server.transport.write(render_interim(status, reason, headers))
+                self.server.send(render_interim(status, reason, headers))
             return
         if attempt.timeout:
             attempt.disarm()
@@ -249,21 +249,21 @@ class Exchange(Dispatch):
             return
         self.bytes_out += len(data)
         mode = resp.downstream_body
-        transport = self.server.transport
+        server = self.server
         corked = self.corked
         if corked is None:
             if mode == BODY_CHUNKED:
-                transport.writelines((chunk_prefix(len(data)), data, CRLF))
+                server.send_all((chunk_prefix(len(data)), data, CRLF))
             elif mode != BODY_NONE:
-                transport.write(data)
+                server.send(data)
             return
         self.corked = None
         if mode == BODY_CHUNKED:
-            transport.writelines((corked, chunk_prefix(len(data)), data, CRLF))
+            server.send_all((corked, chunk_prefix(len(data)), data, CRLF))
         elif mode != BODY_NONE:
-            transport.writelines((corked, data))
+            server.send_all((corked, data))
         else:
-            transport.write(corked)
+            server.send(corked)
 
     def upstream_complete(
         self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
@@ -278,7 +278,7 @@ class Exchange(Dispatch):
             self.corked = None
             tail = corked + tail
         if tail:
-            self.server.transport.write(tail)
+            self.server.send(tail)
         head = self.head
         assert head is not None
         keep = self.resp_keep_alive and self.request_done and head.upgrade is None
@@ -303,7 +303,7 @@ class Exchange(Dispatch):
         server.upgrading = None
         self.uncork()
         if rest:
-            server.transport.write(rest)
+            server.send(rest)
         if self.early:
             server.tunnel.writelines(self.early)
             self.early = None
@@ -347,7 +347,7 @@ class Exchange(Dispatch):
             ):  # a body delimited by the connection's end: complete
                 self.uncork()
                 if resp.downstream_body == BODY_CHUNKED:
-                    self.server.transport.write(render_last_chunk([]))
+                    self.server.send(render_last_chunk([]))
                 attempt.end(True)
                 if not self.request_done:
                     self.close_after = True

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
 
 from plait.proxy.runtime import Endpoint, LbPolicy
 
@@ -91,39 +90,16 @@ class EndpointState:
         )
 
 
-class Balancer(Protocol):
-    """What a cluster needs from a load balancer."""
-
-    @property
-    def states(self) -> Sequence[EndpointState]:
-        """Every endpoint's state, healthy or not, in update order."""
-        ...
-
-    def pick(self) -> EndpointState | None:
-        """A healthy endpoint for the next request, or ``None`` if there is none."""
-        ...
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint set, keeping the state of endpoints that stay."""
-        ...
-
-    @property
-    def panic(self) -> bool:
-        """True while too few endpoints are healthy and every endpoint is picked."""
-        ...
-
-    def snapshot(self) -> list[dict[str, object]]:
-        """For the admin ``/clusters`` page: one dict per endpoint."""
-        ...
-
-
 def in_panic(healthy: int, total: int, threshold: float) -> bool:
     """Envoy's rule: panic when the healthy share is below ``threshold`` percent."""
     return total > 0 and healthy * 100.0 < threshold * total
 
 
-class _Pool:
-    """The endpoint states of one cluster and the subset picks come from (shared by policies).
+class Balancer:
+    """What a cluster needs from a load balancer: the endpoint states of one cluster and
+    the subset picks come from, shared by the policies, which subclass it for ``pick``.
+    (A base class, not a Protocol: the request path's ``pick`` is then a direct call in
+    the compiled build, not a method looked up by name.)
 
     ``_healthy`` is that subset: the healthy endpoints, or all of them in panic.
     """
@@ -147,13 +123,20 @@ class _Pool:
 
     @property
     def panic(self) -> bool:
+        """True while too few endpoints are healthy and every endpoint is picked."""
         return self._panic
 
     @property
     def states(self) -> Sequence[EndpointState]:
+        """Every endpoint's state, healthy or not, in update order."""
         return self._states
 
+    def pick(self) -> EndpointState | None:
+        """A healthy endpoint for the next request, or ``None`` if there is none."""
+        raise NotImplementedError
+
     def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the endpoint set, keeping the state of endpoints that stay."""
         old = self._by_key
         by_key: dict[tuple[str, int], EndpointState] = {}
         for ep in endpoints:
@@ -177,10 +160,11 @@ class _Pool:
         """Hook: the healthy list changed."""
 
     def snapshot(self) -> list[dict[str, object]]:
+        """For the admin ``/clusters`` page: one dict per endpoint."""
         return [s.snapshot() for s in self._states]
 
 
-class RoundRobin(_Pool):
+class RoundRobin(Balancer):
     """Each healthy endpoint in turn."""
 
     __slots__ = ("_next",)
@@ -211,7 +195,7 @@ class RoundRobin(_Pool):
         return healthy[i]
 
 
-class LeastRequest(_Pool):
+class LeastRequest(Balancer):
     """Power of two choices on in-flight requests."""
 
     __slots__ = ("_random",)

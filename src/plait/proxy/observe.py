@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plait.proxy.accesslog import (
     DECIMAL3_MAX,
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Observer"]
 
+# Called as functions, not methods: compiled, f"{ms:.3f}" is '{:{}}'.format(ms, '.3f')
+# and rid.isalnum() a method looked up by name, per request.
+_format: Final = format
+_isalnum: Final = bytes.isalnum
 MAX_MIDDLES = 256  # (method, path, upstream) texts kept per entry; then start over
 
 # What observe() keeps per (listener, destination, status, error): the metrics series and
@@ -154,14 +158,14 @@ class Observer:
         when = self._time_text if self._time_lo <= t < self._time_hi else self._time_of(t)
         ms = duration * 1000.0
         if 0.0 <= ms < DECIMAL3_MAX:  # decimal3(ms), inline
-            took = f"{ms:.3f}"
+            took = _format(ms, ".3f")
             if took[-1] == "0":
                 took = trim3(took)
         else:
             took = repr(round(ms, 3))
         rid_bytes = ex.request_id
         rid = rid_bytes.decode("latin-1")
-        if not rid_bytes.isalnum():  # ASCII letters and digits need no escaping
+        if not _isalnum(rid_bytes):  # ASCII letters and digits need no escaping
             rid = json_quote(rid)[1:-1]
         if head is not None:  # the line from its prefix to duration_ms, cached
             key = (head.method, head.path, ex.upstream_addr)
@@ -212,7 +216,7 @@ class Observer:
         to the same millisecond (0.49 ms either side of it: float error here is below
         0.001 ms), so requests within one millisecond format the time once."""
         if 0.0 < t < 4e9:  # t * 1000 < 2**42: exact enough for the bounds below
-            fixed = f"{t:.3f}"  # decimal3(t), inlined: one formatting gives both
+            fixed = _format(t, ".3f")  # decimal3(t), inlined: one formatting gives both
             text = trim3(fixed) if fixed[-1] == "0" else fixed
             k = int(fixed[:-4] + fixed[-3:])  # round(t, 3) * 1000, exactly
             # never down to 0.0: -0.0 == 0.0, and round() keeps the sign of a zero

@@ -40,7 +40,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -51,6 +51,9 @@ from plait.proxy.http1_whole import responses as _whole_responses
 from plait.proxy.peer_identity import PeerRejected, check_peer, trust_domain_of
 from plait.proxy.proxy_status import HTTP_PROTOCOL_ERROR
 from plait.proxy.write_behind import HeldWrites, WriteBehind
+
+if TYPE_CHECKING:
+    from plait.proxy.http1_exchange import Exchange
 
 log = logging.getLogger("plait.proxy.upstream")
 
@@ -101,6 +104,7 @@ class _HeadTooLarge(Exception):
 
 
 MAX_RESPONSE_HEAD = 64 * 1024
+_find: Final = bytes.find  # called unbound: no method lookup per response
 HEAD_TOO_LARGE = "http_response_header_section_size"
 
 
@@ -132,9 +136,16 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "received",
         "requests",
+        "send",
+        "send_all",
         "transport",
         "tunnel",
     )
+
+    # The transport's write and writelines, bound at connection_made: a request's writes
+    # call them without looking the method up on the transport each time.
+    send: Callable[[bytes], object]
+    send_all: Callable[[Iterable[bytes]], object]
 
     def __init__(self, pool: UpstreamPool | None, key: EndpointKey) -> None:
         self.pool = pool
@@ -142,7 +153,9 @@ class UpstreamConnection(asyncio.Protocol):
         # the transport, or on a running proxy a HeldWrites over it (write_behind)
         self.transport: Any = None
         self.parser = HttpResponseParser(self)
-        self.handler: UpstreamHandler | None = None
+        # Exchange named first: compiled, a call on the handler checks for it and makes
+        # a direct call, and only another UpstreamHandler's method is looked up by name
+        self.handler: Exchange | UpstreamHandler | None = None
         self.tunnel: Any = None  # the downstream transport once a 101 switched protocols
         self.closed = False
         self.requests = 0
@@ -183,6 +196,8 @@ class UpstreamConnection(asyncio.Protocol):
         pool = self.pool
         behind = pool.write_behind if pool is not None else None
         self.transport = transport if behind is None else HeldWrites(transport, behind)
+        self.send = self.transport.write
+        self.send_all = self.transport.writelines
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -193,7 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._in_body:  # a head starts or goes on: count its bytes (upper bound)
             if not self._head_bytes and not self._head_request and self.handler is not None:
                 # Between messages, where a response may come whole in one read.
-                end = data.find(b"\r\n\r\n") + 4
+                end = _find(data, b"\r\n\r\n") + 4
                 whole = _whole_responses.get(data[:end]) if end > 4 else None  # http1_whole
                 if whole is not None and len(data) - end == whole.length:
                     self._whole(whole, data, end)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("plait.proxy")
@@ -106,6 +106,10 @@ class HeldWrites:
 
     def __init__(self, transport: Any, behind: WriteBehind) -> None:
         self.transport = transport
+        # the transport's own writes, bound once: a pass-through write is then a call,
+        # not a method lookup on the transport as well
+        self._write: Callable[[Buffer], object] = transport.write
+        self._writelines: Callable[[Iterable[Buffer]], object] = transport.writelines
         self._behind = behind
         self._pieces: list[Buffer] = []
         self._size = 0  # bytes in _pieces
@@ -115,13 +119,13 @@ class HeldWrites:
 
     def write(self, data: Buffer) -> None:
         if self._closed:
-            self.transport.write(data)  # what the transport does after close, unchanged
+            self._write(data)  # what the transport does after close, unchanged
             return
         pieces = self._pieces
         if not pieces:
             behind = self._behind
             if not behind.busy():  # nothing held here to overtake: at once
-                self.transport.write(data)
+                self._write(data)
                 return
             behind.hold(self)
         pieces.append(data)
@@ -131,13 +135,13 @@ class HeldWrites:
 
     def writelines(self, list_of_data: Iterable[Buffer]) -> None:
         if self._closed:
-            self.transport.writelines(list_of_data)
+            self._writelines(list_of_data)
             return
         pieces = self._pieces
         if not pieces:
             behind = self._behind
             if not behind.busy():
-                self.transport.writelines(list_of_data)
+                self._writelines(list_of_data)
                 return
             behind.hold(self)
         for data in list_of_data:
@@ -157,9 +161,9 @@ class HeldWrites:
         if transport.is_closing():  # the peer went away: the transport would drop them
             return
         if len(pieces) == 1:
-            transport.write(pieces[0])
+            self._write(pieces[0])
         else:
-            transport.writelines(pieces)
+            self._writelines(pieces)
 
     @property
     def held(self) -> int:

@@ -28,6 +28,7 @@ from plait.proxy.dataplane import ClusterState, DataPlane, ListenerSlot
 from plait.proxy.http1 import Http1Server
 from plait.proxy.http1_checks import HeadRejected, RequestHead
 from plait.proxy.http1_exchange import Exchange
+from plait.proxy.lb import RoundRobin
 from plait.proxy.metrics import Metrics
 from plait.proxy.runtime import Cluster
 from plait.proxy.upstream import UpstreamPool
@@ -93,7 +94,8 @@ def real_exchange(dp: DataPlane, ns: SimpleNamespace) -> Exchange:
     ex = Exchange(server, head, rejection)
     if ns.cluster is not None:
         config = Cluster(f"outbound|{ns.cluster.service}")
-        ex.cluster = ClusterState(config, None, UpstreamPool(config.name))  # type: ignore[arg-type]
+        balancer = RoundRobin([], random.Random(0))
+        ex.cluster = ClusterState(config, balancer, UpstreamPool(config.name))
     for name in _COPIED:
         setattr(ex, name, getattr(ns, name))
     return ex
