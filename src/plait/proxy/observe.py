@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from plait.proxy.accesslog import (
-    DECIMAL3_MAX,
     AccessLog,
     decimal3,
     json_quote,
@@ -34,8 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Observer"]
 
-# Called as functions, not methods: compiled, f"{ms:.3f}" is '{:{}}'.format(ms, '.3f')
-# and rid.isalnum() a method looked up by name, per request.
+# Called as functions, not methods: compiled, f"{t:.3f}" is '{:{}}'.format(t, '.3f')
+# and rid.isalnum() a method looked up by name (per request).
 _format: Final = format
 _isalnum: Final = bytes.isalnum
 MAX_MIDDLES = 256  # (method, path, upstream) texts kept per entry; then start over
@@ -156,13 +155,7 @@ class Observer:
             return
         t = self.wall_clock()
         when = self._time_text if self._time_lo <= t < self._time_hi else self._time_of(t)
-        ms = duration * 1000.0
-        if 0.0 <= ms < DECIMAL3_MAX:  # decimal3(ms), inline
-            took = _format(ms, ".3f")
-            if took[-1] == "0":
-                took = trim3(took)
-        else:
-            took = repr(round(ms, 3))
+        took = decimal3(duration * 1000.0)
         rid_bytes = ex.request_id
         rid = rid_bytes.decode("latin-1")
         if not _isalnum(rid_bytes):  # ASCII letters and digits need no escaping

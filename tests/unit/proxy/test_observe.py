@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plait.proxy.accesslog import (
+    FAST3_MAX,
     AccessLog,
     decimal3,
     format_record,
@@ -319,6 +321,10 @@ def test_a_custom_logger_and_custom_metrics_still_get_theirs() -> None:
         st.floats(min_value=0.0, max_value=2e12),
         st.integers(min_value=0, max_value=2 * 10**15).map(lambda k: (k + 0.5) / 1000),
         st.integers(min_value=0, max_value=2 * 10**15).map(lambda k: k / 1000),
+        # where decimal3 makes the text from integers (below FAST3_MAX), ties included
+        st.floats(min_value=0.0, max_value=FAST3_MAX),
+        st.integers(min_value=0, max_value=10**9).map(lambda k: (k + 0.5) / 1000),
+        st.integers(min_value=0, max_value=10**9).map(lambda k: k / 1000),
     )
 )
 def test_decimal3_is_repr_of_round(x: float) -> None:
@@ -329,6 +335,7 @@ def test_decimal3_is_repr_of_round(x: float) -> None:
 def test_decimal3_edges() -> None:
     edges = [0.0, -0.0, -1e-9, 5e-324, 0.0005, 0.0015, 0.0625, 1.0625, 2**-10, 1e12, 1e16]
     edges += [math.nextafter(1e12, 0.0), 2.0**42, math.inf, -math.inf, math.nan]
+    edges += [FAST3_MAX, math.nextafter(FAST3_MAX, 0.0), 999.9995, 0.9995, 0.0004999]
     for x in edges:
         assert decimal3(x) == repr(round(x, 3))
 
@@ -341,3 +348,24 @@ def test_request_ids_are_uuid4_hex_bytes_and_a_custom_maker_is_used() -> None:
         assert rid[12:13] == b"4" and rid[16:17] in b"89ab"  # version 4, RFC 4122 variant
     custom = DataPlane(NODE, request_id=lambda: "req-1")
     assert custom.new_request_id_bytes() == b"req-1"
+
+
+def test_a_forked_worker_makes_ids_of_its_own() -> None:
+    """Ids come in batches: a child forked mid-batch (a --workers process) must not
+    hand out what is left of its parent's batch, nor repeat the parent's draws."""
+    dp = DataPlane(NODE)
+    dp.new_request_id_bytes()  # a batch is drawn; most of it is left
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: ten ids to the pipe, then exit at once
+        os.close(r)
+        os.write(w, b"".join(dp.new_request_id_bytes() for _ in range(10)))
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child = f.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    parent = b"".join(dp.new_request_id_bytes() for _ in range(10))
+    assert len(child) == len(parent) == 320
+    ours = {parent[i : i + 32] for i in range(0, 320, 32)}
+    assert not ours & {child[i : i + 32] for i in range(0, 320, 32)}
