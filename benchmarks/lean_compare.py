@@ -12,6 +12,7 @@ prints requests/s and the proxy's user and system CPU µs per request (``/proc``
 table of medians with each figure's ratio to HAProxy in the same round.
 
     .venv/bin/python benchmarks/lean_compare.py --rate 1000 [--rounds 8] [--duration 5]
+        [--tree DIR ...]
 
 ``--rate R`` measures latency instead, as ``run.py``'s h2load runs do: h2load at R req/s
 over 10 connections (``--h1 --rps``) for ``--duration`` seconds per case and round, a
@@ -20,6 +21,11 @@ and p99, and the proxy's CPU per request; then a table of medians, and per proxy
 added p99 (its p99 minus direct's in the same round) pooled over the rounds as a ratio
 to HAProxy's (sum over sum, as ``pool.py``). It is how close a Python relay that does
 the least can come to HAProxy's tail at that rate on the machine it runs on.
+
+``--tree DIR`` adds plait from another checkout (``PYTHONPATH=DIR/src``), e.g. a ``git
+worktree`` of the commit before a change (built with ``scripts/build_native.py`` there
+for its compiled modules): a case ``plait@DIR`` alternated with the others, the A/B of
+a change at a fixed rate. ``--python PY`` does the same for another interpreter.
 """
 
 from __future__ import annotations
@@ -63,7 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         help="also run plait under this interpreter (a case plait@PY; repeatable), e.g. to "
         "compare Python builds: PY needs plait and its dependencies installed",
     )
+    p.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also run plait from this checkout (a case plait@DIR; repeatable; PYTHONPATH="
+        "DIR/src, its compiled modules when current there): the A/B for a change",
+    )
     a = p.parse_args(argv)
+    for tree in a.tree:
+        if not (Path(tree) / "src" / "plait").is_dir():
+            p.error(f"--tree {tree}: no src/plait there")
     os.sched_setaffinity(0, {SIDE_CPU})
     work = HERE / "out" / "lean"
     work.mkdir(parents=True, exist_ok=True)
@@ -101,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             "lean": (port, [relay.pid]),
             "plait": (plait.port, [x.pid for x in plait.procs]),
         }
-        for i, python in enumerate(a.python):
+        others = [(python, python, {}) for python in a.python]
+        others += [
+            (tree, sys.executable, {"PYTHONPATH": str(Path(tree).resolve() / "src")})
+            for tree in a.tree
+        ]
+        for i, (name, python, env) in enumerate(others):
             other = plait_case.PlaitCase(
                 procs,
                 work / f"plait-{i}",
@@ -110,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 proxy_cpu=PROXY_CPU,
                 side_cpu=SIDE_CPU,
                 python=python,
+                env=env,
             )
             extra.append(other)
             started = other.start()
-            cases[f"plait@{python}"] = (started.port, [x.pid for x in started.procs])
+            cases[f"plait@{name}"] = (started.port, [x.pid for x in started.procs])
         if a.rate:
             cases = {"direct": (upstream, []), **cases}
             rated(cases, a, work)

@@ -364,11 +364,19 @@ class Endpoint:
 class PeerSet:
     """Writes configs, starts the upstream and the HAProxy/nginx chains, knows their ports."""
 
-    def __init__(self, procs: Procs, work: Path, proxy_cpu: int, side_cpu: int) -> None:
+    def __init__(
+        self,
+        procs: Procs,
+        work: Path,
+        proxy_cpu: int,
+        side_cpu: int,
+        wrap: Sequence[str] = (),
+    ) -> None:
         self.procs = procs
         self.work = work
         self.proxy_cpu = proxy_cpu
         self.side_cpu = side_cpu
+        self.wrap = list(wrap)  # a command the HAProxy proxies run under (e.g. valgrind)
         self.root = os.geteuid() == 0
         self.certs: Certs | None = None
         self.upstream_port = 0
@@ -397,7 +405,8 @@ class PeerSet:
         d.mkdir(parents=True, exist_ok=True)
         path = d / "haproxy.cfg"
         path.write_text(conf)
-        return self.procs.start(name, ["haproxy", "-db", "-f", str(path)], cpu=self.proxy_cpu)
+        argv = [*self.wrap, "haproxy", "-db", "-f", str(path)]
+        return self.procs.start(name, argv, cpu=self.proxy_cpu)
 
     def chain(self, kind: str, hops: int, mtls: bool, name: str | None = None) -> Endpoint:
         """Start ``kind`` ("haproxy" or "nginx") proxies: ``hops`` of them in front of the

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,8 @@ class PlaitCase:
         python: str = sys.executable,
         mtls: bool = False,
         proxy_args: list[str] | None = None,
+        proxy_wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if mtls and hops != 2:
             raise ValueError("plait mTLS is between two proxies: hops must be 2")
@@ -243,6 +246,8 @@ class PlaitCase:
         self.side_cpu = side_cpu
         self.python = python
         self.proxy_args = list(proxy_args or [])  # extra `plait.proxy` flags (--workers N)
+        self.proxy_wrap = list(proxy_wrap)  # a command the proxies run under (valgrind)
+        self.env = dict(env or {})  # for every process (e.g. PYTHONPATH: another tree)
         self.name = f"plait-{hops}hop{'-mtls' if mtls else ''}"
         # mTLS: join tokens by service, the never-listening "app" of loadgen, and what the
         # pre-load check found (for the raw JSON and the report's commands).
@@ -269,7 +274,9 @@ class PlaitCase:
         argv += ["--log-level", "WARNING"]
         if self.mtls:
             argv += ["--ca-port", "0"]  # the CA's HTTPS listener for CSRs (docs/security.md)
-        self.control = self.procs.start(f"{self.name}-control", argv, cpu=self.side_cpu)
+        self.control = self.procs.start(
+            f"{self.name}-control", argv, cpu=self.side_cpu, env=self.env
+        )
         self.control_info = self._ready(self.control, ready, "plait control")
         api = str(self.control_info["api"]).rstrip("/")
         status, answer = _post_json(
@@ -383,9 +390,9 @@ class PlaitCase:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold join tokens
         with os.fdopen(fd, "w") as f:
             f.write(yaml.safe_dump(doc, sort_keys=False))
-        argv = [self.python, "-m", "plait.proxy", "--config", str(path), "--log-level", "WARNING"]
-        argv += self.proxy_args
-        proc = self.procs.start(name, argv, cpu=self.proxy_cpu)
+        argv = [*self.proxy_wrap, self.python, "-m", "plait.proxy", "--config", str(path)]
+        argv += ["--log-level", "WARNING", *self.proxy_args]
+        proc = self.procs.start(name, argv, cpu=self.proxy_cpu, env=self.env)
         self.proxies.append(proc)
         self.nodes.append(node)
         return self._ready(proc, ready, name)

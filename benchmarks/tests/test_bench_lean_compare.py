@@ -33,3 +33,14 @@ def test_a_round_missing_for_a_case_is_an_error():
     runs = {"direct": [run(0.5), run(0.4)], "haproxy": [run(0.8)]}
     with pytest.raises(ValueError):
         rate_table(runs)
+
+
+def test_a_tree_that_is_not_a_checkout_exits_2_before_starting_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lean_compare import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--rate", "1000", "--tree", "/nonexistent"])
+    assert exc.value.code == 2
+    assert "--tree /nonexistent: no src/plait there" in capsys.readouterr().err
