@@ -15,7 +15,8 @@ and none of the kernel's.
 
 Unlike times on a shared virtual machine, the count is the same from run to run within
 a few percent (what varies: under valgrind plait formats its access log's time text,
-once per millisecond at full speed, on most requests), so it is the A/B for a change to the request path; and, set
+once per millisecond at full speed, on most requests), so it is the A/B for a change
+to the request path; and, set
 against HAProxy's, it says how much work each proxy does per request. What it cannot
 say is what that work costs when the caches are cold, as at 1000 req/s on a vCPU that
 halts between bursts (RESULTS.md, Twelfth and Thirteenth rounds).
