@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         "DIR/src, its compiled modules when current there): the A/B for a change",
     )
     a = p.parse_args(argv)
-    for tree in a.tree:
-        if not (Path(tree) / "src" / "plait").is_dir():
-            p.error(f"--tree {tree}: no src/plait there")
+    try:
+        tree_envs = [(tree, plait_case.tree_env(tree)) for tree in a.tree]
+    except ValueError as exc:
+        p.error(str(exc))
     os.sched_setaffinity(0, {SIDE_CPU})
     work = HERE / "out" / "lean"
     work.mkdir(parents=True, exist_ok=True)
@@ -119,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "plait": (plait.port, [x.pid for x in plait.procs]),
         }
         others = [(python, python, {}) for python in a.python]
-        others += [
-            (tree, sys.executable, {"PYTHONPATH": str(Path(tree).resolve() / "src")})
-            for tree in a.tree
-        ]
+        others += [(tree, sys.executable, env) for tree, env in tree_envs]
         for i, (name, python, env) in enumerate(others):
             other = plait_case.PlaitCase(
                 procs,

@@ -80,6 +80,15 @@ UPSTREAM_TTL = 60  # seconds; re-sent every UPSTREAM_REFRESH
 UPSTREAM_REFRESH = 5.0
 
 
+def tree_env(tree: str) -> dict[str, str]:
+    """The environment that runs plait from the checkout ``tree`` (its ``src`` first on
+    ``PYTHONPATH``: its compiled modules when current there); ValueError if it is none."""
+    src = Path(tree).resolve() / "src"
+    if not (src / "plait").is_dir():
+        raise ValueError(f"--tree {tree}: no src/plait there")
+    return {"PYTHONPATH": str(src)}
+
+
 def plait_available(python: str = sys.executable) -> str | None:
     """None if ``python -m plait.proxy`` and ``plait.control`` start; else why not."""
     for mod in ("plait.proxy", "plait.control"):

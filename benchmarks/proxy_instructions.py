@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
         p.error(f"not installed: {', '.join(missing)}")
-    for tree in a.tree:
-        if not (Path(tree) / "src" / "plait").is_dir():
-            p.error(f"--tree {tree}: no src/plait there")
+    try:
+        tree_envs = [(f"plait@{tree}", plait_case.tree_env(tree)) for tree in a.tree]
+    except ValueError as exc:
+        p.error(str(exc))
     os.sched_setaffinity(0, {SIDE_CPU})
     counts: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="plait-instructions-") as tmp:
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             if not a.no_haproxy:
                 ep = peers.chain("haproxy", 1, False)
                 counts["haproxy"] = count(ep.port, ep.procs[0].pid, work, a.requests)
-            for i, tree in enumerate([None, *a.tree]):
+            for i, (name, env) in enumerate([("plait", {}), *tree_envs]):
                 case = plait_case.PlaitCase(
                     procs,
                     work / f"plait-{i}",
@@ -172,11 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                     proxy_cpu=PROXY_CPU,
                     side_cpu=SIDE_CPU,
                     proxy_wrap=callgrind_argv(work),
-                    env={} if tree is None else {"PYTHONPATH": str(Path(tree).resolve() / "src")},
+                    env=env,
                 )
                 cases.append(case)
                 ep = case.start()
-                name = "plait" if tree is None else f"plait@{tree}"
                 counts[name] = count(ep.port, ep.procs[0].pid, work, a.requests)
                 print(f"{name}: {counts[name]:,.0f} instructions per request", flush=True)
         finally:
