@@ -81,6 +81,8 @@ def test_added_p99_pooled_is_the_ratio_of_the_sums():
     # steal-free: rep 2 of run A has its own (0.5 vs 1.0); the others equal the raw ones
     assert plait.added_quiet == pytest.approx((1.0 + 0.5 + 0.5) / (2.0 + 1.0 + 1.0))
     assert plait.run_medians == pytest.approx([(0.5 + 0.5) / 2, 0.5])
+    # each run on its own: run A (1 + 0.5) / (2 + 1), run B 0.5 / 1
+    assert plait.run_pooled == pytest.approx([1.5 / 3.0, 0.5])
 
 
 def test_throughput_counts_the_repetitions_at_the_target():
@@ -104,6 +106,7 @@ def test_failed_cases_and_the_baseline_itself_are_left_out():
     control = row(rows, CONTROL)
     assert control.reps == 2
     assert control.run_medians == [pytest.approx((0.75 + 1.0) / 2), None]
+    assert control.run_pooled == [pytest.approx((1.5 + 1.0) / (2.0 + 1.0)), None]
 
 
 def test_the_report_says_which_targets_are_met():
@@ -113,6 +116,8 @@ def test_the_report_says_which_targets_are_met():
     assert "2 run(s)" in text and "`out/a.json`, `out/b.json`" in text
     assert "| `plait-1hop` | 3 | 1.10× (0.95×–1.25×) | 2 of 3 | 0.50× |" in text
     assert "`plait-1hop`: throughput 1.10× (met, target ≥ 1×); added p99 pooled 0.50× (met" in text
+    assert "| 0.50×, 0.50× | 0.50×, 0.50× | 1.12× |" in text  # each run's median, pooled; raw
+    assert "target ≤ 1.2×), met by 2 of 2 runs alone" in text
     assert f"`{CONTROL}` (a second HAProxy" in text
     slow = run(
         "2026-11-29T04:00:00+00:00",
@@ -121,7 +126,7 @@ def test_the_report_says_which_targets_are_met():
     lines = pool.verdicts(pool.pool([slow]))
     assert lines == [
         "`plait-1hop`: throughput 0.50× (NOT met, target ≥ 1×); added p99 pooled 2.00× "
-        "(NOT met, target ≤ 1.2×)"
+        "(NOT met, target ≤ 1.2×), met by 0 of 1 runs alone"
     ]
 
 
